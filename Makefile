@@ -1,0 +1,41 @@
+# Two commands do all the set-up on a fresh clone (see README):
+#   make experiment   run the default experiment offline
+#   make test         run every test: the library's and the notebooks'
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+# Installed first and exactly: a ranged or unpinned torch pulls a multi-GB CUDA build.
+TORCH_VERSION ?= 2.13.0
+STAMP := $(VENV)/.fedlib-installed
+
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+export MPLBACKEND ?= Agg
+
+.PHONY: venv experiment test test-lib test-notebooks lab clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==$(TORCH_VERSION)
+	$(PY) -m pip install --quiet -e ".[dev,notebooks,flower]"
+	$(PY) -m ipykernel install --sys-prefix --name fedlib --display-name "Python (fedlib)" >/dev/null
+	touch $(STAMP)
+
+experiment: $(STAMP)
+	$(PY) -m fedlib.experiment $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest tests notebooks --nbval-lax -p no:cacheprovider $(PYTEST_ARGS)
+
+test-lib: $(STAMP)
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks/
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,125 @@
+"""The prompted classifier: a frozen backbone + deep prompts + a head (digest 1.1).
+
+Trainable parameters are named ``prompt.layer.<l>``, ``prompt.reparam.*`` and ``head.linear.*``; each
+has a role (``shared``, ``personal``) so that federated code can take out the part that travels
+(:meth:`PromptClassifier.state`), send it, and load it back (:meth:`PromptClassifier.load_state`).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+from .heads import LinearHead, VerbalizerHead, label_token_ids
+from .models import Backbone, load_backbone
+from .prompts import DeepPrompt, use_prefix_attention
+from .tasks import TaskSpec, get_task
+
+__all__ = ["PromptClassifier", "build_classifier", "resolve_head"]
+
+
+def resolve_head(backbone: Backbone, head: str) -> str:
+    """``"auto"`` -> ``"lm"`` for decoders, ``"mlm"`` for encoders with an MLM head, else ``"linear"``."""
+    if head != "auto":
+        if head == "lm" and backbone.kind != "decoder":
+            raise ValueError(f"head='lm' needs a decoder; {backbone.name!r} is an encoder")
+        if head == "mlm" and (backbone.kind != "encoder" or not backbone.has_lm_head):
+            raise ValueError(f"head='mlm' needs an encoder loaded with its MLM head; {backbone.name!r} has none")
+        return head
+    if backbone.kind == "decoder":
+        return "lm"
+    return "mlm" if backbone.has_lm_head else "linear"
+
+
+class PromptClassifier(nn.Module):
+    """``forward(batch) -> logits [B, C]`` for a task, with the backbone frozen.
+
+    Positions are numbered from 0 for the real tokens (``position_ids`` passed explicitly), so the
+    prefix does not shift them: the reference's RoBERTa offset overflow (digest bug 14) cannot happen.
+    """
+
+    def __init__(self, backbone: Backbone, task: TaskSpec, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.info, self.task, self.cfg = backbone, task, cfg
+        self.head_kind = resolve_head(backbone, cfg.head)
+        self.backbone = backbone.model
+        self.backbone.requires_grad_(False)
+        roles = cfg.layer_roles or ("shared",) * backbone.num_layers
+        if len(roles) != backbone.num_layers:
+            raise ValueError(f"ModelConfig.layer_roles has {len(roles)} entries; {backbone.name} has "
+                             f"{backbone.num_layers} layers")
+        self.prompt = DeepPrompt(backbone.num_layers, cfg.prompt_len, backbone.num_kv_heads, backbone.head_dim,
+                                 roles, cfg.init_std, cfg.prompt_dropout, cfg.reparam_hidden, backbone.hidden_size)
+        if self.head_kind == "linear":
+            self.head = LinearHead(backbone.hidden_size, task.num_labels, cfg.pooling)
+        else:
+            lm_head = [m for n, m in self.backbone.named_children() if n != self.backbone.base_model_prefix]
+            if len(lm_head) != 1:
+                raise ValueError(f"cannot find the LM head of {type(self.backbone).__name__}")
+            self.head = VerbalizerHead(lm_head[0], label_token_ids(backbone.tokenizer, task.verbalizer))
+        use_prefix_attention(self.backbone)
+
+    # ---- roles ---------------------------------------------------------------------------------
+    def role_of(self, name: str) -> str:
+        if name.startswith("prompt."):
+            return self.prompt.role_of(name[len("prompt."):])
+        return self.cfg.head_role
+
+    def trainable(self) -> dict[str, nn.Parameter]:
+        """Trainable parameters by name (prompt and head only; the backbone is frozen)."""
+        return {n: p for n, p in self.named_parameters() if p.requires_grad}
+
+    def state(self, role: str | None = None) -> dict[str, torch.Tensor]:
+        """Detached copies of the trainable tensors, all or those of one role."""
+        return {n: p.detach().clone() for n, p in self.trainable().items() if role is None or self.role_of(n) == role}
+
+    @torch.no_grad()
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Copy tensors in by name; an unknown name or a shape mismatch raises ``KeyError``/``ValueError``."""
+        params = self.trainable()
+        for name, value in state.items():
+            if name not in params:
+                raise KeyError(f"{name!r} is not a trainable tensor of this model; it has {sorted(params)}")
+            if params[name].shape != value.shape:
+                raise ValueError(f"{name}: shape {tuple(value.shape)} does not fit {tuple(params[name].shape)}")
+            params[name].copy_(value)
+
+    def set_roles(self, roles: tuple[str, ...]) -> None:
+        """Change layer roles (e.g. after layer selection); newly-on layers get a fresh prompt."""
+        self.prompt.set_roles(roles)
+        self.cfg = self.cfg.replace(layer_roles=tuple(roles))
+
+    # ---- forward -------------------------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, target_pos: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None, output_hidden_states: bool = False, **_):
+        """``input_ids``/``attention_mask`` ``[B, T]``, ``target_pos`` ``[B]`` -> logits ``[B, C]``.
+
+        With ``output_hidden_states`` returns ``(logits, hidden_states)``, hidden_states a tuple of
+        L + 1 tensors ``[B, T, d]`` (embeddings, then each layer's output; prompt positions excluded).
+        """
+        bsz, seq = input_ids.shape
+        dtype = next(self.backbone.parameters()).dtype
+        cache = self.prompt.cache(bsz, dtype)
+        mask = attention_mask
+        if cache is not None:
+            mask = torch.cat([attention_mask.new_ones(bsz, self.prompt.prompt_len), attention_mask], dim=1)
+        positions = torch.arange(seq, device=input_ids.device) + self.info.position_offset
+        kwargs = dict(input_ids=input_ids, attention_mask=mask, position_ids=positions.expand(bsz, -1),
+                      past_key_values=cache, output_hidden_states=output_hidden_states, **self.prompt.off_layers_kwarg())
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        out = self.info.base(**kwargs)
+        logits = self.head(out.last_hidden_state, attention_mask, target_pos)
+        return (logits, out.hidden_states) if output_hidden_states else logits
+
+
+def build_classifier(task: str | TaskSpec, cfg: ModelConfig | None = None, backbone: Backbone | None = None,
+                     device: torch.device | None = None) -> PromptClassifier:
+    """Load the backbone named by ``cfg`` (unless given) and build the prompted classifier for ``task``."""
+    cfg = cfg or ModelConfig()
+    task = task if isinstance(task, TaskSpec) else get_task(task)
+    if backbone is None:
+        backbone = load_backbone(cfg.name, head="linear" if cfg.head == "linear" else cfg.head,
+                                 attn_implementation=cfg.attn_implementation)
+    model = PromptClassifier(backbone, task, cfg)
+    return model.to(device) if device is not None else model
