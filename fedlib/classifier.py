@@ -123,3 +123,27 @@ def build_classifier(task: str | TaskSpec, cfg: ModelConfig | None = None, backb
                                  attn_implementation=cfg.attn_implementation)
     model = PromptClassifier(backbone, task, cfg)
     return model.to(device) if device is not None else model
+
+
+def role_report(model: PromptClassifier, roles: tuple[str, ...] | None = None) -> dict[str, dict[str, int]]:
+    """Trainable parameters and bytes per role, for the model's roles or a hypothetical ``roles`` mask.
+
+    Returns ``{"shared": {"params": n, "bytes": b}, "personal": {...}, "off": {...}}``; bytes are
+    dtype-aware. ``report["shared"]["bytes"]`` is what one client uploads per round (and downloads).
+    """
+    roles = tuple(roles) if roles is not None else model.prompt.roles
+    out = {r: {"params": 0, "bytes": 0} for r in ("shared", "personal", "off")}
+    prompt = model.prompt
+    elem = next(iter(model.backbone.parameters())).element_size()
+    per_layer = prompt.prompt_len * prompt.in_dim
+    for role in roles:
+        out[role]["params"] += per_layer
+        out[role]["bytes"] += per_layer * elem
+    for name, p in model.trainable().items():
+        if name.startswith("prompt.layer."):
+            continue
+        role = model.cfg.head_role if not name.startswith("prompt.") else \
+            ("shared" if "shared" in roles else "personal")
+        out[role]["params"] += p.numel()
+        out[role]["bytes"] += p.numel() * p.element_size()
+    return out

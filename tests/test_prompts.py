@@ -1,0 +1,119 @@
+import pytest
+import torch
+
+from fedlib.classifier import PromptClassifier, role_report
+from fedlib.config import ModelConfig, TrainConfig
+from fedlib.encode import collate, encode_dataset
+from fedlib.tasks import get_task, load_task
+from fedlib.train import local_train, make_optimizer
+
+TASK = get_task("rte")
+
+
+def _batch(model, n=4):
+    ds = load_task("rte", "eval", limit=n)
+    enc = encode_dataset(ds, model.info.tokenizer, model.task, model.head_kind, 64)
+    return enc, collate(enc, range(n), model.info.tokenizer.pad_token_id)
+
+
+def _bare_hidden(model, batch):
+    info = model.info
+    pos = torch.arange(batch["input_ids"].shape[1]) + info.position_offset
+    kw = {"token_type_ids": batch["token_type_ids"]} if "token_type_ids" in batch else {}
+    return info.base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                     position_ids=pos.expand(len(batch["input_ids"]), -1), output_hidden_states=True, **kw)
+
+
+def test_shapes_and_gradients_reach_exactly_non_off_prompts_and_head(tiny_backbone):
+    roles = ("shared", "off", "personal")
+    model = PromptClassifier(tiny_backbone, TASK, ModelConfig(prompt_len=3, layer_roles=roles))
+    _, batch = _batch(model)
+    logits = model(**batch)
+    assert logits.shape == (4, TASK.num_labels)
+    logits.sum().backward()
+    grads = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    want = {"prompt.layer.0", "prompt.layer.2"} | ({"head.linear.weight", "head.linear.bias"} if model.head_kind == "linear" else set())
+    assert grads == want
+    assert "prompt.layer.1" not in dict(model.named_parameters())          # off: no prompt at all
+    assert model.role_of("prompt.layer.0") == "shared" and model.role_of("prompt.layer.2") == "personal"
+
+
+def test_off_layer_attention_equals_the_bare_models(tiny_backbone):
+    model = PromptClassifier(tiny_backbone, TASK, ModelConfig(prompt_len=3, layer_roles=("off", "shared", "off"),
+                                                              prompt_dropout=0.0)).eval()
+    _, batch = _batch(model)
+    _, hidden = model(**batch, output_hidden_states=True)
+    bare = _bare_hidden(model, batch).hidden_states
+    mask = batch["attention_mask"].bool()
+    assert torch.allclose(hidden[1][mask], bare[1][mask], atol=1e-5)     # layer 0 is off
+    assert not torch.allclose(hidden[2][mask], bare[2][mask], atol=1e-5)  # layer 1 carries a prompt
+
+
+@pytest.mark.parametrize("how", ["all_off", "p_zero"])
+def test_no_prompt_gives_the_bare_frozen_models_logits(tiny_backbone, how):
+    cfg = ModelConfig(prompt_len=0) if how == "p_zero" else ModelConfig(prompt_len=4, layer_roles=("off",) * 3)
+    model = PromptClassifier(tiny_backbone, TASK, cfg).eval()
+    _, batch = _batch(model)
+    with torch.no_grad():
+        logits = model(**batch)
+        out = _bare_hidden(model, batch)
+        want = model.head(out.last_hidden_state, batch["attention_mask"], batch["target_pos"])
+    assert torch.equal(logits, want)
+
+
+def test_backbone_is_bit_identical_after_training(tiny_backbone):
+    model = PromptClassifier(tiny_backbone, TASK, ModelConfig(prompt_len=2))
+    before = {n: p.clone() for n, p in model.backbone.named_parameters()}
+    prompts_before = model.state()
+    enc, _ = _batch(model, 8)
+    cfg = TrainConfig(batch_size=4, lr=0.1)
+    local_train(model, make_optimizer(model, cfg), enc, cfg, torch.device("cpu"), torch.Generator().manual_seed(0))
+    assert all(torch.equal(before[n], p) for n, p in model.backbone.named_parameters())
+    assert any(not torch.equal(prompts_before[n], v) for n, v in model.state().items())
+
+
+def test_role_report_counts_params_and_bytes(bundled_backbone):
+    model = PromptClassifier(bundled_backbone, get_task("sst2"),
+                             ModelConfig(prompt_len=8, layer_roles=("shared",) * 2 + ("personal",) * 2 + ("off",) * 2,
+                                         head_role="personal"))
+    rep = role_report(model)
+    per_layer = 8 * 2 * 384                                   # P x 2 x d, digest 1.2
+    head = 384 * 2 + 2
+    assert rep["shared"] == {"params": 2 * per_layer, "bytes": 2 * per_layer * 4}
+    assert rep["personal"] == {"params": 2 * per_layer + head, "bytes": (2 * per_layer + head) * 4}
+    assert rep["off"]["params"] == 2 * per_layer
+    assert role_report(model, ("shared",) * 6)["shared"]["params"] == 6 * per_layer
+    assert sum(p.numel() for p in model.trainable().values()) == rep["shared"]["params"] + rep["personal"]["params"]
+
+
+def test_state_round_trip_by_role_and_errors(bundled_backbone):
+    model = PromptClassifier(bundled_backbone, get_task("sst2"), ModelConfig(prompt_len=4, layer_roles=("shared", "personal") * 3))
+    shared = model.state("shared")
+    assert sorted(shared) == ["head.linear.bias", "head.linear.weight", "prompt.layer.0", "prompt.layer.2", "prompt.layer.4"]
+    zeros = {k: torch.zeros_like(v) for k, v in shared.items()}
+    model.load_state(zeros)
+    assert all(torch.equal(v, zeros[k]) for k, v in model.state("shared").items())
+    with pytest.raises(KeyError, match="not a trainable tensor"):
+        model.load_state({"prompt.layer.9": torch.zeros(4, 768)})
+    with pytest.raises(ValueError, match="does not fit"):
+        model.load_state({"prompt.layer.0": torch.zeros(5, 768)})
+
+
+def test_set_roles_turns_layers_on_and_off(bundled_backbone):
+    model = PromptClassifier(bundled_backbone, get_task("sst2"), ModelConfig(prompt_len=4))
+    model.set_roles(("off",) * 5 + ("shared",))
+    assert [n for n in model.trainable() if n.startswith("prompt")] == ["prompt.layer.5"]
+    model.set_roles(("personal",) * 6)
+    assert len([n for n in model.trainable() if n.startswith("prompt")]) == 6
+    with pytest.raises(ValueError, match="roles must be 6 entries"):
+        model.set_roles(("shared",) * 5)
+
+
+def test_reparametrisation_mlp(bundled_backbone):
+    model = PromptClassifier(bundled_backbone, get_task("sst2"), ModelConfig(prompt_len=3, reparam_hidden=16))
+    names = set(model.trainable())
+    assert {"prompt.layer.0", "prompt.reparam.0.weight", "prompt.reparam.2.weight"} <= names
+    assert model.state("shared")["prompt.layer.0"].shape == (3, 384)
+    _, batch = _batch(model)
+    model(**batch).sum().backward()
+    assert model.prompt.reparam[0].weight.grad is not None
