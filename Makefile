@@ -12,16 +12,17 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export MPLBACKEND ?= Agg
+export PIP_DISABLE_PIP_VERSION_CHECK ?= 1
 
-.PHONY: venv experiment test test-lib test-notebooks lab clean
+.PHONY: venv experiment test test-lib lab lock clean
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==$(TORCH_VERSION)
-	$(PY) -m pip install --quiet -e ".[dev,notebooks,flower]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,notebooks,flower]"
 	$(PY) -m ipykernel install --sys-prefix --name fedlib --display-name "Python (fedlib)" >/dev/null
 	touch $(STAMP)
 
@@ -36,6 +37,13 @@ test-lib: $(STAMP)
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/
+
+# Re-resolve the newest versions pyproject.toml allows and record them (then run make test).
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet torch==$(TORCH_VERSION) && .venv-lock/bin/pip install --quiet -e ".[dev,notebooks,flower]"
+	.venv-lock/bin/pip freeze | grep -v -e "^fedlib" -e "^-e" -e "^torch==" > constraints.txt
+	rm -rf .venv-lock
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

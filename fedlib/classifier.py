@@ -105,7 +105,8 @@ class PromptClassifier(nn.Module):
             mask = torch.cat([attention_mask.new_ones(bsz, self.prompt.prompt_len), attention_mask], dim=1)
         positions = torch.arange(seq, device=input_ids.device) + self.info.position_offset
         kwargs = dict(input_ids=input_ids, attention_mask=mask, position_ids=positions.expand(bsz, -1),
-                      past_key_values=cache, output_hidden_states=output_hidden_states, **self.prompt.off_layers_kwarg())
+                      output_hidden_states=output_hidden_states, **self.prompt.off_layers_kwarg())
+        kwargs[self.info.cache_kwarg] = cache
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
         out = self.info.base(**kwargs)

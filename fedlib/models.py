@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import importlib.resources
+import inspect
 import logging
 import os
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ class Backbone:
     num_kv_heads: int
     head_dim: int
     position_offset: int
+    cache_kwarg: str = "past_key_values"
 
     @property
     def kv_dim(self) -> int:
@@ -88,12 +90,14 @@ def wrap_backbone(model: nn.Module, tokenizer, name: str = "custom") -> Backbone
     base = getattr(model, model.base_model_prefix, model)
     offset = (cfg.pad_token_id + 1) if cfg.model_type in PADDING_OFFSET_TYPES else 0
     model.requires_grad_(False)
+    # transformers >= 5.24 names the cache argument `cache` (`past_key_values` is deprecated there)
+    cache_kwarg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return Backbone(model=model, tokenizer=tokenizer, name=name, kind=kind, has_lm_head=base is not model,
                     num_layers=cfg.num_hidden_layers, hidden_size=cfg.hidden_size, num_heads=heads,
                     num_kv_heads=getattr(cfg, "num_key_value_heads", None) or heads, head_dim=head_dim,
-                    position_offset=offset)
+                    position_offset=offset, cache_kwarg=cache_kwarg)
 
 
 def load_backbone(name: str = BUNDLED, head: str = "auto", attn_implementation: str | None = None,
