@@ -6,13 +6,15 @@ has a role (``shared``, ``personal``) so that federated code can take out the pa
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
 from .config import ModelConfig
 from .heads import LinearHead, VerbalizerHead, label_token_ids
 from .models import Backbone, load_backbone
-from .prompts import DeepPrompt, use_prefix_attention
+from .prompts import DeepPrompt, InputPrompt, use_prefix_attention
 from .tasks import TaskSpec, get_task
 
 __all__ = ["PromptClassifier", "build_classifier", "resolve_head"]
@@ -45,11 +47,17 @@ class PromptClassifier(nn.Module):
         self.backbone = backbone.model
         self.backbone.requires_grad_(False)
         roles = cfg.layer_roles or ("shared",) * backbone.num_layers
+        if cfg.prompt_mode != "deep":
+            roles = ("off",) * backbone.num_layers
         if len(roles) != backbone.num_layers:
             raise ValueError(f"ModelConfig.layer_roles has {len(roles)} entries; {backbone.name} has "
                              f"{backbone.num_layers} layers")
         self.prompt = DeepPrompt(backbone.num_layers, cfg.prompt_len, backbone.num_kv_heads, backbone.head_dim,
                                  roles, cfg.init_std, cfg.prompt_dropout, cfg.reparam_hidden, backbone.hidden_size)
+        self.input_prompt = InputPrompt(cfg.prompt_len, backbone.hidden_size, cfg.init_std) \
+            if cfg.prompt_mode == "shallow" else None
+        if cfg.prompt_mode == "lora":
+            _inject_lora(self.backbone, cfg)
         if self.head_kind == "linear":
             self.head = LinearHead(backbone.hidden_size, task.num_labels, cfg.pooling)
         else:
@@ -63,7 +71,19 @@ class PromptClassifier(nn.Module):
     def role_of(self, name: str) -> str:
         if name.startswith("prompt."):
             return self.prompt.role_of(name[len("prompt."):])
+        if name.startswith("input_prompt.") or ".lora_" in name:
+            return "shared"
         return self.cfg.head_role
+
+    @contextlib.contextmanager
+    def only_shared(self):
+        """Within the block, personal prompt layers are masked like off layers: the global model."""
+        saved = self.prompt.disabled
+        self.prompt.disabled = frozenset(l for l, r in enumerate(self.prompt.roles) if r == "personal")
+        try:
+            yield self
+        finally:
+            self.prompt.disabled = saved
 
     def trainable(self) -> dict[str, nn.Parameter]:
         """Trainable parameters by name (prompt and head only; the backbone is frozen)."""
@@ -97,6 +117,8 @@ class PromptClassifier(nn.Module):
         With ``output_hidden_states`` returns ``(logits, hidden_states)``, hidden_states a tuple of
         L + 1 tensors ``[B, T, d]`` (embeddings, then each layer's output; prompt positions excluded).
         """
+        if self.input_prompt is not None:
+            return self._forward_shallow(input_ids, attention_mask, target_pos, token_type_ids, output_hidden_states)
         bsz, seq = input_ids.shape
         dtype = next(self.backbone.parameters()).dtype
         cache = self.prompt.cache(bsz, dtype)
@@ -112,6 +134,34 @@ class PromptClassifier(nn.Module):
         out = self.info.base(**kwargs)
         logits = self.head(out.last_hidden_state, attention_mask, target_pos)
         return (logits, out.hidden_states) if output_hidden_states else logits
+
+    def _forward_shallow(self, input_ids, attention_mask, target_pos, token_type_ids, output_hidden_states):
+        """Shallow prompt: ``[B, P + T]`` inputs; the head reads the real tokens (prompt positions cut)."""
+        bsz, seq = input_ids.shape
+        p = self.input_prompt.prompt_len
+        embeds = self.input_prompt.prepend(self.info.base.get_input_embeddings()(input_ids))
+        mask = torch.cat([attention_mask.new_ones(bsz, p), attention_mask], dim=1)
+        positions = torch.arange(p + seq, device=input_ids.device) + self.info.position_offset
+        kwargs = dict(inputs_embeds=embeds, attention_mask=mask, position_ids=positions.expand(bsz, -1),
+                      output_hidden_states=output_hidden_states)
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = torch.cat([token_type_ids.new_zeros(bsz, p), token_type_ids], dim=1)
+        out = self.info.base(**kwargs)
+        logits = self.head(out.last_hidden_state[:, p:], attention_mask, target_pos)
+        hidden = tuple(h[:, p:] for h in out.hidden_states) if output_hidden_states else None
+        return (logits, hidden) if output_hidden_states else logits
+
+
+def _inject_lora(model: nn.Module, cfg: ModelConfig) -> None:
+    """Add LoRA adapters (Hu et al. 2022) through PEFT to the attention projections PEFT targets by default."""
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as TARGETS
+
+    targets = TARGETS.get(model.config.model_type)
+    if targets is None:
+        raise ValueError(f"no default LoRA target modules for model type {model.config.model_type!r}")
+    inject_adapter_in_model(LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                                       target_modules=targets), model)
 
 
 def build_classifier(task: str | TaskSpec, cfg: ModelConfig | None = None, backbone: Backbone | None = None,
@@ -143,8 +193,7 @@ def role_report(model: PromptClassifier, roles: tuple[str, ...] | None = None) -
     for name, p in model.trainable().items():
         if name.startswith("prompt.layer."):
             continue
-        role = model.cfg.head_role if not name.startswith("prompt.") else \
-            ("shared" if "shared" in roles else "personal")
+        role = ("shared" if "shared" in roles else "personal") if name.startswith("prompt.") else model.role_of(name)
         out[role]["params"] += p.numel()
         out[role]["bytes"] += p.numel() * p.element_size()
     return out

@@ -180,12 +180,15 @@ class ModelConfig(Config):
     """The frozen backbone, its deep prompts and its classification head (paper Sec. 3.1; digest 1.1).
 
     ``name``: ``"bundled"`` (the offline default, all-MiniLM-L6-v2), a Hugging Face hub id, or a local folder.
+    ``prompt_mode``: ``"deep"`` (P-tuning v2 prefixes per layer), ``"shallow"`` (P soft input tokens,
+    Lester et al. 2021) or ``"lora"`` (no prompt; LoRA adapters of rank ``lora_r`` through PEFT).
     ``prompt_len``: P, prompt tokens per layer. ``head``: ``"auto"`` picks ``"mlm"`` for encoders with an MLM
     head, ``"lm"`` for decoders, ``"linear"`` otherwise. ``layer_roles``: one of ``"shared"``, ``"personal"``,
     ``"off"`` per layer, or ``None`` for all shared.
     """
 
     name: str = "bundled"
+    prompt_mode: typing.Literal["deep", "shallow", "lora"] = "deep"
     prompt_len: int = 8
     head: typing.Literal["auto", "linear", "mlm", "lm"] = "auto"
     pooling: typing.Literal["mean", "cls"] = "mean"
@@ -196,9 +199,12 @@ class ModelConfig(Config):
     init_std: float = 0.02
     max_length: int = 128
     attn_implementation: str | None = None
+    lora_r: int = 8
+    lora_alpha: int = 16
 
     def validate(self) -> None:
         o = "ModelConfig"
+        check(self.lora_r >= 1, o, "lora_r", self.lora_r, "must be >= 1")
         check(bool(self.name.strip()), o, "name", self.name, "give 'bundled', a hub id or a local folder")
         check(0 <= self.prompt_len <= 512, o, "prompt_len", self.prompt_len, "must be in [0, 512]")
         check(self.reparam_hidden >= 0, o, "reparam_hidden", self.reparam_hidden, "must be >= 0 (0: no MLP)")

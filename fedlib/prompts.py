@@ -17,7 +17,7 @@ import sys
 import torch
 from torch import nn
 
-__all__ = ["DeepPrompt", "use_prefix_attention", "ROLES", "OFF_KWARG"]
+__all__ = ["DeepPrompt", "InputPrompt", "use_prefix_attention", "ROLES", "OFF_KWARG"]
 
 ROLES = ("shared", "personal", "off")
 OFF_KWARG = "fedlib_off_layers"
@@ -48,6 +48,7 @@ class DeepPrompt(nn.Module):
                                          nn.Linear(reparam_hidden, 2 * self.kv_dim))
         self.layer = nn.ParameterDict()
         self.roles: tuple[str, ...] = ()
+        self.disabled: frozenset[int] = frozenset()   # on layers masked for now (see PromptClassifier.only_shared)
         self.set_roles(roles or ("shared",) * num_layers)
 
     def set_roles(self, roles: tuple[str, ...] | list[str]) -> None:
@@ -67,13 +68,13 @@ class DeepPrompt(nn.Module):
 
     @property
     def on_layers(self) -> list[int]:
-        return [l for l, r in enumerate(self.roles) if r != "off"]
+        return [l for l, r in enumerate(self.roles) if r != "off" and l not in self.disabled]
 
     def role_of(self, name: str) -> str:
         """Role of a parameter named relative to this module (``layer.3`` or ``reparam.0.weight``)."""
         if name.startswith("layer."):
             return self.roles[int(name.split(".")[1])]
-        used = {self.roles[l] for l in self.on_layers}
+        used = {self.roles[l] for l in range(self.num_layers) if self.roles[l] != "off"}
         return "shared" if "shared" in used else "personal"
 
     def key_values(self) -> torch.Tensor | None:
@@ -83,7 +84,7 @@ class DeepPrompt(nn.Module):
         ref = next(iter(self.layer.values()))
         rows = []
         for l in range(self.num_layers):
-            p = self.layer[str(l)] if str(l) in self.layer else None
+            p = self.layer[str(l)] if str(l) in self.layer and l not in self.disabled else None
             if p is None:
                 rows.append(ref.new_zeros(self.prompt_len, 2 * self.kv_dim))
             else:
@@ -111,10 +112,24 @@ class DeepPrompt(nn.Module):
 
     def off_layers_kwarg(self) -> dict:
         """Extra model kwargs telling the attention wrapper which layers' prefix columns to mask."""
-        off = frozenset(l for l, r in enumerate(self.roles) if r == "off")
+        off = frozenset(l for l, r in enumerate(self.roles) if r == "off") | self.disabled
         if not off or not self.on_layers or self.prompt_len == 0:
             return {}
         return {OFF_KWARG: (self.prompt_len, off)}
+
+
+class InputPrompt(nn.Module):
+    """Shallow prompt tuning (Lester et al. 2021): P trainable vectors ``[P, d]`` prepended to the input
+    embeddings; named ``prompt.input`` (role: shared). Used by the ``shallow`` baseline."""
+
+    def __init__(self, prompt_len: int, hidden_size: int, init_std: float = 0.02) -> None:
+        super().__init__()
+        self.prompt_len = prompt_len
+        self.input = nn.Parameter(torch.randn(prompt_len, hidden_size) * init_std)
+
+    def prepend(self, embeds: torch.Tensor) -> torch.Tensor:
+        """``[B, T, d]`` -> ``[B, P + T, d]``."""
+        return torch.cat([self.input.to(embeds.dtype).expand(embeds.shape[0], -1, -1), embeds], dim=1)
 
 
 # ---- attention wrapper for off layers ---------------------------------------------------------------

@@ -24,13 +24,13 @@ log = logging.getLogger(__name__)
 
 
 def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW (or SGD) over the trainable tensors: prompts at ``cfg.lr``, the head at ``cfg.head_lr``.
+    """AdamW (or SGD) over the trainable tensors: the head at ``cfg.head_lr``, the rest (prompts, LoRA) at ``cfg.lr``.
 
     Weight decay applies to the prompts as in the reference (transformers.AdamW with wd 0.1); torch's
     AdamW decays before the update, a negligible difference (digest bug 6).
     """
-    prompt = [p for n, p in model.trainable().items() if n.startswith("prompt.")]
-    head = [p for n, p in model.trainable().items() if not n.startswith("prompt.")]
+    prompt = [p for n, p in model.trainable().items() if not n.startswith("head.")]
+    head = [p for n, p in model.trainable().items() if n.startswith("head.")]
     groups = [g for g in ({"params": prompt, "lr": cfg.lr}, {"params": head, "lr": cfg.head_lr, "weight_decay": 0.0})
               if g["params"]]
     if cfg.optimizer == "sgd":

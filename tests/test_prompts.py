@@ -117,3 +117,43 @@ def test_reparametrisation_mlp(bundled_backbone):
     _, batch = _batch(model)
     model(**batch).sum().backward()
     assert model.prompt.reparam[0].weight.grad is not None
+
+
+def test_only_shared_masks_personal_layers_like_off(bundled_backbone):
+    cfg = ModelConfig(prompt_len=3, layer_roles=("shared", "personal", "shared", "personal", "off", "off"), prompt_dropout=0.0)
+    model = PromptClassifier(bundled_backbone, get_task("sst2"), cfg).eval()
+    twin = PromptClassifier(bundled_backbone, get_task("sst2"),
+                            cfg.replace(layer_roles=("shared", "off", "shared", "off", "off", "off"))).eval()
+    twin.load_state(model.state("shared"))
+    _, batch = _batch(model)
+    with torch.no_grad(), model.only_shared():
+        masked = model(**batch)
+    with torch.no_grad():
+        assert torch.allclose(masked, twin(**batch), atol=1e-5)
+        assert not torch.allclose(masked, model(**batch), atol=1e-5)   # restored afterwards
+
+
+def test_shallow_prompt_prepends_input_vectors(bundled_backbone):
+    model = PromptClassifier(bundled_backbone, get_task("rte"), ModelConfig(prompt_len=5, prompt_mode="shallow"))
+    assert sorted(n for n in model.trainable() if "prompt" in n) == ["input_prompt.input"]
+    assert model.role_of("input_prompt.input") == "shared"
+    _, batch = _batch(model)
+    logits, hidden = model(**batch, output_hidden_states=True)
+    assert logits.shape == (4, 2) and hidden[-1].shape[1] == batch["input_ids"].shape[1]
+    logits.sum().backward()
+    assert model.input_prompt.input.grad.abs().sum() > 0
+
+
+def test_lora_mode_trains_adapters_through_peft(tokenizer):
+    from fedlib.models import wrap_backbone
+    from .conftest import make_tiny
+
+    backbone = wrap_backbone(make_tiny("bert", tokenizer.vocab_size), tokenizer, "tiny-bert")
+    frozen = {n: p.clone() for n, p in backbone.model.named_parameters()}
+    model = PromptClassifier(backbone, get_task("rte"), ModelConfig(prompt_mode="lora", lora_r=2))
+    lora = [n for n in model.trainable() if ".lora_" in n]
+    assert len(lora) == 3 * 2 * 2 and all(model.role_of(n) == "shared" for n in lora)   # 3 layers x (q, v) x (A, B)
+    enc, _ = _batch(model, 8)
+    cfg = TrainConfig(batch_size=4, lr=0.05)
+    local_train(model, make_optimizer(model, cfg), enc, cfg, torch.device("cpu"), torch.Generator().manual_seed(0))
+    assert all(torch.equal(frozen[n], p) for n, p in backbone.model.named_parameters() if n in frozen)
