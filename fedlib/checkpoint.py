@@ -7,13 +7,15 @@ against the model and every tensor's name and shape before copying anything in.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-__all__ = ["CheckpointError", "prompt_header", "save_prompt", "load_prompt"]
+__all__ = ["CheckpointError", "prompt_header", "save_prompt", "load_prompt", "save_run_checkpoint", "load_run_checkpoint"]
 
 FORMAT = "fedlib-prompt/1"
 
@@ -80,3 +82,79 @@ def load_prompt(path: str | Path, model, strict_roles: bool = False) -> dict:
             raise CheckpointError(f"{path}: tensor {name!r} is {tuple(value.shape)}, the model needs {tuple(params[name].shape)}")
     model.load_state({k: v.to(params[k].device, params[k].dtype) for k, v in tensors.items()})
     return header
+
+
+# ---- federated run checkpoints ------------------------------------------------------------------
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_write(path: Path, write) -> None:
+    write(path)
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def save_run_checkpoint(folder: str | Path, round_: int, server_tensors: dict, clients: dict[int, dict], info: dict) -> Path:
+    """Write ``<folder>/round_<r>/`` atomically: server.safetensors, clients.safetensors, state.json
+    (round, info, SHA-256 of both tensor files), then point ``<folder>/LATEST`` at it.
+
+    Files go to a temporary folder first (fsynced), which is renamed into place; LATEST is replaced
+    atomically, so a kill at any moment leaves the previous checkpoint usable.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"round_{round_:06d}"
+    tmp = folder / f".tmp_round_{round_:06d}_{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    flat_clients = {f"{k}/{name}": v.contiguous() for k, state in clients.items() for name, v in state.items()}
+    _fsync_write(tmp / "server.safetensors", lambda p: save_file({k: v.contiguous() for k, v in server_tensors.items()}, str(p)))
+    _fsync_write(tmp / "clients.safetensors", lambda p: save_file(flat_clients, str(p)))
+    state = {"format": "fedlib-run/1", "round": round_, "info": info,
+             "sha256": {n: _sha256(tmp / n) for n in ("server.safetensors", "clients.safetensors")}}
+    _fsync_write(tmp / "state.json", lambda p: p.write_text(json.dumps(state)))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    pointer = folder / ".LATEST.tmp"
+    _fsync_write(pointer, lambda p: p.write_text(final.name))
+    os.replace(pointer, folder / "LATEST")
+    return final
+
+
+def load_run_checkpoint(folder: str | Path) -> tuple[int, dict, dict[int, dict], dict]:
+    """Read the checkpoint LATEST points at: ``(round, server tensors, client states, info)``.
+
+    Every file is checked against its recorded SHA-256 first; a truncated, flipped or missing file
+    raises :class:`CheckpointError` naming it, and nothing is returned half-read.
+    """
+    folder = Path(folder)
+    try:
+        target = folder / (folder / "LATEST").read_text().strip()
+        state = json.loads((target / "state.json").read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{folder}: no readable checkpoint ({err})") from err
+    if state.get("format") != "fedlib-run/1":
+        raise CheckpointError(f"{target}/state.json: not a fedlib run checkpoint")
+    for name, digest in state["sha256"].items():
+        path = target / name
+        if not path.exists() or _sha256(path) != digest:
+            raise CheckpointError(f"{path}: checksum mismatch (truncated or corrupted file)")
+    try:
+        server = load_file(str(target / "server.safetensors"))
+        flat = load_file(str(target / "clients.safetensors"))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{target}: unreadable tensors ({err})") from err
+    clients: dict[int, dict] = {}
+    for key, value in flat.items():
+        k, name = key.split("/", 1)
+        clients.setdefault(int(k), {})[name] = value
+    return state["round"], server, clients, state["info"]

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["ConfigError", "Config", "ModelConfig", "TrainConfig"]
+__all__ = ["ConfigError", "Config", "ModelConfig", "TrainConfig", "FedConfig", "ExperimentConfig"]
 
 ROLES = ("shared", "personal", "off")
 
@@ -248,3 +248,91 @@ class TrainConfig(Config):
         check(self.epochs >= 1, o, "epochs", self.epochs, "must be >= 1")
         check(self.max_steps >= 0, o, "max_steps", self.max_steps, "must be >= 0 (0: no limit)")
         check(self.seed >= 0, o, "seed", self.seed, "must be >= 0")
+
+
+STRATEGY_NAMES = ("fedavg", "fedprox", "scaffold", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "shallow", "lora",
+                  "fedavg_selected", "fedpeptao")
+PARTITIONS = ("iid", "dirichlet", "quantity", "reference")
+
+
+@dataclass
+class FedConfig(Config):
+    """The federated run: task, strategy, clients, rounds, partition, evaluation, checkpoints.
+
+    Paper settings (digest 3.1): 100 clients, 10 per round, 2 local epochs, 100 rounds, reference
+    partition with alpha 1. The defaults here are a small CPU run. ``server_*``/``prox_mu`` left at
+    ``None`` take the strategy's defaults (:mod:`fedlib.strategies`). FedPepTAO: ``shared_layers``
+    (0: chosen by the Hessian criterion) or ``share_ratio``; ``nonselected`` layers ``"personal"`` or ``"off"``;
+    ``server_variant`` ``"parallel"`` (default) or ``"sequential"`` (reference-faithful).
+    """
+
+    task: str = "sst2"
+    strategy: str = "fedavg"
+    num_clients: int = 20
+    clients_per_round: int = 5
+    rounds: int = 10
+    local_epochs: int = 1
+    local_steps: int = 0
+    partition: typing.Literal["iid", "dirichlet", "quantity", "reference"] = "reference"
+    alpha: float = 1.0
+    beta: float = 1.0
+    size_concentration: float = 5.0
+    train_limit: int = 0
+    eval_limit: int = 0
+    eval_every: int = 1
+    personal_eval: bool = True
+    checkpoint_every: int = 0
+    max_failed_rounds: int = 3
+    client_state: typing.Literal["memory", "disk"] = "memory"
+    data_dir: str | None = None
+    server_lr: float | None = None
+    server_momentum: float | None = None
+    server_tau: float | None = None
+    prox_mu: float | None = None
+    shared_layers: int = 0
+    share_ratio: float = 0.0
+    nonselected: typing.Literal["personal", "off"] = "personal"
+    server_variant: typing.Literal["parallel", "sequential"] = "parallel"
+    score_batch: int = 8
+    rescore_every: int = 0
+    hessian_warmup_rounds: int = 2
+    hessian_iters: int = 20
+    seed: int = 42
+
+    def validate(self) -> None:
+        o = "FedConfig"
+        from .tasks import TASKS, ALIASES
+        check(self.task.lower() in TASKS or self.task.lower() in ALIASES, o, "task", self.task, f"one of {sorted(TASKS)}")
+        check(self.strategy in STRATEGY_NAMES, o, "strategy", self.strategy, f"one of {list(STRATEGY_NAMES)}")
+        check(self.num_clients >= 1, o, "num_clients", self.num_clients, "must be >= 1")
+        check(1 <= self.clients_per_round <= self.num_clients, o, "clients_per_round", self.clients_per_round,
+              f"must be in [1, num_clients={self.num_clients}]")
+        check(self.rounds >= 1, o, "rounds", self.rounds, "must be >= 1")
+        check(self.local_epochs >= 1, o, "local_epochs", self.local_epochs, "must be >= 1")
+        check(self.local_steps >= 0, o, "local_steps", self.local_steps, "must be >= 0 (0: use local_epochs)")
+        check(self.alpha > 0, o, "alpha", self.alpha, "must be > 0")
+        check(self.beta > 0, o, "beta", self.beta, "must be > 0")
+        check(self.size_concentration > 0, o, "size_concentration", self.size_concentration, "must be > 0")
+        check(self.train_limit >= 0, o, "train_limit", self.train_limit, "must be >= 0 (0: all)")
+        check(self.eval_limit >= 0, o, "eval_limit", self.eval_limit, "must be >= 0 (0: all)")
+        check(self.eval_every >= 0, o, "eval_every", self.eval_every, "must be >= 0 (0: only after the last round)")
+        check(self.checkpoint_every >= 0, o, "checkpoint_every", self.checkpoint_every, "must be >= 0 (0: never)")
+        check(self.max_failed_rounds >= 1, o, "max_failed_rounds", self.max_failed_rounds, "must be >= 1")
+        for name in ("server_lr", "server_momentum", "server_tau", "prox_mu"):
+            v = getattr(self, name)
+            check(v is None or v >= 0, o, name, v, "must be >= 0 or None (strategy default)")
+        check(self.shared_layers >= 0, o, "shared_layers", self.shared_layers, "must be >= 0 (0: automatic)")
+        check(0.0 <= self.share_ratio <= 1.0, o, "share_ratio", self.share_ratio, "must be in [0, 1] (0: automatic)")
+        check(self.score_batch >= 2, o, "score_batch", self.score_batch, "must be >= 2 (a B x B similarity matrix)")
+        check(self.rescore_every >= 0, o, "rescore_every", self.rescore_every, "must be >= 0 (0: score once)")
+        check(self.hessian_iters >= 2, o, "hessian_iters", self.hessian_iters, "must be >= 2")
+        check(self.hessian_warmup_rounds >= 0, o, "hessian_warmup_rounds", self.hessian_warmup_rounds, "must be >= 0")
+
+
+@dataclass
+class ExperimentConfig(Config):
+    """Everything one federated run needs: ``model``, local ``train`` settings and the ``fed`` run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    fed: FedConfig = field(default_factory=FedConfig)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .config import TrainConfig
-from .encode import Encoded, batches
+from .encode import Encoded, batches, collate
 from .tasks import compute_metric
 
 __all__ = ["make_optimizer", "local_train", "predict", "evaluate", "train_centralized"]
@@ -44,10 +44,11 @@ def _to(batch: dict, device: torch.device) -> dict:
 
 def local_train(model, optimizer, data: Encoded, cfg: TrainConfig, device: torch.device,
                 generator: torch.Generator, epochs: int | None = None, max_steps: int | None = None,
-                extra_loss=None) -> dict:
+                extra_loss=None, after_backward=None) -> dict:
     """Run ``epochs`` passes (or ``max_steps`` steps) of minibatch AdamW over ``data``.
 
-    ``extra_loss(model) -> scalar`` is added to the loss (FedProx's proximal term uses it).
+    ``extra_loss(model) -> scalar`` is added to the loss (FedProx's proximal term uses it);
+    ``after_backward(model)`` may edit gradients before clipping (SCAFFOLD's correction uses it).
     Returns ``{"loss": mean loss, "steps": K}``; K is what SCAFFOLD-style control variates divide by.
     """
     model.train()
@@ -63,6 +64,8 @@ def local_train(model, optimizer, data: Encoded, cfg: TrainConfig, device: torch
             if extra_loss is not None:
                 loss = loss + extra_loss(model)
             loss.backward()
+            if after_backward is not None:
+                after_backward(model)
             if cfg.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
@@ -75,23 +78,30 @@ def local_train(model, optimizer, data: Encoded, cfg: TrainConfig, device: torch
 
 @torch.no_grad()
 def predict(model, data: Encoded, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Predicted class and loss per example: ``([N], [N])``."""
+    """Predicted class and loss per example: ``([N], [N])``, in ``data``'s order.
+
+    Batches are formed over examples sorted by length, so little compute goes to padding.
+    """
     model.eval()
     pad = model.info.tokenizer.pad_token_id
-    preds, losses = [], []
-    for batch in batches(data, batch_size, pad):
-        batch = _to(batch, device)
+    order = sorted(range(len(data)), key=lambda i: len(data.input_ids[i]))
+    preds, losses = torch.empty(len(data), dtype=torch.long), torch.empty(len(data))
+    for start in range(0, len(order), batch_size):
+        idx = order[start: start + batch_size]
+        batch = _to(collate(data, idx, pad), device)
         logits = model(**batch).float()
-        preds.append(logits.argmax(-1).cpu())
-        losses.append(F.cross_entropy(logits, batch["labels"], reduction="none").cpu())
-    return torch.cat(preds), torch.cat(losses)
+        preds[idx] = logits.argmax(-1).cpu()
+        losses[idx] = F.cross_entropy(logits, batch["labels"], reduction="none").cpu()
+    return preds, losses
 
 
-def evaluate(model, data: Encoded, task, batch_size: int, device: torch.device) -> dict[str, float]:
-    """The task metric on ``data`` (plus ``loss``)."""
+def evaluate(model, data: Encoded, task, batch_size: int, device: torch.device, return_preds: bool = False) -> dict:
+    """The task metric on ``data`` (plus ``loss``; plus ``preds`` ``[N]`` when ``return_preds``)."""
     preds, losses = predict(model, data, batch_size, device)
     out = compute_metric(task, preds.numpy(), data.labels)
     out["loss"] = float(losses.mean())
+    if return_preds:
+        out["preds"] = preds
     return out
 
 

@@ -1,0 +1,79 @@
+import numpy as np
+import pytest
+
+from fedlib.partition import METHODS, Partition, PartitionError, make_partition, partition_stats, plot_partition
+
+rng = np.random.default_rng(0)
+TRAIN = rng.integers(0, 3, 600)
+EVAL = rng.integers(0, 3, 90)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_deterministic_exact_cover(method):
+    a = make_partition(TRAIN, EVAL, 10, method, alpha=0.5, seed=3)
+    b = make_partition(TRAIN, EVAL, 10, method, alpha=0.5, seed=3)
+    assert a.train == b.train and a.eval == b.eval
+    assert sorted(i for p in a.train for i in p) == list(range(len(TRAIN)))
+    assert sorted(i for p in a.eval for i in p) == list(range(len(EVAL)))
+    assert make_partition(TRAIN, EVAL, 10, method, alpha=0.5, seed=4).train != a.train or method == "iid" and False
+
+
+def _mean_label_entropy(part, labels):
+    ent = []
+    for p in part.train:
+        q = np.bincount(labels[p], minlength=3) / max(len(p), 1)
+        ent.append(-(q[q > 0] * np.log(q[q > 0])).sum())
+    return float(np.mean(ent))
+
+
+@pytest.mark.parametrize("method", ["dirichlet", "reference"])
+def test_smaller_alpha_means_more_label_skew(method):
+    skewed = make_partition(TRAIN, EVAL, 10, method, alpha=0.1, seed=1)
+    flat = make_partition(TRAIN, EVAL, 10, method, alpha=100.0, seed=1)
+    assert _mean_label_entropy(skewed, TRAIN) < _mean_label_entropy(flat, TRAIN) - 0.3
+
+
+def test_eval_shards_follow_each_clients_size_and_labels():
+    part = make_partition(TRAIN, np.repeat([0, 1, 2], 200), 5, "reference", alpha=0.3, seed=2)
+    sizes = part.sizes() / len(TRAIN)
+    eval_sizes = np.array([len(e) for e in part.eval]) / 600
+    assert np.allclose(sizes, eval_sizes, atol=0.01)
+    for t, e in zip(part.train, part.eval):
+        tr = np.bincount(TRAIN[t], minlength=3) / len(t)
+        ev = np.bincount(np.repeat([0, 1, 2], 200)[e], minlength=3) / max(len(e), 1)
+        assert np.abs(tr - ev).max() < 0.25
+
+
+def test_too_little_data_is_a_clear_error():
+    with pytest.raises(PartitionError, match="5 training examples cannot be split over 10 clients"):
+        make_partition(TRAIN[:5], EVAL, 10, "iid")
+    with pytest.raises(PartitionError, match=r"class\(es\) \[1\] have no training example"):
+        make_partition(np.array([0, 2, 0, 2, 0, 2]), EVAL, 2, "dirichlet")
+    with pytest.raises(PartitionError, match="use one of"):
+        make_partition(TRAIN, EVAL, 2, "shards")
+
+
+def test_small_eval_split_leaves_some_clients_without_eval_shard():
+    part = make_partition(TRAIN, EVAL[:4], 10, "iid", seed=0)
+    assert sum(len(e) == 0 for e in part.eval) == 6
+    assert partition_stats(part, TRAIN)["eval_size"].sum() == 4
+
+
+def test_json_round_trip_and_foreign_data(tmp_path):
+    part = make_partition(TRAIN, EVAL, 4, "quantity", seed=0)
+    path = part.save(tmp_path / "p.json")
+    assert Partition.load(path, TRAIN, EVAL) == part
+    with pytest.raises(PartitionError, match="made from other train data"):
+        Partition.load(path, TRAIN[::-1], EVAL)
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(PartitionError, match="not a fedlib partition file"):
+        Partition.load(tmp_path / "bad.json")
+
+
+def test_stats_and_plot():
+    part = make_partition(TRAIN, EVAL, 6, "reference", seed=0)
+    stats = partition_stats(part, TRAIN, ["a", "b", "c"])
+    assert list(stats.columns) == ["size", "a", "b", "c", "eval_size"]
+    assert stats["size"].sum() == len(TRAIN) and (stats[["a", "b", "c"]].sum(1) == stats["size"]).all()
+    ax = plot_partition(stats)
+    assert ax.get_xlabel() == "client" and ax.get_legend() is not None

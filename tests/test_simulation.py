@@ -1,0 +1,127 @@
+import json
+
+import pytest
+import torch
+
+from fedlib.client import client_update
+from fedlib.config import ConfigError, ExperimentConfig, FedConfig, ModelConfig, TrainConfig
+from fedlib.simulation import Simulation, SimulationError, run_simulation
+
+
+def tiny_cfg(**fed):
+    base = dict(task="sst2", num_clients=4, clients_per_round=2, rounds=3, train_limit=48, eval_limit=24, seed=5)
+    return ExperimentConfig(model=ModelConfig(prompt_len=2), train=TrainConfig(batch_size=8, eval_batch_size=32),
+                            fed=FedConfig(**{**base, **fed}))
+
+
+def _same(a, b):
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_same_seed_same_run(bundled_backbone):
+    a = run_simulation(tiny_cfg(), backbone=bundled_backbone, progress=False)
+    b = run_simulation(tiny_cfg(), backbone=bundled_backbone, progress=False)
+    _same(a.server.shared, b.server.shared)
+    assert a.history["global_metric"].tolist() == b.history["global_metric"].tolist()
+    assert a.history["clients"].tolist() == b.history["clients"].tolist()
+
+
+def test_accounting_counts_the_tensors_exchanged(bundled_backbone):
+    res = run_simulation(tiny_cfg(rounds=1, strategy="scaffold"), backbone=bundled_backbone, progress=False)
+    rec = res.history.iloc[0]
+    shared = sum(v.numel() * 4 for v in res.server.shared.values())
+    assert rec["bytes_up"] == 2 * 2 * shared            # y_i and dc_i from 2 clients
+    assert rec["bytes_down"] == 2 * 2 * shared          # x and c to 2 clients
+    assert rec["seconds_client"] > 0 and rec["seconds_eval"] > 0 and rec["cum_bytes"] == rec["bytes_up"] + rec["bytes_down"]
+
+
+class Stop(BaseException):
+    """Simulates the process dying (not an ordinary client error, which the round would absorb)."""
+
+
+def test_stop_and_resume_equals_uninterrupted(bundled_backbone, tmp_path):
+    cfg = tiny_cfg(rounds=4, checkpoint_every=1)
+    cfg = cfg.replace(model=cfg.model.replace(layer_roles=("shared", "personal") * 3))
+    full = run_simulation(cfg, tmp_path / "full", backbone=bundled_backbone, progress=False)
+
+    calls = {"n": 0}
+
+    def dies_in_round_3(model, k, *args):
+        calls["n"] += 1
+        if calls["n"] == 6:   # the 2nd client of round 3
+            raise Stop()
+        return client_update(model, k, *args)
+    with pytest.raises(Stop):
+        Simulation(cfg, tmp_path / "cut", backbone=bundled_backbone, progress=False, client_fn=dies_in_round_3).run()
+    assert (tmp_path / "cut" / "checkpoints" / "LATEST").read_text() == "round_000002"
+    resumed = Simulation(cfg, tmp_path / "cut", backbone=bundled_backbone, progress=False).run(resume=True)
+    _same(full.server.shared, resumed.server.shared)
+    keep = ["round", "clients", "global_metric", "personal_metric", "train_loss", "bytes_up", "bytes_down"]
+    assert full.history[keep].to_dict("records") == resumed.history[keep].to_dict("records")
+    lines = (tmp_path / "cut" / "results.jsonl").read_text().splitlines()
+    assert [json.loads(l)["round"] for l in lines] == [1, 2, 3, 4]
+
+
+def test_non_finite_or_raising_client_is_left_out(bundled_backbone, caplog):
+    def faulty(model, k, *args):
+        if k == 0:
+            raise RuntimeError("disk full")
+        res, state = client_update(model, k, *args)
+        if k == 1:
+            res.shared = {n: torch.full_like(v, float("nan")) for n, v in res.shared.items()}
+        return res, state
+    res = run_simulation(tiny_cfg(rounds=3), backbone=bundled_backbone, progress=False, client_fn=faulty)
+    h = res.history
+    assert h["failed"].sum() >= 1
+    reasons = {f["reason"] for fs in h["failures"] for f in fs}
+    assert reasons <= {"RuntimeError: disk full", "non-finite update"}
+    assert all(torch.isfinite(v).all() for v in res.server.shared.values())
+    assert (h["reported"] + h["failed"] == 2).all()
+    assert "left out" in caplog.text
+
+
+def test_every_client_failing_stops_the_run_clearly(bundled_backbone, tmp_path):
+    def broken(*a):
+        raise ValueError("boom")
+    with pytest.raises(SimulationError, match="every client failed in 2 rounds in a row"):
+        run_simulation(tiny_cfg(rounds=5, max_failed_rounds=2, checkpoint_every=1), tmp_path, backbone=bundled_backbone,
+                       progress=False, client_fn=broken)
+
+
+def test_personal_state_persists_across_rounds(bundled_backbone):
+    cfg = tiny_cfg(num_clients=2, clients_per_round=2, rounds=2)
+    cfg = cfg.replace(model=cfg.model.replace(layer_roles=("personal",) * 2 + ("shared",) * 4))
+    seen = {}
+
+    def spy(model, k, shared, state, *args):
+        seen.setdefault(k, []).append({n: v.clone() for n, v in state.items()})
+        res, new = client_update(model, k, shared, state, *args)
+        seen[k].append(new)
+        return res, new
+    sim = Simulation(cfg, backbone=bundled_backbone, progress=False, client_fn=spy)
+    sim.run()
+    for k in (0, 1):
+        first_in, first_out, second_in, _ = seen[k]
+        assert first_in == {}                                                  # first round: initial values
+        _same(first_out, second_in)                                           # round 2 starts from round 1's state
+        assert {n.split("/")[0] for n in first_out} == {"personal", "opt"}   # personal layers + AdamW state
+        assert "personal/prompt.layer.0" in first_out and "personal/prompt.layer.2" not in first_out
+    assert not torch.equal(seen[0][1]["personal/prompt.layer.0"], seen[1][1]["personal/prompt.layer.0"])
+
+
+@pytest.mark.parametrize("field,value,needle", [("clients_per_round", 9, "must be in [1, num_clients=4]"),
+                                                ("rounds", 0, "must be >= 1"), ("strategy", "fedsgd", "one of")])
+def test_invalid_config_fails_before_training(field, value, needle):
+    with pytest.raises(ConfigError) as err:
+        tiny_cfg(**{field: value})
+    assert f"FedConfig.{field}={value!r}" in str(err.value) and needle in str(err.value)
+
+
+def test_disk_client_state(bundled_backbone, tmp_path):
+    cfg = tiny_cfg(rounds=2, client_state="disk")
+    cfg = cfg.replace(model=cfg.model.replace(layer_roles=("personal",) + ("shared",) * 5))
+    mem = run_simulation(cfg.replace(fed=cfg.fed.replace(client_state="memory")), backbone=bundled_backbone, progress=False)
+    disk = run_simulation(cfg, tmp_path, backbone=bundled_backbone, progress=False)
+    assert list((tmp_path / "clients").glob("client_*.safetensors"))
+    _same(mem.server.shared, disk.server.shared)
