@@ -47,9 +47,10 @@ class ClientResult:
         return math.isfinite(self.loss) and all(torch.isfinite(t).all() for t in (*self.shared.values(), *self.extra.values()))
 
 
-def client_seed(seed: int, round_: int, client: int) -> int:
-    """Seed for client ``client``'s work in round ``round_``: derived, so a resumed run redraws the same."""
-    return int(np.random.SeedSequence([seed, round_, client]).generate_state(1)[0])
+def client_seed(seed: int, round_: int, client: int, stream: int = 0) -> int:
+    """Seed for client ``client``'s work in round ``round_``: derived, so a resumed run redraws the same.
+    ``stream`` separates uses (0: training; FedPepTAO's warm-up and Hessian probes use others)."""
+    return int(np.random.SeedSequence([seed, round_, client, stream]).generate_state(1)[0])
 
 
 def export_optimizer(opt: torch.optim.Optimizer, model) -> Tensors:

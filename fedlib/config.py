@@ -262,7 +262,8 @@ class FedConfig(Config):
     Paper settings (digest 3.1): 100 clients, 10 per round, 2 local epochs, 100 rounds, reference
     partition with alpha 1. The defaults here are a small CPU run. ``server_*``/``prox_mu`` left at
     ``None`` take the strategy's defaults (:mod:`fedlib.strategies`). FedPepTAO: ``shared_layers``
-    (0: chosen by the Hessian criterion) or ``share_ratio``; ``nonselected`` layers ``"personal"`` or ``"off"``;
+    (0: chosen by the Hessian criterion) or ``share_ratio``; ``nonselected`` layers ``"personal"``, ``"off"`` or ``"auto"`` (personal for encoders, off
+    for decoders, as the reference);
     ``server_variant`` ``"parallel"`` (default) or ``"sequential"`` (reference-faithful).
     """
 
@@ -291,10 +292,9 @@ class FedConfig(Config):
     prox_mu: float | None = None
     shared_layers: int = 0
     share_ratio: float = 0.0
-    nonselected: typing.Literal["personal", "off"] = "personal"
+    nonselected: typing.Literal["auto", "personal", "off"] = "auto"
     server_variant: typing.Literal["parallel", "sequential"] = "parallel"
     score_batch: int = 8
-    rescore_every: int = 0
     hessian_warmup_rounds: int = 2
     hessian_iters: int = 20
     seed: int = 42
@@ -324,7 +324,6 @@ class FedConfig(Config):
         check(self.shared_layers >= 0, o, "shared_layers", self.shared_layers, "must be >= 0 (0: automatic)")
         check(0.0 <= self.share_ratio <= 1.0, o, "share_ratio", self.share_ratio, "must be in [0, 1] (0: automatic)")
         check(self.score_batch >= 2, o, "score_batch", self.score_batch, "must be >= 2 (a B x B similarity matrix)")
-        check(self.rescore_every >= 0, o, "rescore_every", self.rescore_every, "must be >= 0 (0: score once)")
         check(self.hessian_iters >= 2, o, "hessian_iters", self.hessian_iters, "must be >= 2")
         check(self.hessian_warmup_rounds >= 0, o, "hessian_warmup_rounds", self.hessian_warmup_rounds, "must be >= 0")
 

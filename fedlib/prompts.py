@@ -12,12 +12,13 @@ the bare model's.
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import torch
 from torch import nn
 
-__all__ = ["DeepPrompt", "InputPrompt", "use_prefix_attention", "ROLES", "OFF_KWARG"]
+__all__ = ["DeepPrompt", "InputPrompt", "use_prefix_attention", "eager_attention", "ROLES", "OFF_KWARG"]
 
 ROLES = ("shared", "personal", "off")
 OFF_KWARG = "fedlib_off_layers"
@@ -181,3 +182,20 @@ def use_prefix_attention(model: nn.Module) -> None:
     AttentionInterface.register(name, _make_wrapper(base))
     AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[base])
     model.set_attn_implementation(name)
+
+
+@contextlib.contextmanager
+def eager_attention(model: nn.Module):
+    """Within the block the model uses its eager attention (with off-layer masking), e.g. for the
+    double backward of Hessian-vector products, which fused CPU attention does not implement."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+    saved = model.config._attn_implementation
+    AttentionInterface.register("fedlib_eager", _make_wrapper("eager"))
+    AttentionMaskInterface.register("fedlib_eager", ALL_MASK_ATTENTION_FUNCTIONS["eager"])
+    model.set_attn_implementation("fedlib_eager")
+    try:
+        yield model
+    finally:
+        model.set_attn_implementation(saved)

@@ -1,0 +1,124 @@
+"""How many layers to share: the Hessian eigenvalue density of the prompt loss (digest 1.4).
+
+1. Stochastic Lanczos quadrature (Ghorbani et al. 2019, PyHessian): ``iters`` Lanczos steps with full
+   re-orthogonalisation on Hessian-vector products from torch autograd (double backward, no finite
+   differences), from a Rademacher probe. The tridiagonal T's eigenpairs give Ritz values lambda_i and
+   weights w_i = (first eigenvector component)^2.
+2. Density: Gaussian kernels of variance ``sigma2 = 1e-5 * max(1, lambda_max - lambda_min)`` at the Ritz
+   values, on 10,000 grid points over [lambda_min - 0.01, lambda_max + 0.01], normalised to integrate to 1.
+3. ``ratio(t) = 1 - integral_{lambda <= t} density``: the mass of eigenvalues above t.
+4. The reference's threshold search: t = 0, 0.1, 0.2, ...; if ratio(t) < ratio(0)/2, halve the step and
+   restart from 0; once 4 consecutive ratios differ pairwise by < 0.005, return the last ratio.
+   The fraction of layers to keep is that ratio (averaged over clients by the caller).
+
+Double backward through PyTorch's fused CPU attention is not implemented, so the model runs with its
+eager attention inside :func:`keep_ratio` (and the fast kernel again afterwards). The loss is the
+task's classification loss on the batch (the reference used a plain LM loss on ``labels=input_ids``,
+padding included, digest bug 8).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["lanczos", "ritz", "eigen_density", "ratio_above", "threshold_ratio", "keep_ratio", "layer_count"]
+
+
+def lanczos(hvp, dim: int, iters: int, generator: torch.Generator, dtype=torch.float64, device=None) -> tuple[np.ndarray, np.ndarray]:
+    """Lanczos on a symmetric operator ``hvp: [dim] -> [dim]``; returns (alphas ``[m]``, betas ``[m-1]``)."""
+    v = (torch.randint(0, 2, (dim,), generator=generator).to(dtype) * 2 - 1).to(device)   # Rademacher
+    v = v / v.norm()
+    basis, alphas, betas = [v], [], []
+    w_prev, beta = None, 0.0
+    for i in range(min(iters, dim)):
+        w = hvp(basis[-1]).to(dtype)
+        alpha = torch.dot(w, basis[-1])
+        alphas.append(float(alpha))
+        w = w - alpha * basis[-1] - (beta * basis[-2] if i > 0 else 0)
+        for b in basis:                                     # full re-orthogonalisation
+            w = w - torch.dot(w, b) * b
+        beta = float(w.norm())
+        if i == min(iters, dim) - 1 or beta < 1e-10:
+            break
+        betas.append(beta)
+        basis.append(w / beta)
+    return np.array(alphas), np.array(betas[: len(alphas) - 1])
+
+
+def ritz(alphas: np.ndarray, betas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues of the tridiagonal T and weights (first eigenvector components squared)."""
+    t = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
+    evals, evecs = np.linalg.eigh(t)
+    return evals, evecs[0] ** 2
+
+
+def eigen_density(eigs: np.ndarray, weights: np.ndarray, num_bins: int = 10_000, sigma2: float = 1e-5,
+                  overhead: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian-smoothed spectral density ``(grid [num_bins], density [num_bins])`` (PyHessian's)."""
+    lo, hi = eigs.min() - overhead, eigs.max() + overhead
+    sigma2 = sigma2 * max(1.0, hi - lo)
+    grid = np.linspace(lo, hi, num_bins)
+    dens = (weights[None, :] * np.exp(-(grid[:, None] - eigs[None, :]) ** 2 / (2 * sigma2))
+            / math.sqrt(2 * math.pi * sigma2)).sum(1)
+    dens /= _trapezoid(dens, grid)
+    return grid, dens
+
+
+def _trapezoid(y: np.ndarray, x: np.ndarray) -> float:
+    return float(np.sum((y[1:] + y[:-1]) * np.diff(x)) / 2) if len(y) > 1 else 0.0
+
+
+def ratio_above(grid: np.ndarray, density: np.ndarray, t: float) -> float:
+    """Mass of the density above ``t``: ``1 - integral_{lambda <= t}`` (trapezoid rule, as the normalisation)."""
+    below = grid <= t
+    return float(1.0 - _trapezoid(density[below], grid[below]))
+
+
+def threshold_ratio(grid: np.ndarray, density: np.ndarray, inc: float = 0.1, tol: float = 0.005,
+                    plateau: int = 4, max_evals: int = 100_000) -> float:
+    """The reference's search (get_ratio.py): the ratio where the mass above t stops changing."""
+    first = ratio_above(grid, density, 0.0)
+    t, ratios, evals = 0.0, [], 0
+    while evals < max_evals and inc > 1e-9:
+        r = ratio_above(grid, density, t)
+        evals += 1
+        if ratios and r < first / 2:
+            inc, t, ratios = inc / 2, 0.0, []
+            continue
+        ratios.append(r)
+        last = ratios[-plateau:]
+        if len(last) == plateau and max(last) - min(last) < tol:
+            return last[-1]
+        t += inc
+    return ratios[-1] if ratios else first
+
+
+def keep_ratio(model, batch: dict, iters: int, seed: int, device: torch.device) -> dict:
+    """One client's fraction of prompt layers to keep, from the Hessian of its batch's loss w.r.t. all
+    prompt tensors (all layers together, as the reference). Returns ratio, Ritz values and weights."""
+    from .prompts import eager_attention
+
+    params = [p for n, p in model.trainable().items() if n.startswith("prompt.")]
+    dim = sum(p.numel() for p in params)
+    batch = {k: v.to(device) for k, v in batch.items()}
+    model.eval()
+    with eager_attention(model.backbone):
+        loss = F.cross_entropy(model(**batch).float(), batch["labels"])
+        grads = torch.autograd.grad(loss, params, create_graph=True)
+        flat = torch.cat([g.reshape(-1) for g in grads])
+
+        def hvp(v):
+            hv = torch.autograd.grad(flat, params, grad_outputs=v.to(flat.dtype), retain_graph=True)
+            return torch.cat([h.reshape(-1) for h in hv]).detach().double()
+        alphas, betas = lanczos(lambda v: hvp(v.view(-1)), dim, iters, torch.Generator().manual_seed(seed), device=device)
+    eigs, weights = ritz(alphas, betas)
+    grid, dens = eigen_density(eigs, weights)
+    return {"ratio": threshold_ratio(grid, dens), "eigenvalues": eigs.tolist(), "weights": weights.tolist()}
+
+
+def layer_count(ratio: float, num_layers: int) -> int:
+    """``round(ratio * L)``, at least 1 and at most L (the reference leaves the rounding unstated)."""
+    return int(min(num_layers, max(1, math.floor(ratio * num_layers + 0.5))))

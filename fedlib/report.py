@@ -1,0 +1,82 @@
+"""Summaries, tables and plots of federated runs (used by ``make experiment``, benchmarks, notebooks).
+
+A run's history is the DataFrame :func:`fedlib.simulation.run_simulation` returns (one row per round).
+The headline metric of a round is the personalised metric when present (the reference's protocol,
+digest 1.5 step 7), else the global one.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["headline", "summarize", "rounds_to_target", "markdown_table", "plot_curves"]
+
+
+def headline(history: pd.DataFrame) -> pd.Series:
+    """Per-round metric series (NaN on rounds without evaluation)."""
+    col = "personal_metric" if "personal_metric" in history and history["personal_metric"].notna().any() else "global_metric"
+    return history[col] if col in history else pd.Series(np.nan, index=history.index)
+
+
+def rounds_to_target(history: pd.DataFrame, target: float) -> tuple[float, float]:
+    """(first round whose metric >= target, cumulative seconds by then); NaN if never reached."""
+    metric = headline(history)
+    hit = history[metric >= target - 1e-12]
+    if hit.empty:
+        return math.nan, math.nan
+    return float(hit["round"].iloc[0]), float(hit["cum_seconds"].iloc[0])
+
+
+def summarize(history: pd.DataFrame, target: float | None = None) -> dict:
+    """Final and best metric, bytes and seconds per round, and rounds/seconds to ``target``."""
+    metric = headline(history).dropna()
+    rounds = len(history)
+    out = {"final_metric": float(metric.iloc[-1]) if len(metric) else math.nan,
+           "best_metric": float(metric.max()) if len(metric) else math.nan,
+           "final_global_metric": float(history["global_metric"].dropna().iloc[-1])
+           if "global_metric" in history and history["global_metric"].notna().any() else math.nan,
+           "bytes_up_per_round": float(history["bytes_up"].mean()),
+           "bytes_down_per_round": float(history["bytes_down"].mean()),
+           "bytes_per_round": float((history["bytes_up"] + history["bytes_down"]).mean()),
+           "bytes_total": float(history["cum_bytes"].iloc[-1]),
+           "seconds_per_round": float((history["seconds_client"] + history["seconds_aggregate"]).mean()),
+           "seconds_total": float(history["cum_seconds"].iloc[-1]), "rounds": rounds,
+           "failed_clients": int(history["failed"].sum())}
+    if target is not None:
+        out["rounds_to_target"], out["seconds_to_target"] = rounds_to_target(history, target)
+    return out
+
+
+def markdown_table(df: pd.DataFrame, floatfmt: str = ".4f") -> str:
+    """A GitHub-flavoured markdown table of ``df`` (no extra dependency)."""
+    def cell(v):
+        if isinstance(v, float):
+            return "—" if math.isnan(v) else (f"{v:,.0f}" if abs(v) >= 1000 else format(v, floatfmt))
+        return str(v)
+    head = "| " + " | ".join(map(str, df.columns)) + " |"
+    sep = "|" + "|".join("---" for _ in df.columns) + "|"
+    rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([head, sep, *rows])
+
+
+def plot_curves(histories: dict[str, pd.DataFrame], x: str = "round", ax=None, title: str | None = None,
+                ylabel: str = "metric"):
+    """Metric per round (``x="round"``) or per cumulative byte (``x="cum_bytes"``), one line per run."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(6.5, 4))[1]
+    for name, h in histories.items():
+        m = headline(h)
+        keep = m.notna()
+        xs = h.loc[keep, x] / (1e6 if x == "cum_bytes" else 1)
+        ax.plot(xs, m[keep], marker="o", ms=3, label=name)
+    ax.set_xlabel({"round": "round", "cum_bytes": "cumulative MB exchanged", "cum_seconds": "cumulative seconds"}.get(x, x))
+    ax.set_ylabel(ylabel)
+    if x == "cum_bytes":
+        ax.set_xscale("log")
+    ax.set_title(title or f"{ylabel} per {x.replace('_', ' ')}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return ax

@@ -1,0 +1,126 @@
+import numpy as np
+import pytest
+import torch
+
+from fedlib.client import ClientResult
+from fedlib.hessian import eigen_density, keep_ratio, lanczos, layer_count, ritz, threshold_ratio
+from fedlib.scoring import similarity_scores
+from fedlib.server import init_server, server_update
+from fedlib.strategies import get_strategy
+
+
+def loop_score(h: np.ndarray, eps=1e-5) -> float:
+    """The reference's O(B^2) loop: pairwise cosine, eigenvalues, sum(log l + 1/l)."""
+    b = len(h)
+    k = np.zeros((b, b))
+    for i in range(b):
+        for j in range(b):
+            k[i, j] = h[i] @ h[j] / (np.linalg.norm(h[i]) * np.linalg.norm(h[j]))
+    lam = np.linalg.eigvals(k).real + eps
+    return float(np.sum(np.log(lam) + 1 / lam))
+
+
+def test_vectorised_scores_match_a_plain_loop():
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(5, 8, 7, 6, generator=g)          # [L, B, T, d]
+    hidden[3] = hidden[3, :1] + 0.05 * hidden[3]            # a layer with collinear rows
+    got = similarity_scores(hidden).numpy()
+    want = [loop_score(hidden[l].flatten(1).double().numpy()) for l in range(5)]
+    assert np.allclose(got, want, rtol=1e-6)
+    assert got.min() >= 8 - 1e-6                             # >= B, equality iff orthogonal
+    assert np.argmax(got) == 3                               # collinear = redundant = highest score
+
+
+def test_lanczos_recovers_a_known_spectrum_from_autograd_hvps():
+    torch.manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(12, 12, dtype=torch.float64))
+    spectrum = torch.tensor([-2.0, -1.0, -0.5] + [0.01] * 5 + [3.0, 4.0, 5.0, 6.0], dtype=torch.float64)
+    a = q @ torch.diag(spectrum) @ q.T
+    x = torch.randn(12, dtype=torch.float64, requires_grad=True)
+    grad = torch.autograd.grad(0.5 * x @ a @ x, x, create_graph=True)[0]
+
+    def hvp(v):
+        return torch.autograd.grad(grad, x, grad_outputs=v, retain_graph=True)[0]
+    assert torch.allclose(hvp(torch.ones(12, dtype=torch.float64)), a @ torch.ones(12, dtype=torch.float64))
+    alphas, betas = lanczos(hvp, 12, 12, torch.Generator().manual_seed(1))
+    eigs, weights = ritz(alphas, betas)
+    distinct = sorted(set(np.round(eigs, 6)))
+    assert np.allclose(distinct, sorted(set(spectrum.tolist())), atol=1e-6)   # repeated 0.01 collapses to one Ritz value
+    assert weights.sum() == pytest.approx(1.0)
+
+
+def test_threshold_rule_returns_the_mass_of_large_eigenvalues():
+    eigs = np.array([-1.0] * 6 + [5.0] * 4)
+    grid, dens = eigen_density(eigs, np.full(10, 0.1))
+    ratio = threshold_ratio(grid, dens)
+    assert ratio == pytest.approx(0.4, abs=1e-3)
+    assert layer_count(ratio, 24) == 10 and layer_count(0.0, 24) == 1 and layer_count(1.0, 6) == 6
+
+
+def test_keep_ratio_on_the_bundled_model_needs_eager_attention_and_restores_sdpa(bundled_backbone):
+    from fedlib.classifier import PromptClassifier
+    from fedlib.config import ModelConfig
+    from fedlib.encode import collate, encode_dataset
+    from fedlib.tasks import get_task, load_task
+
+    model = PromptClassifier(bundled_backbone, get_task("sst2"), ModelConfig(prompt_len=2))
+    data = encode_dataset(load_task("sst2", "train", limit=4), bundled_backbone.tokenizer, model.task, "linear", 32)
+    out = keep_ratio(model, collate(data, range(4), 0), 6, 0, torch.device("cpu"))
+    assert 0.0 <= out["ratio"] <= 1.0 and len(out["eigenvalues"]) == 6
+    assert model.backbone.config._attn_implementation == "fedlib_sdpa"
+    assert keep_ratio(model, collate(data, range(4), 0), 6, 0, torch.device("cpu"))["ratio"] == out["ratio"]
+
+
+def _res(client, n, k, y):
+    return ClientResult(client, n, k, 0.1, {"w": torch.tensor([y], dtype=torch.float64)})
+
+
+@pytest.mark.parametrize("variant", ["parallel", "sequential"])
+def test_fedpeptao_server_step_two_clients_two_rounds(variant):
+    s = get_strategy("fedpeptao")
+    hp = {"server_lr": 0.1, "server_momentum": 0.9, "lr": 0.5, "variant": variant}
+    st = init_server(s, {"w": torch.tensor([0.0], dtype=torch.float64)}, hp)
+    # round 1: A (n=1, K=2, y=1), B (n=3, K=1, y=2); mean 1.75
+    st = server_update(st, [_res(0, 1, 2, 1.0), _res(1, 3, 1, 2.0)], s, hp, num_clients=4)
+    cA, cB = (0 - 1.0) / (2 * 0.5), (0 - 2.0) / (1 * 0.5)                 # -1, -4
+    c = 0 + (2 / 4) * (2 * cA + 1 * cB) / 3                                # -1
+    assert st.shared["w"].item() == pytest.approx(1.75)                   # first step: FedAvg
+    assert (st.controls["c0"]["w"].item(), st.controls["c1"]["w"].item(), st.controls["c"]["w"].item()) == pytest.approx((cA, cB, c))
+    assert st.scalars["server_lr"] == 0.1
+    # round 2: A (y=2.75), B (y=4.75); mean 4.25; Delta_1 = -1.75, Delta_2 = 1.75 - 4.25; g = Delta_1 - Delta_2
+    st2 = server_update(st, [_res(0, 1, 2, 2.75), _res(1, 3, 1, 4.75)], s, hp, num_clients=4)
+    cA2 = cA - c + (1.75 - 2.75) / (2 * 0.5)
+    cB2 = cB - c + (1.75 - 4.75) / (1 * 0.5)
+    c2 = c + (2 / 4) * (2 * (cA2 - cA) + 1 * (cB2 - cB)) / 3
+    g, eta, avg = -1.75 - (1.75 - 4.25), 0.1 * 0.99, 4.25
+    if variant == "parallel":
+        vA, vB = 0.1 * g + c2 - cA2, 0.1 * g + c2 - cB2
+        wA, wB = avg - eta * vA, avg - eta * vB
+    else:
+        vA = 0.1 * g + c2 - cA2
+        wA = avg - eta * vA
+        vB = 0.9 * vA + 0.1 * g + c2 - cB2
+        wB = wA - eta * vB
+    assert st2.shared["w"].item() == pytest.approx(0.25 * wA + 0.75 * wB)
+    assert st2.opt["V.w"].item() == pytest.approx(0.25 * vA + 0.75 * vB)
+    assert st2.scalars["server_lr"] == pytest.approx(0.099)
+    assert st2.controls["c"]["w"].item() == pytest.approx(c2)
+
+
+def test_selection_is_deterministic_and_shares_the_top_scored_layers(bundled_backbone):
+    from fedlib.config import ExperimentConfig, FedConfig, ModelConfig, TrainConfig
+    from fedlib.simulation import Simulation
+
+    cfg = ExperimentConfig(model=ModelConfig(prompt_len=2), train=TrainConfig(batch_size=8),
+                           fed=FedConfig(strategy="fedpeptao", num_clients=4, clients_per_round=2, rounds=1, train_limit=48,
+                                         eval_limit=16, hessian_warmup_rounds=1, hessian_iters=4))
+    a = Simulation(cfg, backbone=bundled_backbone, progress=False).selection
+    b = Simulation(cfg, backbone=bundled_backbone, progress=False).selection
+    assert a["ranking"] == b["ranking"] and a["scores"] == b["scores"] and a["roles"] == b["roles"]
+    assert a["how"] == "Hessian eigen-density" and 1 <= a["k"] <= 6
+    shared = {l for l, r in enumerate(a["roles"]) if r == "shared"}
+    assert shared == set(a["ranking"][: a["k"]]) and set(a["roles"]) <= {"shared", "personal"}
+    fixed = Simulation(cfg.replace(fed=cfg.fed.replace(shared_layers=2, nonselected="off")), backbone=bundled_backbone,
+                       progress=False)
+    assert fixed.selection["roles"].count("shared") == 2 and fixed.selection["roles"].count("off") == 4
+    assert fixed.selection["hessian"] is None
