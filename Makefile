@@ -23,7 +23,6 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==$(TORCH_VERSION)
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,notebooks,flower]"
-	$(PY) -m ipykernel install --sys-prefix --name fedlib --display-name "Python (fedlib)" >/dev/null
 	touch $(STAMP)
 
 experiment: $(STAMP)
@@ -35,6 +34,7 @@ test: $(STAMP)
 test-lib: $(STAMP)
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
+# JupyterLab from the project's environment: its default "python3" kernel is .venv's Python.
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/
 

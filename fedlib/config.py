@@ -294,9 +294,11 @@ class FedConfig(Config):
     share_ratio: float = 0.0
     nonselected: typing.Literal["auto", "personal", "off"] = "auto"
     server_variant: typing.Literal["parallel", "sequential"] = "parallel"
+    control_variates: bool = True
     score_batch: int = 8
     hessian_warmup_rounds: int = 2
     hessian_iters: int = 20
+    hessian_relative: bool = False
     seed: int = 42
 
     def validate(self) -> None:

@@ -22,6 +22,7 @@ the clients' shared tensors, theta the previous global, K_i local steps and eta_
              theta <- sum_k p_k w_k;   V <- sum_k p_k v_k
 
 Control variates cost no communication: the server computes them from what clients already send.
+``control_variates=False`` (FedConfig) drops the ``c - c_i`` term, for the ablation.
 Unlike the reference (digest bug 4) they cover only the shared tensors.
 """
 from __future__ import annotations
@@ -76,7 +77,7 @@ def _hessian_ratio(sim) -> dict:
         idx = sim.partition.train[k]
         order = np.random.default_rng([fed.seed, k, 13]).permutation(len(idx))[: sim.cfg.train.batch_size]
         out = keep_ratio(model, collate(sim.train, [idx[i] for i in order], pad), fed.hessian_iters,
-                         client_seed(fed.seed, 0, k, stream=2), sim.device)
+                         client_seed(fed.seed, 0, k, stream=2), sim.device, relative=fed.hessian_relative)
         per_client.append(out)
     model.load_state(init)                       # training proper starts from the initial prompts
     ratios = [r["ratio"] for r in per_client]
@@ -142,17 +143,19 @@ def fedpeptao_server_step(state: ServerState, results: list, avg: dict, delta: d
     weights = np.array([float(r.num_examples) for r in results])
     p = weights / weights.sum()
     V = {k: opt.get(f"V.{k}", torch.zeros_like(v)) for k, v in theta.items()}
+    use_cv = 1.0 if hp.get("control_variates", True) else 0.0   # 0: ablation without the c - c_i correction
     new_theta, new_V = {}, {}
     for name in theta:
         if hp.get("variant", "parallel") == "sequential":
             w, v, ws, vs = avg[name], V[name], [], []
             for r in results:
-                v = beta * v + (1 - beta) * g[name] + c[name] - controls[f"c{r.client}"][name]
+                v = beta * v + (1 - beta) * g[name] + use_cv * (c[name] - controls[f"c{r.client}"][name])
                 w = w - eta * v
                 ws.append(w)
                 vs.append(v)
         else:
-            vs = [beta * V[name] + (1 - beta) * g[name] + c[name] - controls[f"c{r.client}"][name] for r in results]
+            vs = [beta * V[name] + (1 - beta) * g[name] + use_cv * (c[name] - controls[f"c{r.client}"][name])
+                  for r in results]
             ws = [avg[name] - eta * v for v in vs]
         new_theta[name] = sum(float(pk) * w for pk, w in zip(p, ws))
         new_V[name] = sum(float(pk) * v for pk, v in zip(p, vs))

@@ -96,9 +96,15 @@ def threshold_ratio(grid: np.ndarray, density: np.ndarray, inc: float = 0.1, tol
     return ratios[-1] if ratios else first
 
 
-def keep_ratio(model, batch: dict, iters: int, seed: int, device: torch.device) -> dict:
+def keep_ratio(model, batch: dict, iters: int, seed: int, device: torch.device, relative: bool = False) -> dict:
     """One client's fraction of prompt layers to keep, from the Hessian of its batch's loss w.r.t. all
-    prompt tensors (all layers together, as the reference). Returns ratio, Ritz values and weights."""
+    prompt tensors (all layers together, as the reference). Returns ratio, Ritz values and weights.
+
+    The reference's kernel width and grid margin are absolute (1e-5 * range, 0.01): when the eigenvalues
+    are much smaller than that (small models, untrained prompts) the density is one Gaussian at 0 and the
+    rule returns about 0.5 whatever the spectrum. ``relative=True`` divides the Ritz values by their
+    largest magnitude first, making the rule scale-free (not in the reference).
+    """
     from .prompts import eager_attention
 
     params = [p for n, p in model.trainable().items() if n.startswith("prompt.")]
@@ -115,8 +121,10 @@ def keep_ratio(model, batch: dict, iters: int, seed: int, device: torch.device) 
             return torch.cat([h.reshape(-1) for h in hv]).detach().double()
         alphas, betas = lanczos(lambda v: hvp(v.view(-1)), dim, iters, torch.Generator().manual_seed(seed), device=device)
     eigs, weights = ritz(alphas, betas)
-    grid, dens = eigen_density(eigs, weights)
-    return {"ratio": threshold_ratio(grid, dens), "eigenvalues": eigs.tolist(), "weights": weights.tolist()}
+    scaled = eigs / max(np.abs(eigs).max(), 1e-30) if relative else eigs
+    grid, dens = eigen_density(scaled, weights)
+    return {"ratio": threshold_ratio(grid, dens), "eigenvalues": eigs.tolist(), "weights": weights.tolist(),
+            "relative": relative}
 
 
 def layer_count(ratio: float, num_layers: int) -> int:

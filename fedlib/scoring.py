@@ -22,29 +22,36 @@ import torch
 
 from .encode import Encoded, collate
 
-__all__ = ["similarity_scores", "client_layer_scores", "score_layers"]
+__all__ = ["similarity_matrices", "similarity_scores", "client_layer_scores", "batch_hidden_states", "score_layers"]
 
 EPS = 1e-5
 
 
+def similarity_matrices(hidden: torch.Tensor) -> torch.Tensor:
+    """Cosine-similarity matrices ``[L, B, B]`` from hidden states ``[L, B, ...]`` (flattened per example)."""
+    h = torch.nn.functional.normalize(hidden.flatten(2).double(), dim=-1)   # [L, B, F]
+    return h @ h.transpose(1, 2)
+
+
 def similarity_scores(hidden: torch.Tensor, eps: float = EPS) -> torch.Tensor:
-    """Scores ``[L]`` from hidden states ``[L, B, ...]`` (each layer's batch flattened per example)."""
-    h = hidden.flatten(2).double()                                   # [L, B, F]
-    h = torch.nn.functional.normalize(h, dim=-1)
-    k = h @ h.transpose(1, 2)                                        # [L, B, B] cosine similarities
-    lam = torch.linalg.eigvalsh(k).clamp_min(0.0) + eps              # [L, B]
+    """Scores ``[L]`` from hidden states ``[L, B, ...]``: sum(log lambda + 1/lambda) of each K_l."""
+    lam = torch.linalg.eigvalsh(similarity_matrices(hidden)).clamp_min(0.0) + eps   # [L, B]
     return (lam.log() + 1.0 / lam).sum(-1)
 
 
 @torch.no_grad()
-def client_layer_scores(model, batch: dict, device: torch.device) -> torch.Tensor:
-    """One client's scores ``[L]``: one batch through the prompted model, all layers at once."""
+def batch_hidden_states(model, batch: dict, device: torch.device) -> torch.Tensor:
+    """Each layer's output on a batch, padding zeroed: ``[L, B, T, d]`` (eval mode, prompts active)."""
     model.eval()
     batch = {k: v.to(device) for k, v in batch.items()}
     _, hidden = model(**batch, output_hidden_states=True)
     mask = batch["attention_mask"].to(hidden[0].dtype)[None, :, :, None]   # [1, B, T, 1]
-    layers = torch.stack(hidden[1:]) * mask                                 # [L, B, T, d]
-    return similarity_scores(layers).cpu()
+    return (torch.stack(hidden[1:]) * mask).cpu()
+
+
+def client_layer_scores(model, batch: dict, device: torch.device) -> torch.Tensor:
+    """One client's scores ``[L]``: one batch through the prompted model, all layers at once."""
+    return similarity_scores(batch_hidden_states(model, batch, device))
 
 
 def score_layers(model, data: Encoded, shards: list[list[int]], batch_size: int, seed: int,

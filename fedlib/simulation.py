@@ -66,12 +66,16 @@ def strategy_hparams(cfg: ExperimentConfig) -> dict:
     for name in ("server_lr", "server_momentum", "server_tau", "prox_mu"):
         if getattr(fed, name) is not None:
             hp[name] = getattr(fed, name)
-    hp.update(local_epochs=fed.local_epochs, local_steps=fed.local_steps, variant=fed.server_variant)
+    hp.update(local_epochs=fed.local_epochs, local_steps=fed.local_steps, variant=fed.server_variant,
+              control_variates=fed.control_variates)
     return hp
 
 
 def _quiet() -> bool:
-    return bool(os.environ.get("CI")) or not sys.stderr.isatty()
+    """Progress bars off under CI or FEDLIB_PROGRESS=0; on in a terminal or a Jupyter kernel."""
+    if os.environ.get("CI") or os.environ.get("FEDLIB_PROGRESS") == "0":
+        return True
+    return not (sys.stderr.isatty() or "ipykernel" in sys.modules)
 
 
 class Simulation:

@@ -1,0 +1,93 @@
+"""Every notebook runs headless through papermill with its default parameters, and its headline
+numbers (``summary.json`` in its output folder) are sane. (``make test`` also runs ``pytest --nbval-lax``
+over the notebooks as committed.)"""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def test_the_sequence_is_complete():
+    assert NOTEBOOKS == ["00_overview", "01_non_iid_partitioning", "02_layer_selection_scoring", "03_client_drift",
+                         "04_adaptive_optimizers", "05_full_experiments"]
+
+
+@pytest.fixture(scope="module", params=NOTEBOOKS)
+def executed(request, tmp_path_factory, monkeypatch_module):
+    import papermill as pm
+
+    name = request.param
+    out = tmp_path_factory.mktemp(name)
+    pm.execute_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"), str(out / f"{name}.ipynb"),
+                        parameters={"out_dir": str(out)}, cwd=str(ROOT / "notebooks"), progress_bar=False,
+                        kernel_name="python3")
+    return name, out, json.loads((out / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FEDLIB_PROGRESS", "0")
+    mp.setenv("HF_HUB_OFFLINE", "1")
+    yield mp
+    mp.undo()
+
+
+def test_notebook_runs_and_its_numbers_are_sane(executed):
+    name, out, s = executed
+    assert list(out.glob("*.png")), f"{name} saved no figure"
+    CHECKS[name](s, out)
+
+
+def _overview(s, out):
+    per_layer = 8 * 2 * 384 * 4                                  # P x 2 x d floats
+    assert s["num_layers"] == 6 and s["frozen_parameters"] == 22_713_216
+    assert s["bytes_per_role"] == {"shared": 3 * per_layer + (384 * 2 + 2) * 4, "personal": 2 * per_layer, "off": per_layer}
+
+
+def _partitioning(s, out):
+    assert set(s["sizes_total"].values()) == {s["num_examples"]} == {67349}
+    assert set(s["eval_total"].values()) == {s["num_eval"]} == {872}
+    e = s["entropy"]
+    a = s["alphas"]
+    assert e[f"dirichlet a={a[0]}"] < e[f"dirichlet a={a[1]}"] < e[f"dirichlet a={a[2]}"] <= e["iid"] + 1e-9
+    assert e[f"reference a={a[0]}"] < e[f"reference a={a[2]}"]
+
+
+def _scoring(s, out):
+    for task, r in s.items():
+        assert sorted(r["ranking"]) == list(range(6))
+        assert min(r["scores"]) >= r["score_batch"] - 1e-6           # s >= B always
+        assert 1 <= r["k"] <= 6 and r["chosen"] == sorted(r["ranking"][: r["k"]])
+        assert 0.0 <= r["ratio"] <= 1.0
+
+
+def _drift(s, out):
+    assert len(s["mean_drift"]) == 5
+    assert all(np.isfinite(v) and v > 0 for v in s["mean_drift"].values())
+    assert all(-1 <= v <= 1 for v in s["mean_cosine"].values())
+    assert all(0 <= v <= 1 for v in s["final_personal_metric"].values())
+
+
+def _optimizers(s, out):
+    assert len(s["final_metric"]) == 7 and all(0 <= v <= 1 for v in s["final_metric"].values())
+    assert (out / "results.csv").exists()
+
+
+def _full(s, out):
+    from fedlib.tasks import load_task
+
+    rows = {r["strategy"]: r for r in s["rows"]}
+    assert set(rows) == set(s["strategies"]) and (out / "results.csv").exists() and (out / "results.md").exists()
+    labels = np.asarray(load_task("sst2", "eval", limit=200)["label"])
+    chance = max(np.mean(labels), 1 - np.mean(labels))             # majority-class accuracy
+    assert rows["fedpeptao"]["final_metric"] > chance + 0.05
+    assert rows["fedpeptao"]["bytes_per_round"] < rows["fedavg"]["bytes_per_round"]
+
+
+CHECKS = {"00_overview": _overview, "01_non_iid_partitioning": _partitioning, "02_layer_selection_scoring": _scoring,
+          "03_client_drift": _drift, "04_adaptive_optimizers": _optimizers, "05_full_experiments": _full}
