@@ -111,9 +111,9 @@ def save_run_checkpoint(folder: str | Path, round_: int, server_tensors: dict, c
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"round_{round_:06d}"
+    for stale in folder.glob(".tmp_round_*"):      # left by a run killed while checkpointing
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = folder / f".tmp_round_{round_:06d}_{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
     tmp.mkdir()
     flat_clients = {f"{k}/{name}": v.contiguous() for k, state in clients.items() for name, v in state.items()}
     _fsync_write(tmp / "server.safetensors", lambda p: save_file({k: v.contiguous() for k, v in server_tensors.items()}, str(p)))

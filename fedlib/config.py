@@ -284,6 +284,7 @@ class FedConfig(Config):
     personal_eval: bool = True
     checkpoint_every: int = 0
     max_failed_rounds: int = 3
+    max_update_norm: float = 1e4
     client_state: typing.Literal["memory", "disk"] = "memory"
     data_dir: str | None = None
     server_lr: float | None = None
@@ -320,6 +321,7 @@ class FedConfig(Config):
         check(self.eval_every >= 0, o, "eval_every", self.eval_every, "must be >= 0 (0: only after the last round)")
         check(self.checkpoint_every >= 0, o, "checkpoint_every", self.checkpoint_every, "must be >= 0 (0: never)")
         check(self.max_failed_rounds >= 1, o, "max_failed_rounds", self.max_failed_rounds, "must be >= 1")
+        check(self.max_update_norm > 0, o, "max_update_norm", self.max_update_norm, "must be > 0")
         for name in ("server_lr", "server_momentum", "server_tau", "prox_mu"):
             v = getattr(self, name)
             check(v is None or v >= 0, o, name, v, "must be >= 0 or None (strategy default)")

@@ -8,7 +8,8 @@ evaluation, metrics, failures) is appended to ``results.jsonl``; every ``checkpo
 whole run state is checkpointed. All randomness is derived from (seed, round, client), so a resumed
 run continues exactly as an uninterrupted one.
 
-A client that raises or returns non-finite tensors is left out of that round (warning, counted); a
+A client that raises, returns non-finite tensors or an update whose norm exceeds ``max_update_norm``
+(divergence) is left out of that round (warning, counted); a
 round where every client fails is skipped; after ``max_failed_rounds`` such rounds in a row the run
 stops with :class:`SimulationError`, its last checkpoint intact.
 """
@@ -160,6 +161,13 @@ class Simulation:
                 log.warning("round %d: client %d sent non-finite values; left out", round_ + 1, k)
                 failures.append({"client": k, "reason": "non-finite update"})
                 continue
+            norm = float(sum(((res.shared[n].double() - self.server.shared[n].double()) ** 2).sum()
+                             for n in self.server.shared) ** 0.5)
+            if norm > fed.max_update_norm:
+                log.warning("round %d: client %d diverged (update norm %.3g > max_update_norm %.3g); left out",
+                            round_ + 1, k, norm, fed.max_update_norm)
+                failures.append({"client": k, "reason": f"update norm {norm:.3g} exceeds max_update_norm"})
+                continue
             self.store.put(k, state)
             results.append(res)
         t1 = time.perf_counter()
@@ -212,7 +220,12 @@ class Simulation:
         self.failed_in_a_row = info["failed_in_a_row"]
         log_path = self.out_dir / "results.jsonl"
         if log_path.exists():
-            rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+            rows = []
+            for line in log_path.read_text().splitlines():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:   # a line torn by a kill mid-write: it is past the checkpoint anyway
+                    log.warning("%s: skipping a torn line", log_path)
             self.history = [r for r in rows if r["round"] <= round_]
         self._rewrite_log()
         return round_
@@ -240,7 +253,7 @@ class Simulation:
             if resume and (self.out_dir / "checkpoints" / "LATEST").exists():
                 start = self._resume()
                 log.info("resumed from round %d", start)
-            elif not resume:
+            else:                     # a fresh start (also when nothing was checkpointed yet)
                 self._rewrite_log()
         cum_bytes = self.history[-1]["cum_bytes"] if self.history else 0
         cum_seconds = self.history[-1]["cum_seconds"] if self.history else 0.0

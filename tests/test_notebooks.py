@@ -91,3 +91,26 @@ def _full(s, out):
 
 CHECKS = {"00_overview": _overview, "01_non_iid_partitioning": _partitioning, "02_layer_selection_scoring": _scoring,
           "03_client_drift": _drift, "04_adaptive_optimizers": _optimizers, "05_full_experiments": _full}
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "notebooks" / "params").glob("*.yaml")), ids=lambda p: p.stem)
+def test_paper_parameter_files_name_only_parameters_of_notebook_05(path):
+    import nbformat
+    import yaml
+
+    from fedlib.config import ExperimentConfig, FedConfig, ModelConfig, TrainConfig
+
+    nb = nbformat.read(ROOT / "notebooks" / "05_full_experiments.ipynb", as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    names = {line.split("=")[0].strip() for line in cell.source.splitlines() if "=" in line}
+    params = yaml.safe_load(path.read_text())
+    assert set(params) <= names, set(params) - names
+    # the values make valid configs (every field is validated on construction)
+    ExperimentConfig(model=ModelConfig(name=params["model_name"], head=params["head"], prompt_len=params["prompt_len"],
+                                       max_length=params["max_length"]),
+                     train=TrainConfig(batch_size=params["batch_size"], lr=params["lr"]),
+                     fed=FedConfig(num_clients=params["num_clients"], clients_per_round=params["clients_per_round"],
+                                   rounds=params["rounds"], local_epochs=params["local_epochs"]))
+    for s in params["strategies"]:
+        FedConfig(strategy=s)
+    assert params["num_clients"] == 100 and params["clients_per_round"] == 10 and params["rounds"] == 100
