@@ -74,12 +74,11 @@ def load_prompt(path: str | Path, model, strict_roles: bool = False) -> dict:
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"{path}: tensor data unreadable ({err})") from err
+    try:
+        model.check_state(tensors)
+    except (KeyError, ValueError) as err:
+        raise CheckpointError(f"{path}: {err.args[0]}") from err
     params = model.trainable()
-    for name, value in tensors.items():
-        if name not in params:
-            raise CheckpointError(f"{path}: tensor {name!r} has no place in this model (its roles: {list(model.prompt.roles)})")
-        if params[name].shape != value.shape:
-            raise CheckpointError(f"{path}: tensor {name!r} is {tuple(value.shape)}, the model needs {tuple(params[name].shape)}")
     model.load_state({k: v.to(params[k].device, params[k].dtype) for k, v in tensors.items()})
     return header
 

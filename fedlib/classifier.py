@@ -93,15 +93,22 @@ class PromptClassifier(nn.Module):
         """Detached copies of the trainable tensors, all or those of one role."""
         return {n: p.detach().clone() for n, p in self.trainable().items() if role is None or self.role_of(n) == role}
 
-    @torch.no_grad()
-    def load_state(self, state: dict[str, torch.Tensor]) -> None:
-        """Copy tensors in by name; an unknown name or a shape mismatch raises ``KeyError``/``ValueError``."""
+    def check_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Raise ``KeyError`` (unknown name) or ``ValueError`` (shape) unless every tensor fits this model."""
         params = self.trainable()
         for name, value in state.items():
             if name not in params:
-                raise KeyError(f"{name!r} is not a trainable tensor of this model; it has {sorted(params)}")
+                raise KeyError(f"{name!r} is not a trainable tensor of this model (roles {list(self.prompt.roles)}); "
+                               f"it has {sorted(params)}")
             if params[name].shape != value.shape:
                 raise ValueError(f"{name}: shape {tuple(value.shape)} does not fit {tuple(params[name].shape)}")
+
+    @torch.no_grad()
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Copy tensors in by name, after checking all of them (:meth:`check_state`): all or nothing."""
+        self.check_state(state)
+        params = self.trainable()
+        for name, value in state.items():
             params[name].copy_(value)
 
     def set_roles(self, roles: tuple[str, ...]) -> None:

@@ -15,7 +15,7 @@ from .encode import Encoded
 from .tasks import compute_metric
 from .train import evaluate, predict
 
-__all__ = ["evaluate_global", "evaluate_personal", "pooled_by_shard"]
+__all__ = ["evaluate_global", "evaluate_personal", "personal_predictions", "pool_personal", "pooled_by_shard"]
 
 
 def evaluate_global(model, shared: dict, data: Encoded, batch_size: int, device: torch.device) -> dict | None:
@@ -26,34 +26,37 @@ def evaluate_global(model, shared: dict, data: Encoded, batch_size: int, device:
         return evaluate(model, data, model.task, batch_size, device, return_preds=True)
 
 
-def pooled_by_shard(task, preds: torch.Tensor, data: Encoded, shards: list[list[int]]) -> dict:
-    """Personalised-evaluation numbers from one set of predictions ``[N]`` (when no client has
-    anything personal, every client's model is the global one)."""
+def personal_predictions(model, shared: dict, personal: dict, data: Encoded, idx: list[int], batch_size: int,
+                         device: torch.device) -> np.ndarray:
+    """One client's predictions ``[len(idx)]`` on its eval shard, with its personal + the global shared tensors."""
+    model.load_state({k: v.to(device) for k, v in shared.items()})
+    model.load_state({n: v.to(device) for n, v in personal.items()})
+    preds, _ = predict(model, data.subset(idx), batch_size, device)
+    return preds.numpy()
+
+
+def pool_personal(task, preds: dict[int, np.ndarray], data: Encoded, shards: list[list[int]]) -> dict:
+    """The task metric over all clients' pooled predictions, plus per-client accuracy mean and spread."""
     labels = np.asarray(data.labels)
-    idx = [i for s in shards for i in s]
-    out = compute_metric(task, preds.numpy()[idx], labels[idx])
-    per_client = [float((preds.numpy()[s] == labels[s]).mean()) for s in shards if s]
+    ks = [k for k in sorted(preds) if shards[k]]
+    pooled = np.concatenate([preds[k] for k in ks])
+    truth = np.concatenate([labels[shards[k]] for k in ks])
+    per_client = [float((preds[k] == labels[shards[k]]).mean()) for k in ks]
+    out = compute_metric(task, pooled, truth)
     out.update({"client_mean": float(np.mean(per_client)), "client_std": float(np.std(per_client)),
-                "clients": len(per_client), "skipped": sum(1 for s in shards if not s)})
+                "clients": len(ks), "skipped": sum(1 for s in shards if not s)})
     return out
 
 
 def evaluate_personal(model, shared: dict, personal_of, data: Encoded, shards: list[list[int]], batch_size: int,
                       device: torch.device) -> dict:
     """``personal_of(k) -> dict`` gives client k's personal tensors (initial values if never trained)."""
-    model.load_state({k: v.to(device) for k, v in shared.items()})
-    preds, labels, per_client, skipped = [], [], [], 0
-    for k, idx in enumerate(shards):
-        if not idx:
-            skipped += 1
-            continue
-        model.load_state({n: v.to(device) for n, v in personal_of(k).items()})
-        part = data.subset(idx)
-        p, _ = predict(model, part, batch_size, device)
-        preds.append(p.numpy())
-        labels.extend(part.labels)
-        per_client.append(float((p.numpy() == np.asarray(part.labels)).mean()))
-    out = compute_metric(model.task, np.concatenate(preds), labels)
-    out.update({"client_mean": float(np.mean(per_client)), "client_std": float(np.std(per_client)),
-                "clients": len(per_client), "skipped": skipped})
-    return out
+    preds = {k: personal_predictions(model, shared, personal_of(k), data, idx, batch_size, device)
+             for k, idx in enumerate(shards) if idx}
+    return pool_personal(model.task, preds, data, shards)
+
+
+def pooled_by_shard(task, preds: torch.Tensor, data: Encoded, shards: list[list[int]]) -> dict:
+    """Personalised-evaluation numbers from one set of predictions ``[N]`` (when no client has
+    anything personal, every client's model is the global one)."""
+    return pool_personal(task, {k: preds.numpy()[s] for k, s in enumerate(shards) if s}, data, shards)

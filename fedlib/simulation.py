@@ -83,7 +83,7 @@ class Simulation:
     """Holds one run's model workspace, data, partition, client store and server state."""
 
     def __init__(self, cfg: ExperimentConfig, out_dir: str | Path | None = None, backbone=None,
-                 progress: bool | None = None, client_fn=client_update) -> None:
+                 progress: bool | None = None, client_fn=client_update, selection: dict | None = None) -> None:
         self.cfg, self.fed = cfg, cfg.fed
         self.strategy = get_strategy(cfg.fed.strategy)
         self.hp = strategy_hparams(cfg)
@@ -110,7 +110,7 @@ class Simulation:
         self.selection = None
         if self.strategy.layers == "selected":
             from .fedpeptao import select_layers
-            self.selection = select_layers(self)
+            self.selection = selection if selection is not None else select_layers(self)
             self.model.set_roles(tuple(self.selection["roles"]))
         self.init_state = self.model.state()
         self.init_personal = self.model.state("personal")
@@ -142,33 +142,44 @@ class Simulation:
         rng = np.random.default_rng([self.fed.seed, round_])
         return [int(k) for k in rng.choice(self.fed.num_clients, self.fed.clients_per_round, replace=False)]
 
-    def run_round(self, round_: int) -> dict:
-        fed, t0 = self.fed, time.perf_counter()
-        sampled = self.sample(round_)
-        download = self.server.controls.get("c", {}) if self.strategy.client == "scaffold" else {}
-        results, failures = [], []
+    def train_clients(self, round_: int, sampled: list[int], download: dict) -> list[tuple]:
+        """Run the sampled clients' updates in this process: ``[(client, result, state, failure reason)]``."""
+        out = []
         for k in tqdm(sampled, desc=f"round {round_ + 1} clients", leave=False, disable=not self.progress):
             data = self.train.subset(self.partition.train[k])
             try:
                 res, state = self.client_fn(self.model, k, self.server.shared, self.store.get(k), self.init_personal, data,
                                             self.cfg.train, self.strategy, self.hp, download,
-                                            client_seed(fed.seed, round_, k), self.device)
+                                            client_seed(self.fed.seed, round_, k), self.device)
             except Exception as err:  # a failing client must not take the round down
-                log.warning("round %d: client %d failed (%s: %s); left out", round_ + 1, k, type(err).__name__, err)
-                failures.append({"client": k, "reason": f"{type(err).__name__}: {err}"})
+                out.append((k, None, None, f"{type(err).__name__}: {err}"))
                 continue
-            if not res.finite():
-                log.warning("round %d: client %d sent non-finite values; left out", round_ + 1, k)
-                failures.append({"client": k, "reason": "non-finite update"})
+            out.append((k, res, state, None))
+        return out
+
+    def check_result(self, res) -> str | None:
+        """Why a client's result must be left out (non-finite, diverged), or None."""
+        if not res.finite():
+            return "non-finite update"
+        norm = float(sum(((res.shared[n].double() - self.server.shared[n].double()) ** 2).sum()
+                         for n in self.server.shared) ** 0.5)
+        if norm > self.fed.max_update_norm:
+            return f"update norm {norm:.3g} exceeds max_update_norm"
+        return None
+
+    def run_round(self, round_: int) -> dict:
+        fed, t0 = self.fed, time.perf_counter()
+        sampled = self.sample(round_)
+        download = self.server.controls.get("c", {}) if self.strategy.client == "scaffold" else {}
+        results, failures = [], []
+        for k, res, state, reason in self.train_clients(round_, sampled, download):
+            reason = reason or self.check_result(res)
+            if reason:
+                log.warning("round %d: client %d left out: %s", round_ + 1, k, reason)
+                failures.append({"client": k, "reason": reason})
                 continue
-            norm = float(sum(((res.shared[n].double() - self.server.shared[n].double()) ** 2).sum()
-                             for n in self.server.shared) ** 0.5)
-            if norm > fed.max_update_norm:
-                log.warning("round %d: client %d diverged (update norm %.3g > max_update_norm %.3g); left out",
-                            round_ + 1, k, norm, fed.max_update_norm)
-                failures.append({"client": k, "reason": f"update norm {norm:.3g} exceeds max_update_norm"})
-                continue
-            self.store.put(k, state)
+            if state is not None:
+                self.store.put(k, state)
             results.append(res)
         t1 = time.perf_counter()
         self.server = server_update(self.server, results, self.strategy, self.hp, fed.num_clients)
@@ -197,11 +208,15 @@ class Simulation:
             if not self.init_personal and g is not None:   # nothing personal: each client's model is the global one
                 p = pooled_by_shard(self.model.task, g["preds"], self.eval, self.partition.eval)
             else:
-                p = evaluate_personal(self.model, self.server.shared, self.personal_of, self.eval, self.partition.eval,
-                                      bs, self.device)
+                p = self.evaluate_personal()
             out.update(personal_metric=p["metric"], personal_client_mean=p["client_mean"],
                        personal_client_std=p["client_std"], personal_skipped=p["skipped"])
         return out
+
+    def evaluate_personal(self) -> dict:
+        """Personalised evaluation with the client states held here (the Flower runner asks the clients)."""
+        return evaluate_personal(self.model, self.server.shared, self.personal_of, self.eval, self.partition.eval,
+                                 self.cfg.train.eval_batch_size, self.device)
 
     # ---- the run ----------------------------------------------------------------------------------
     def _checkpoint(self, round_: int) -> None:

@@ -42,7 +42,7 @@ def test_other_shape_or_task_is_refused_before_loading(bundled_backbone, tmp_pat
 def test_tensor_with_no_place_is_refused(bundled_backbone, tmp_path):
     path = save_prompt(tmp_path / "p.safetensors", _model(bundled_backbone))
     other = _model(bundled_backbone, layer_roles=("off",) + ("shared",) * 5)
-    with pytest.raises(CheckpointError, match="'prompt.layer.0' has no place"):
+    with pytest.raises(CheckpointError, match="'prompt.layer.0' is not a trainable tensor of this model"):
         load_prompt(path, other)
 
 

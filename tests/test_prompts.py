@@ -97,6 +97,10 @@ def test_state_round_trip_by_role_and_errors(bundled_backbone):
         model.load_state({"prompt.layer.9": torch.zeros(4, 768)})
     with pytest.raises(ValueError, match="does not fit"):
         model.load_state({"prompt.layer.0": torch.zeros(5, 768)})
+    ones = {"prompt.layer.0": torch.ones(4, 768), "prompt.layer.2": torch.ones(3, 768)}   # 2nd does not fit
+    with pytest.raises(ValueError):
+        model.load_state(ones)
+    assert torch.equal(model.state()["prompt.layer.0"], zeros["prompt.layer.0"])       # nothing loaded half-way
 
 
 def test_set_roles_turns_layers_on_and_off(bundled_backbone):

@@ -1,0 +1,52 @@
+"""The same run in-process and on Flower's Simulation Runtime, side by side.
+
+Prints, as its last line, ``flower_parity max_abs_diff=<x> time_ratio=<y>``: the largest difference
+between the two runs' final global shared tensors, and Flower's wall time over the in-process one for the
+same run (goal <= 1.5). Flower's time includes starting Ray and building each node's workspace.
+Usage: python benchmarks/flower_parity.py [--rounds 3] [--num-clients 4] [--strategy fedpeptao]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("FEDLIB_PROGRESS", "0")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--num-clients", type=int, default=4)
+    p.add_argument("--clients-per-round", type=int, default=2)
+    p.add_argument("--strategy", default="fedpeptao")
+    p.add_argument("--train-limit", type=int, default=400)
+    args = p.parse_args()
+    from fedlib.config import ExperimentConfig, FedConfig, ModelConfig, TrainConfig
+    from fedlib.flower.apps import run_flower_simulation
+    from fedlib.simulation import run_simulation
+
+    cfg = ExperimentConfig(model=ModelConfig(prompt_len=4), train=TrainConfig(batch_size=8),
+                           fed=FedConfig(task="sst2", strategy=args.strategy, num_clients=args.num_clients,
+                                         clients_per_round=args.clients_per_round, rounds=args.rounds,
+                                         train_limit=args.train_limit, eval_limit=200, shared_layers=3, seed=1))
+    t0 = time.perf_counter()
+    local = run_simulation(cfg, progress=False)
+    t_local = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        flower = run_flower_simulation(cfg, tmp, num_cpus=max(1, torch.get_num_threads()))
+    t_flower = time.perf_counter() - t0
+    diff = max(float((local.server.shared[k] - flower.server.shared[k]).abs().max()) for k in local.server.shared)
+    print(f"{args.strategy}, {args.num_clients} clients, {args.clients_per_round}/round, {args.rounds} rounds: "
+          f"in-process {t_local:.1f} s, Flower {t_flower:.1f} s; final metric {local.history['personal_metric'].iloc[-1]:.4f} "
+          f"vs {flower.history['personal_metric'].iloc[-1]:.4f}")
+    print(f"flower_parity max_abs_diff={diff:.3g} time_ratio={t_flower / t_local:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,213 @@
+"""Flower ServerApp and ClientApp over :func:`fedlib.client.client_update` and :func:`fedlib.server.server_update`.
+
+Server (:class:`FlowerSimulation`): the in-process :class:`~fedlib.simulation.Simulation` with two steps
+replaced: the sampled clients train on Flower nodes (``train`` messages through the ``Grid``), and
+personalised evaluation is done by each node on its own eval shard (``evaluate`` messages), because
+personal prompt layers and the AdamW state never leave the node: they live in its ``context.state``.
+Sampling, the server update (momentum, control variates held by the server and keyed by partition id),
+validation of replies, accounting, logging and checkpoints are the simulator's own code.
+
+Messages (RecordDict): down ``arrays`` (global shared tensors), ``download`` (SCAFFOLD's c), ``config``
+(partition id, round, seed); up ``arrays`` (y_i), ``extra`` (SCAFFOLD's dc_i), ``metrics`` (num-examples,
+steps, loss, seconds). A node maps itself to a partition with ``partition-id`` in its node config
+(``--node-config "partition-id=3 num-partitions=20"``; Flower's simulation sets it). Failed or missing
+replies leave the client out of the round and are counted; the wait for nodes and for replies is bounded.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+from ..client import ClientResult, client_seed, client_update
+from ..config import ExperimentConfig
+from ..evaluation import personal_predictions, pool_personal
+from ..simulation import Simulation, SimulationError
+
+__all__ = ["FlowerSimulation", "make_client_app", "make_server_app", "run_flower_simulation"]
+
+log = logging.getLogger(__name__)
+STATE_KEY = "fedlib"
+
+
+def _arrays(tensors: dict) -> ArrayRecord:
+    return ArrayRecord({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
+
+
+def _tensors(record: ArrayRecord | None) -> dict:
+    return dict(record.to_torch_state_dict()) if record is not None and len(record) else {}
+
+
+# ---- client side ---------------------------------------------------------------------------------------
+_WORKSPACES: dict[str, Simulation] = {}
+
+
+def _workspace(cfg_json: str, selection_json: str) -> Simulation:
+    """The node's model, data and partition, built once per process (deterministic from the config)."""
+    key = cfg_json + selection_json
+    if key not in _WORKSPACES:
+        selection = json.loads(selection_json) or None
+        _WORKSPACES[key] = Simulation(ExperimentConfig.from_json(cfg_json), progress=False, selection=selection)
+    return _WORKSPACES[key]
+
+
+def _partition_id(context: Context) -> int:
+    if "partition-id" not in context.node_config:
+        raise SimulationError("this SuperNode has no 'partition-id' in its node config: start it with "
+                              "--node-config \"partition-id=<k> num-partitions=<N>\"")
+    return int(context.node_config["partition-id"])
+
+
+def make_client_app(mods: list | None = None) -> ClientApp:
+    """A ClientApp whose ``train`` calls :func:`fedlib.client.client_update` and whose ``evaluate`` predicts on
+    the node's eval shard with its personal tensors. Client state persists in ``context.state``.
+    ``mods``: Flower client mods (e.g. ``flwr.clientapp.mod.message_size_mod``)."""
+    app = ClientApp(mods=mods or [])
+
+    @app.query()
+    def query(msg: Message, context: Context) -> Message:
+        return Message(RecordDict({"metrics": MetricRecord({"partition-id": _partition_id(context)})}), reply_to=msg)
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        conf = msg.content["config"]
+        ws = _workspace(conf["experiment"], conf["selection"])
+        k = int(conf["partition-id"])
+        if k != _partition_id(context):
+            raise SimulationError(f"message for partition {k} reached the node of partition {_partition_id(context)}")
+        state = _tensors(context.state.get(STATE_KEY))
+        data = ws.train.subset(ws.partition.train[k])
+        res, new_state = client_update(ws.model, k, _tensors(msg.content["arrays"]), state, ws.init_personal, data,
+                                       ws.cfg.train, ws.strategy, ws.hp, _tensors(msg.content.get("download")),
+                                       int(conf["seed"]), ws.device)
+        context.state[STATE_KEY] = _arrays(new_state)
+        metrics = MetricRecord({"num-examples": res.num_examples, "steps": res.steps, "loss": float(res.loss),
+                                "seconds": res.seconds, "partition-id": k})
+        content = RecordDict({"arrays": _arrays(res.shared), "metrics": metrics})
+        if res.extra:
+            content["extra"] = _arrays(res.extra)
+        return Message(content, reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        conf = msg.content["config"]
+        ws = _workspace(conf["experiment"], conf["selection"])
+        k = _partition_id(context)
+        state = _tensors(context.state.get(STATE_KEY))
+        personal = {n[len("personal/"):]: v for n, v in state.items() if n.startswith("personal/")} or ws.init_personal
+        preds = personal_predictions(ws.model, _tensors(msg.content["arrays"]), personal, ws.eval, ws.partition.eval[k],
+                                     ws.cfg.train.eval_batch_size, ws.device)
+        return Message(RecordDict({"metrics": MetricRecord({"partition-id": k, "preds": [int(p) for p in preds]})}),
+                       reply_to=msg)
+
+    return app
+
+
+# ---- server side ---------------------------------------------------------------------------------------
+class FlowerSimulation(Simulation):
+    """The simulator driving Flower nodes through a ``Grid`` (see the module docstring)."""
+
+    def __init__(self, cfg: ExperimentConfig, grid: Grid, out_dir=None, node_timeout: float = 120.0,
+                 reply_timeout: float = 600.0, **kwargs) -> None:
+        super().__init__(cfg, out_dir, **kwargs)
+        self.grid, self.reply_timeout = grid, reply_timeout
+        self.node_of = self._connect(node_timeout)
+        self.client_state_held_by = "nodes"
+
+    def _connect(self, timeout: float) -> dict[int, int]:
+        """Wait (bounded) for the nodes and learn which partition each one holds."""
+        need, t0 = self.fed.num_clients, time.monotonic()
+        nodes = list(self.grid.get_node_ids())
+        while len(nodes) < need:
+            if time.monotonic() - t0 > timeout:
+                raise SimulationError(f"only {len(nodes)} of {need} Flower nodes connected within {timeout:.0f} s "
+                                      "(FedConfig.num_clients nodes are needed, one per partition)")
+            time.sleep(0.5)
+            nodes = list(self.grid.get_node_ids())
+        msgs = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
+        node_of = {}
+        for reply in self.grid.send_and_receive(msgs, timeout=timeout):
+            if not reply.has_error():
+                node_of[int(reply.content["metrics"]["partition-id"])] = reply.metadata.src_node_id
+        missing = sorted(set(range(need)) - set(node_of))
+        if missing:
+            raise SimulationError(f"no Flower node answered for partition(s) {missing[:10]}")
+        return node_of
+
+    def _config(self, k: int, round_: int) -> ConfigRecord:
+        return ConfigRecord({"experiment": self.cfg.to_json(), "selection": json.dumps(self.selection or {}),
+                             "partition-id": k, "round": round_, "seed": client_seed(self.fed.seed, round_, k)})
+
+    def train_clients(self, round_: int, sampled: list[int], download: dict) -> list[tuple]:
+        msgs = []
+        for k in sampled:
+            content = RecordDict({"arrays": _arrays(self.server.shared), "config": self._config(k, round_)})
+            if download:
+                content["download"] = _arrays(download)
+            msgs.append(Message(content, dst_node_id=self.node_of[k], message_type=MessageType.TRAIN))
+        replies = {}
+        for reply in self.grid.send_and_receive(msgs, timeout=self.reply_timeout):
+            replies[reply.metadata.src_node_id] = reply
+        out = []
+        for k in sampled:             # in sampling order, as the in-process loop (the sequential server variant cares)
+            reply = replies.get(self.node_of[k])
+            if reply is None:
+                out.append((k, None, None, "no reply (node lost or timed out)"))
+            elif reply.has_error():
+                out.append((k, None, None, f"client error: {reply.error.reason}"))
+            else:
+                m = reply.content["metrics"]
+                res = ClientResult(k, int(m["num-examples"]), int(m["steps"]), float(m["loss"]),
+                                   _tensors(reply.content["arrays"]), _tensors(reply.content.get("extra")),
+                                   float(m["seconds"]))
+                out.append((k, res, None, None))
+        return out
+
+    def evaluate_personal(self) -> dict:
+        ks = [k for k, s in enumerate(self.partition.eval) if s]
+        msgs = [Message(RecordDict({"arrays": _arrays(self.server.shared), "config": self._config(k, self.server.round)}),
+                        dst_node_id=self.node_of[k], message_type=MessageType.EVALUATE) for k in ks]
+        preds = {}
+        for reply in self.grid.send_and_receive(msgs, timeout=self.reply_timeout):
+            if not reply.has_error():
+                m = reply.content["metrics"]
+                preds[int(m["partition-id"])] = np.asarray(m["preds"], dtype=np.int64)
+        out = pool_personal(self.model.task, preds, self.eval, [s if k in preds else [] for k, s in enumerate(self.partition.eval)])
+        out["missing"] = len(ks) - len(preds)
+        return out
+
+
+def make_server_app(cfg: ExperimentConfig, out_dir=None, result: dict | None = None, **kwargs) -> ServerApp:
+    """A ServerApp running ``cfg`` with :class:`FlowerSimulation`; ``result`` (a dict) receives the
+    :class:`~fedlib.simulation.SimulationResult` under ``"result"`` when the run ends."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        res = FlowerSimulation(cfg, grid, out_dir, progress=False, **kwargs).run()
+        if result is not None:
+            result["result"] = res
+
+    return app
+
+
+def run_flower_simulation(cfg: ExperimentConfig, out_dir=None, num_cpus: float = 2.0, client_app: ClientApp | None = None,
+                          **kwargs):
+    """Run ``cfg`` on Flower's Simulation Runtime (Ray) in this process, one virtual node per client;
+    returns the :class:`~fedlib.simulation.SimulationResult`."""
+    from flwr.simulation import run_simulation
+
+    holder: dict = {}
+    run_simulation(server_app=make_server_app(cfg, out_dir, holder, **kwargs), client_app=client_app or make_client_app(),
+                   num_supernodes=cfg.fed.num_clients,
+                   backend_config={"client_resources": {"num_cpus": num_cpus, "num_gpus": 0.0},
+                                   "init_args": {"logging_level": logging.WARNING, "log_to_driver": False}})
+    if "result" not in holder:
+        raise SimulationError("the Flower run ended without a result (see the log above)")
+    return holder["result"]
