@@ -24,7 +24,7 @@ from .encode import Encoded
 from .strategies import Strategy
 from .train import local_train, make_optimizer
 
-__all__ = ["ClientResult", "client_update", "client_seed", "ClientStore", "export_optimizer", "import_optimizer"]
+__all__ = ["ClientResult", "client_update", "client_seed", "personal_tensors", "ClientStore", "export_optimizer", "import_optimizer"]
 
 log = logging.getLogger(__name__)
 Tensors = dict[str, torch.Tensor]
@@ -45,6 +45,11 @@ class ClientResult:
 
     def finite(self) -> bool:
         return math.isfinite(self.loss) and all(torch.isfinite(t).all() for t in (*self.shared.values(), *self.extra.values()))
+
+
+def personal_tensors(state: Tensors, init_personal: Tensors) -> Tensors:
+    """A client's personal tensors from its stored state, or ``init_personal`` before its first round."""
+    return {k[len("personal/"):]: v for k, v in state.items() if k.startswith("personal/")} or init_personal
 
 
 def client_seed(seed: int, round_: int, client: int, stream: int = 0) -> int:
@@ -85,7 +90,7 @@ def client_update(model, client: int, global_shared: Tensors, state: Tensors, in
     ``download``: extra tensors from the server (SCAFFOLD's global control ``c``).
     """
     t0 = time.perf_counter()
-    personal = {k[len("personal/"):]: v for k, v in state.items() if k.startswith("personal/")} or init_personal
+    personal = personal_tensors(state, init_personal)
     model.load_state({k: v.to(device) for k, v in global_shared.items()})
     model.load_state({k: v.to(device) for k, v in personal.items()})
     train_cfg = cfg.replace(lr=hp["lr"]) if "lr" in hp else cfg

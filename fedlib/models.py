@@ -143,6 +143,4 @@ def load_backbone(name: str = BUNDLED, head: str = "auto", attn_implementation: 
     model = auto.from_pretrained(path, **kwargs)
     if head == "mlm" and not _has_mlm(config):
         log.warning("%s has no pretrained MLM head: its MLM head is randomly initialised", name)
-    backbone = wrap_backbone(model, tokenizer, name=name)
-    backbone.kind = "decoder" if decoder else "encoder"
-    return backbone
+    return wrap_backbone(model, tokenizer, name=name)

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import load_run_checkpoint, save_run_checkpoint
 from .classifier import PromptClassifier
-from .client import ClientStore, client_seed, client_update
+from .client import ClientStore, client_seed, client_update, personal_tensors
 from .config import ExperimentConfig
 from .encode import encode_dataset
 from .evaluation import evaluate_global, evaluate_personal, pooled_by_shard
@@ -133,9 +133,7 @@ class Simulation:
         return part
 
     def personal_of(self, client: int) -> dict:
-        state = self.store.get(client)
-        personal = {k[len("personal/"):]: v for k, v in state.items() if k.startswith("personal/")}
-        return personal or self.init_personal
+        return personal_tensors(self.store.get(client), self.init_personal)
 
     # ---- one round --------------------------------------------------------------------------------
     def sample(self, round_: int) -> list[int]:

@@ -25,7 +25,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, M
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from ..client import ClientResult, client_seed, client_update
+from ..client import ClientResult, client_seed, client_update, personal_tensors
 from ..config import ExperimentConfig
 from ..evaluation import personal_predictions, pool_personal
 from ..simulation import Simulation, SimulationError
@@ -100,7 +100,7 @@ def make_client_app(mods: list | None = None) -> ClientApp:
         ws = _workspace(conf["experiment"], conf["selection"])
         k = _partition_id(context)
         state = _tensors(context.state.get(STATE_KEY))
-        personal = {n[len("personal/"):]: v for n, v in state.items() if n.startswith("personal/")} or ws.init_personal
+        personal = personal_tensors(state, ws.init_personal)
         preds = personal_predictions(ws.model, _tensors(msg.content["arrays"]), personal, ws.eval, ws.partition.eval[k],
                                      ws.cfg.train.eval_batch_size, ws.device)
         return Message(RecordDict({"metrics": MetricRecord({"partition-id": k, "preds": [int(p) for p in preds]})}),
