@@ -1,22 +1,82 @@
 """Run a benchmark protocol: tasks x strategies x seeds, one CSV row each (see fedlib.benchmark).
 
-    python benchmarks/run_grid.py benchmarks/protocols/cpu-small.yaml --out results/cpu-small
+    python benchmarks/run_grid.py benchmarks/protocols/cpu-small.yaml --out runs/cpu-small \
+        --results results/cpu-small --readme README.md
     python benchmarks/run_grid.py benchmarks/protocols/paper.yaml --out runs/paper --data-dir /data/glue
 
-Writes ``<out>/results.csv``, ``<out>/results.md`` (mean over seeds), ``<out>/<task>_seed<s>.png`` and each
-run's ``results.jsonl``. Runs already in the CSV are skipped, so an interrupted grid resumes.
+Writes ``<out>/results.csv``, ``<out>/results.md`` (mean over seeds), ``<out>/<task>.png`` (mean over seeds)
+and each run's ``results.jsonl``; ``<out>/provenance.json`` records the command and the commit(s) the grid ran
+at. Runs already in the CSV are skipped, so an interrupted grid resumes (and a finished one only re-renders).
+``--results P`` copies the CSV to ``P.csv`` and the figures to ``P/``; ``--readme`` rewrites the part of the
+README between ``<!-- results:NAME:begin -->`` and ``<!-- results:NAME:end -->`` (NAME = the protocol's name).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import shlex
+import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import yaml
 
-from fedlib.benchmark import plot_grid, run_grid
+from fedlib.benchmark import fedpeptao_deltas, mean_table, plot_grid, run_grid
 from fedlib.config import ExperimentConfig
 from fedlib.report import markdown_table
+
+
+def git_commit() -> str:
+    """HEAD's short hash, with ``+dirty`` when tracked files differ from it."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                           text=True).stdout.strip()
+    return (head or "unknown") + ("+dirty" if dirty else "")
+
+
+def platform_name() -> str:
+    import os
+
+    import torch
+    dev = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{os.cpu_count()} CPU cores"
+    return f"{dev}, torch {torch.__version__}"
+
+
+def record_provenance(out: Path, command: str) -> dict:
+    path = out / "provenance.json"
+    prov = json.loads(path.read_text()) if path.exists() else {"command": command, "commits": [], "started": []}
+    prov["commits"].append(git_commit())
+    prov["started"].append(time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+    path.write_text(json.dumps(prov, indent=2))
+    return prov
+
+
+def results_section(name: str, proto: dict, table, prov: dict, figures: list[str], wall_s: float | None) -> str:
+    """The README's Results section for one protocol, rendered from the grid's CSV."""
+    commits = ", ".join(dict.fromkeys(prov["commits"]))
+    lines = [f"Protocol `{name}`: tasks {', '.join(proto['tasks'])}; seeds {proto['seeds']}; configuration "
+             f"`{json.dumps(proto['experiment'], separators=(',', ':'))}`.",
+             f"Command: `{prov['command']}` at commit(s) {commits}."
+             + (f" Sum of the runs' wall times: {wall_s / 60:.1f} min on {platform_name()}." if wall_s else ""),
+             "Metric: personalised dev metric (accuracy; MCC for CoLA; (acc+F1)/2 for MRPC), mean over seeds. "
+             "`rounds_to_target`: first evaluated round reaching FedAvg-all-layers' final metric (same task and seed).",
+             "", markdown_table(mean_table(table)), "",
+             "FedPepTAO against FedAvg on all layers and against the best other strategy (means over seeds):", "",
+             markdown_table(fedpeptao_deltas(table)), ""]
+    lines += [f"![{Path(f).stem}]({f})" for f in figures]
+    return "\n".join(lines) + "\n"
+
+
+def replace_marked(readme: Path, name: str, body: str) -> None:
+    begin, end = f"<!-- results:{name}:begin -->", f"<!-- results:{name}:end -->"
+    text = readme.read_text()
+    if begin not in text or end not in text:
+        raise SystemExit(f"{readme}: add the markers {begin} and {end} where the results should go")
+    head, rest = text.split(begin, 1)
+    readme.write_text(head + begin + "\n" + body + end + rest.split(end, 1)[1])
 
 
 def main() -> None:
@@ -25,23 +85,38 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--data-dir", help="folder holding <task>/ TSV folders (default: $FEDLIB_DATA or data/)")
     p.add_argument("--device")
+    p.add_argument("--results", help="write the CSV to RESULTS.csv and figures to RESULTS/ (e.g. results/cpu-small)")
+    p.add_argument("--readme", help="rewrite this README's marked results section")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     proto = yaml.safe_load(Path(args.protocol).read_text())
+    name = Path(args.protocol).stem
     base = ExperimentConfig.from_dict(proto["experiment"])
     if args.data_dir:
         base = base.replace(fed=base.fed.replace(data_dir=args.data_dir))
     if args.device:
         base = base.replace(train=base.train.replace(device=args.device))
-    table = run_grid(base, proto["tasks"], proto["strategies"], proto["seeds"], args.out)
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    prov = record_provenance(out, "python " + shlex.join(sys.argv))
+    table = run_grid(base, proto["tasks"], proto["strategies"], proto["seeds"], out)
+    figures = []
     for task in proto["tasks"]:
-        for seed in proto["seeds"]:
-            plot_grid(out, task, seed).savefig(out / f"{task}_seed{seed}.png", dpi=100)
-    mean = table.groupby(["task", "strategy"], as_index=False)[
-        ["final_metric", "best_metric", "bytes_per_round", "seconds_per_round", "rounds_to_target"]].mean()
-    (out / "results.md").write_text(markdown_table(mean) + "\n")
-    print(markdown_table(mean))
+        fig = plot_grid(out, task, proto["seeds"])
+        fig.savefig(out / f"{task}.png", dpi=90)
+        figures.append(out / f"{task}.png")
+    (out / "results.md").write_text(markdown_table(mean_table(table)) + "\n")
+    print(markdown_table(mean_table(table)))
+    print(markdown_table(fedpeptao_deltas(table)))
+    if args.results:
+        res = Path(args.results)
+        res.mkdir(parents=True, exist_ok=True)
+        table.to_csv(res.with_suffix(".csv"), index=False)
+        figures = [shutil.copy(f, res / f.name) for f in figures]
+        if args.readme:
+            readme = Path(args.readme)
+            rel = [str(Path(f).relative_to(readme.parent.resolve()) if Path(f).is_absolute() else f) for f in figures]
+            replace_marked(readme, name, results_section(name, proto, table, prov, rel, table["wall_seconds"].sum()))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 :func:`run_grid` writes one CSV row per (task, strategy, seed) with final and best metric, bytes up
 and down per round and in total, seconds per round, and the round and seconds at which the run first
-reached the target: by default FedAvg-all-layers' final metric on the same task and seed. Runs already
+reached the target: by default FedAvg-all-layers' final metric on the same task and seed, and the run's
+wall seconds (set-up, layer selection and evaluation included). Runs already
 in the CSV are skipped, so an interrupted grid resumes where it stopped. Used by
 ``benchmarks/run_grid.py`` and ``notebooks/05_full_experiments.ipynb``.
 """
@@ -18,15 +19,16 @@ import pandas as pd
 
 from .config import ExperimentConfig
 from .models import load_backbone
-from .report import plot_curves, rounds_to_target, summarize
+from .report import headline, plot_curves, rounds_to_target, summarize
 from .simulation import run_simulation
 
-__all__ = ["run_grid", "COLUMNS"]
+__all__ = ["run_grid", "plot_grid", "mean_table", "fedpeptao_deltas", "COLUMNS"]
 
 log = logging.getLogger(__name__)
 COLUMNS = ["task", "strategy", "seed", "final_metric", "best_metric", "final_global_metric", "bytes_up_per_round",
            "bytes_down_per_round", "bytes_per_round", "bytes_total", "seconds_per_round", "seconds_total",
-           "rounds", "rounds_to_target", "seconds_to_target", "target", "shared_layers", "failed_clients"]
+           "rounds", "rounds_to_target", "seconds_to_target", "target", "shared_layers", "failed_clients",
+           "wall_seconds"]
 
 
 def run_grid(base: ExperimentConfig, tasks: list[str], strategies: list[str], seeds: list[int], out_dir: str | Path,
@@ -58,9 +60,11 @@ def run_grid(base: ExperimentConfig, tasks: list[str], strategies: list[str], se
                     history = res.history
                     shared = sum(r == "shared" for r in res.roles) if cfg.model.prompt_mode == "deep" and \
                         res.roles and name not in ("shallow", "lora") else 0
-                    log.info("%s/%s/seed %d: %.1f s", task, name, seed, time.perf_counter() - t0)
+                    wall = time.perf_counter() - t0
+                    log.info("%s/%s/seed %d: %.1f s", task, name, seed, wall)
                     rows = [r for r in rows if (r["task"], r["strategy"], int(r["seed"])) != (task, name, seed)]
-                    rows.append({"task": task, "strategy": name, "seed": seed, "shared_layers": shared, **summarize(history)})
+                    rows.append({"task": task, "strategy": name, "seed": seed, "shared_layers": shared,
+                                 "wall_seconds": wall, **summarize(history)})
                 row = next(r for r in rows if (r["task"], r["strategy"], int(r["seed"])) == (task, name, seed))
                 if name == target_strategy:
                     target = row["final_metric"]
@@ -80,13 +84,55 @@ def grid_histories(out_dir: str | Path, task: str, seed: int) -> dict[str, pd.Da
     return {p.parent.name: pd.read_json(p, lines=True) for p in sorted(base.glob("*/results.jsonl"))}
 
 
-def plot_grid(out_dir: str | Path, task: str, seed: int):
-    """Two panels: metric per round and metric per cumulative byte, one line per strategy."""
+def mean_histories(out_dir: str | Path, task: str, seeds: list[int]) -> dict[str, pd.DataFrame]:
+    """Per strategy, the round-by-round mean over ``seeds`` of the headline metric and cumulative bytes."""
+    runs: dict[str, list[pd.DataFrame]] = {}
+    for seed in seeds:
+        for name, h in grid_histories(out_dir, task, seed).items():
+            runs.setdefault(name, []).append(h.assign(metric=headline(h))[["round", "metric", "cum_bytes"]])
+    return {name: pd.concat(hs).groupby("round", as_index=False).mean().rename(columns={"metric": "personal_metric"})
+            for name, hs in runs.items()}
+
+
+def plot_grid(out_dir: str | Path, task: str, seed: int | list[int]):
+    """Two panels: metric per round and metric per cumulative byte, one line per strategy.
+
+    A list of seeds plots the mean over those seeds.
+    """
     import matplotlib.pyplot as plt
 
-    hist = grid_histories(out_dir, task, seed)
+    seeds = [seed] if isinstance(seed, int) else list(seed)
+    hist = mean_histories(out_dir, task, seeds)
+    label = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean of {len(seeds)} seeds"
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-    plot_curves(hist, "round", axes[0], title=f"{task} (seed {seed}): metric per round")
-    plot_curves(hist, "cum_bytes", axes[1], title=f"{task} (seed {seed}): metric per cumulative byte")
+    plot_curves(hist, "round", axes[0], title=f"{task} ({label}): metric per round")
+    plot_curves(hist, "cum_bytes", axes[1], title=f"{task} ({label}): metric per cumulative byte")
+    axes[0].get_legend().remove()
+    axes[1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     return fig
+
+
+def mean_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean over seeds per (task, strategy) of the headline columns, tasks and strategies in grid order."""
+    cols = ["final_metric", "best_metric", "bytes_per_round", "seconds_per_round", "rounds_to_target"]
+    out = table.groupby(["task", "strategy"], as_index=False, sort=False)[cols].mean()
+    return out.assign(seeds=table.groupby(["task", "strategy"], sort=False)["seed"].nunique().to_numpy())
+
+
+def fedpeptao_deltas(table: pd.DataFrame, method: str = "fedpeptao", reference: str = "fedavg") -> pd.DataFrame:
+    """Per task (means over seeds): ``method``'s final metric minus ``reference``'s and minus the best other
+    strategy's, its bytes per round and rounds-to-target relative to ``reference``."""
+    mean = mean_table(table).set_index(["task", "strategy"])
+    rows = []
+    for task in dict.fromkeys(table["task"]):
+        m, ref = mean.loc[(task, method)], mean.loc[(task, reference)]
+        others = mean.loc[task].drop(index=method)
+        best = others["final_metric"].idxmax()
+        rows.append({"task": task, method: m["final_metric"], reference: ref["final_metric"],
+                     "best_baseline": best, "best_baseline_metric": others.loc[best, "final_metric"],
+                     f"minus_{reference}": m["final_metric"] - ref["final_metric"],
+                     "minus_best_baseline": m["final_metric"] - others.loc[best, "final_metric"],
+                     "bytes_ratio": m["bytes_per_round"] / ref["bytes_per_round"],
+                     "rounds_to_target_ratio": m["rounds_to_target"] / ref["rounds_to_target"]})
+    return pd.DataFrame(rows)

@@ -67,11 +67,12 @@ def plot_curves(histories: dict[str, pd.DataFrame], x: str = "round", ax=None, t
     import matplotlib.pyplot as plt
 
     ax = ax or plt.subplots(figsize=(6.5, 4))[1]
-    for name, h in histories.items():
+    for i, (name, h) in enumerate(histories.items()):
         m = headline(h)
         keep = m.notna()
         xs = h.loc[keep, x] / (1e6 if x == "cum_bytes" else 1)
-        ax.plot(xs, m[keep], marker="o", ms=3, label=name)
+        ax.plot(xs, m[keep], marker="o", ms=3, label=name, color=f"C{i % 10}", ls="-" if i < 10 else "--",
+                lw=2.5 if name == "fedpeptao" else 1.5)
     ax.set_xlabel({"round": "round", "cum_bytes": "cumulative MB exchanged", "cum_seconds": "cumulative seconds"}.get(x, x))
     ax.set_ylabel(ylabel)
     if x == "cum_bytes":
