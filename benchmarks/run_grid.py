@@ -62,7 +62,8 @@ def results_section(name: str, proto: dict, table, prov: dict, figures: list[str
              f"Command: `{prov['command']}` at commit(s) {commits}."
              + (f" Sum of the runs' wall times: {wall_s / 60:.1f} min on {platform_name()}." if wall_s else ""),
              "Metric: personalised dev metric (accuracy; MCC for CoLA; (acc+F1)/2 for MRPC), mean over seeds. "
-             "`rounds_to_target`: first evaluated round reaching FedAvg-all-layers' final metric (same task and seed).",
+             "`rounds_to_target`: first evaluated round reaching FedAvg-all-layers' final metric (same task and seed), "
+             "mean over the `reached` seeds that reached it (evaluation every `eval_every` rounds).",
              "", markdown_table(mean_table(table)), "",
              "FedPepTAO against FedAvg on all layers and against the best other strategy (means over seeds):", "",
              markdown_table(fedpeptao_deltas(table)), ""]
@@ -98,7 +99,13 @@ def main() -> None:
         base = base.replace(train=base.train.replace(device=args.device))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    prov = record_provenance(out, "python " + shlex.join(sys.argv))
+    csv, expected = out / "results.csv", len(proto["tasks"]) * len(proto["strategies"]) * len(proto["seeds"])
+    done = sum(1 for _ in csv.open()) - 1 if csv.exists() else 0
+    prov_path = out / "provenance.json"
+    if done < expected or not prov_path.exists():   # runs to do: record the commit they run at
+        prov = record_provenance(out, "python " + shlex.join(sys.argv))
+    else:                                            # a finished grid is only re-rendered
+        prov = json.loads(prov_path.read_text())
     table = run_grid(base, proto["tasks"], proto["strategies"], proto["seeds"], out)
     figures = []
     for task in proto["tasks"]:

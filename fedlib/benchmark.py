@@ -114,10 +114,14 @@ def plot_grid(out_dir: str | Path, task: str, seed: int | list[int]):
 
 
 def mean_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean over seeds per (task, strategy) of the headline columns, tasks and strategies in grid order."""
+    """Mean over seeds per (task, strategy) of the headline columns, tasks and strategies in grid order.
+
+    ``rounds_to_target`` is the mean over the seeds that reached the target; ``reached`` counts them.
+    """
     cols = ["final_metric", "best_metric", "bytes_per_round", "seconds_per_round", "rounds_to_target"]
-    out = table.groupby(["task", "strategy"], as_index=False, sort=False)[cols].mean()
-    return out.assign(seeds=table.groupby(["task", "strategy"], sort=False)["seed"].nunique().to_numpy())
+    groups = table.groupby(["task", "strategy"], sort=False)
+    out = groups[cols].mean().reset_index()
+    return out.assign(reached=groups["rounds_to_target"].count().to_numpy(), seeds=groups["seed"].nunique().to_numpy())
 
 
 def fedpeptao_deltas(table: pd.DataFrame, method: str = "fedpeptao", reference: str = "fedavg") -> pd.DataFrame:

@@ -126,9 +126,20 @@ class PromptClassifier(nn.Module):
         """
         if self.input_prompt is not None:
             return self._forward_shallow(input_ids, attention_mask, target_pos, token_type_ids, output_hidden_states)
+        out = self.encode(input_ids, attention_mask, token_type_ids, output_hidden_states)
+        logits = self.head(out.last_hidden_state, attention_mask, target_pos)
+        return (logits, out.hidden_states) if output_hidden_states else logits
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None,
+               output_hidden_states: bool = False, prompt_kv: torch.Tensor | None = None):
+        """The backbone's output with the deep prompts in its cache (``last_hidden_state`` ``[B, T, d]``).
+
+        ``prompt_kv`` ``[B, L, 2, H_kv, P, hd]``: per-example prefixes (batched clients) instead of this
+        model's own.
+        """
         bsz, seq = input_ids.shape
         dtype = next(self.backbone.parameters()).dtype
-        cache = self.prompt.cache(bsz, dtype)
+        cache = self.prompt.cache(bsz, dtype, prompt_kv)
         mask = attention_mask
         if cache is not None:
             mask = torch.cat([attention_mask.new_ones(bsz, self.prompt.prompt_len), attention_mask], dim=1)
@@ -138,9 +149,7 @@ class PromptClassifier(nn.Module):
         kwargs[self.info.cache_kwarg] = cache
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
-        out = self.info.base(**kwargs)
-        logits = self.head(out.last_hidden_state, attention_mask, target_pos)
-        return (logits, out.hidden_states) if output_hidden_states else logits
+        return self.info.base(**kwargs)
 
     def _forward_shallow(self, input_ids, attention_mask, target_pos, token_type_ids, output_hidden_states):
         """Shallow prompt: ``[B, P + T]`` inputs; the head reads the real tokens (prompt positions cut)."""

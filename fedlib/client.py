@@ -24,7 +24,7 @@ from .encode import Encoded
 from .strategies import Strategy
 from .train import local_train, make_optimizer
 
-__all__ = ["ClientResult", "client_update", "client_seed", "personal_tensors", "ClientStore", "export_optimizer", "import_optimizer"]
+__all__ = ["ClientResult", "LocalRun", "prepare_client", "finish_client", "client_update", "client_seed", "personal_tensors", "ClientStore", "export_optimizer", "import_optimizer"]
 
 log = logging.getLogger(__name__)
 Tensors = dict[str, torch.Tensor]
@@ -81,29 +81,39 @@ def import_optimizer(opt: torch.optim.Optimizer, model, state: Tensors) -> None:
             opt.state[p][key] = value.clone() if key == "step" else value.to(p.device, p.dtype).clone()
 
 
-def client_update(model, client: int, global_shared: Tensors, state: Tensors, init_personal: Tensors, data: Encoded,
-                  cfg: TrainConfig, strategy: Strategy, hp: dict, download: Tensors, seed: int,
-                  device: torch.device) -> tuple[ClientResult, Tensors]:
-    """Train client ``client`` from (global shared, own personal) and return ``(result, new state)``.
+@dataclass
+class LocalRun:
+    """One client's local training, set up: its model (global shared + own personal tensors loaded), AdamW
+    with its persistent state, the strategy's hooks, and what the report needs (start values ``x``)."""
 
-    ``init_personal``: personal tensors for a client's first round (the initial model's values).
-    ``download``: extra tensors from the server (SCAFFOLD's global control ``c``).
-    """
+    model: object
+    opt: torch.optim.Optimizer
+    cfg: TrainConfig
+    x: Tensors
+    extra_loss: object = None
+    after_backward: object = None
+    controls: tuple[Tensors, Tensors] | None = None   # SCAFFOLD (c, c_i)
+    t0: float = 0.0
+
+
+def prepare_client(model, global_shared: Tensors, state: Tensors, init_personal: Tensors, cfg: TrainConfig,
+                   strategy: Strategy, hp: dict, download: Tensors, device: torch.device) -> LocalRun:
+    """Load (global shared, own personal) into ``model``, build AdamW with the client's saved state and the
+    strategy's client rule (FedProx term, SCAFFOLD correction). Digest 1.5 steps 1-2."""
     t0 = time.perf_counter()
-    personal = personal_tensors(state, init_personal)
     model.load_state({k: v.to(device) for k, v in global_shared.items()})
-    model.load_state({k: v.to(device) for k, v in personal.items()})
+    model.load_state({k: v.to(device) for k, v in personal_tensors(state, init_personal).items()})
     train_cfg = cfg.replace(lr=hp["lr"]) if "lr" in hp else cfg
     opt = make_optimizer(model, train_cfg)
     import_optimizer(opt, model, state)
     params = model.trainable()
-    x = {k: v.to(device) for k, v in global_shared.items()}
-    extra_loss = after_backward = None
+    run = LocalRun(model, opt, train_cfg, {k: v.to(device) for k, v in global_shared.items()}, t0=t0)
     if strategy.client == "prox":
-        mu = hp.get("prox_mu", 0.01)
+        mu, x = hp.get("prox_mu", 0.01), run.x
 
         def extra_loss(m):
             return 0.5 * mu * sum(((params[k] - x[k]) ** 2).sum() for k in x)
+        run.extra_loss = extra_loss
     elif strategy.client == "scaffold":
         c = {k: v.to(device) for k, v in download.items()}
         c_i = {k: state.get(f"control/{k}", torch.zeros_like(v)).to(device) for k, v in c.items()}
@@ -112,22 +122,45 @@ def client_update(model, client: int, global_shared: Tensors, state: Tensors, in
             for k in c:
                 if params[k].grad is not None:
                     params[k].grad.add_(c[k] - c_i[k])
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    stats = local_train(model, opt, data, train_cfg, device, gen, epochs=hp.get("local_epochs"),
-                        max_steps=hp.get("local_steps") or None, extra_loss=extra_loss, after_backward=after_backward)
+        run.after_backward, run.controls = after_backward, (c, c_i)
+    return run
+
+
+def finish_client(run: LocalRun, client: int, num_examples: int, stats: dict) -> tuple[ClientResult, Tensors]:
+    """The report ``y_i`` (shared tensors; SCAFFOLD's ``dc_i``) and the client's new state (personal tensors,
+    AdamW state, SCAFFOLD's ``c_i``) after local training."""
+    model = run.model
     shared = {k: v.cpu() for k, v in model.state("shared").items()}
     new_state = {f"personal/{k}": v.cpu() for k, v in model.state("personal").items()}
-    new_state.update(export_optimizer(opt, model))
+    new_state.update(export_optimizer(run.opt, model))
     extra = {}
-    if strategy.client == "scaffold" and stats["steps"] > 0:
-        scale = 1.0 / (stats["steps"] * train_cfg.lr)
+    if run.controls is not None and stats["steps"] > 0:
+        c, c_i = run.controls
+        params = model.trainable()
+        scale = 1.0 / (stats["steps"] * run.cfg.lr)
         for k in c:
-            new_c = c_i[k] - c[k] + (x[k] - params[k].detach()) * scale
+            new_c = c_i[k] - c[k] + (run.x[k] - params[k].detach()) * scale
             extra[k] = (new_c - c_i[k]).cpu()
             new_state[f"control/{k}"] = new_c.cpu()
-    result = ClientResult(client, len(data), stats["steps"], stats["loss"], shared, extra, time.perf_counter() - t0)
-    return result, new_state
+    seconds = time.perf_counter() - run.t0
+    return ClientResult(client, num_examples, stats["steps"], stats["loss"], shared, extra, seconds), new_state
+
+
+def client_update(model, client: int, global_shared: Tensors, state: Tensors, init_personal: Tensors, data: Encoded,
+                  cfg: TrainConfig, strategy: Strategy, hp: dict, download: Tensors, seed: int,
+                  device: torch.device) -> tuple[ClientResult, Tensors]:
+    """Train client ``client`` from (global shared, own personal) and return ``(result, new state)``.
+
+    ``init_personal``: personal tensors for a client's first round (the initial model's values).
+    ``download``: extra tensors from the server (SCAFFOLD's global control ``c``).
+    """
+    run = prepare_client(model, global_shared, state, init_personal, cfg, strategy, hp, download, device)
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    stats = local_train(model, run.opt, data, run.cfg, device, gen, epochs=hp.get("local_epochs"),
+                        max_steps=hp.get("local_steps") or None, extra_loss=run.extra_loss,
+                        after_backward=run.after_backward)
+    return finish_client(run, client, len(data), stats)
 
 
 class ClientStore:

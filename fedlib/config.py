@@ -118,7 +118,11 @@ class Config:
 def _read(text_or_path: str | Path) -> str:
     if isinstance(text_or_path, Path) or (isinstance(text_or_path, str) and "\n" not in text_or_path
                                           and text_or_path.endswith((".json", ".yaml", ".yml"))):
-        return Path(text_or_path).read_text()
+        path = Path(text_or_path)
+        try:
+            return path.read_text()
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"cannot read config file {str(path)!r}: {err}") from err
     return str(text_or_path)
 
 
@@ -265,6 +269,9 @@ class FedConfig(Config):
     (0: chosen by the Hessian criterion) or ``share_ratio``; ``nonselected`` layers ``"personal"``, ``"off"`` or ``"auto"`` (personal for encoders, off
     for decoders, as the reference);
     ``server_variant`` ``"parallel"`` (default) or ``"sequential"`` (reference-faithful).
+    ``batch_clients``: train the sampled clients as joint batches (:mod:`fedlib.batched`) when the strategy
+    allows it (deep prompts; ``"auto"`` and ``"on"`` alike), or one by one (``"off"``); ``batch_chunk``
+    examples per joint forward (0: by device, all of them on an accelerator, one minibatch on a CPU).
     """
 
     task: str = "sst2"
@@ -286,6 +293,8 @@ class FedConfig(Config):
     max_failed_rounds: int = 3
     max_update_norm: float = 1e4
     client_state: typing.Literal["memory", "disk"] = "memory"
+    batch_clients: typing.Literal["auto", "on", "off"] = "auto"
+    batch_chunk: int = 0
     data_dir: str | None = None
     server_lr: float | None = None
     server_momentum: float | None = None
@@ -322,6 +331,7 @@ class FedConfig(Config):
         check(self.checkpoint_every >= 0, o, "checkpoint_every", self.checkpoint_every, "must be >= 0 (0: never)")
         check(self.max_failed_rounds >= 1, o, "max_failed_rounds", self.max_failed_rounds, "must be >= 1")
         check(self.max_update_norm > 0, o, "max_update_norm", self.max_update_norm, "must be > 0")
+        check(self.batch_chunk >= 0, o, "batch_chunk", self.batch_chunk, "must be >= 0 (0: by device)")
         for name in ("server_lr", "server_momentum", "server_tau", "prox_mu"):
             v = getattr(self, name)
             check(v is None or v >= 0, o, name, v, "must be >= 0 or None (strategy default)")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Encoded", "encode_dataset", "collate", "batches"]
+__all__ = ["Encoded", "encode_dataset", "collate", "batches", "batch_indices"]
 
 
 @dataclass
@@ -26,6 +26,13 @@ class Encoded:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @staticmethod
+    def concat(parts: list["Encoded"]) -> "Encoded":
+        """One dataset holding ``parts``' examples in order."""
+        tt = None if any(p.token_type_ids is None for p in parts) else [r for p in parts for r in p.token_type_ids]
+        return Encoded([r for p in parts for r in p.input_ids], [t for p in parts for t in p.target_pos],
+                       [y for p in parts for y in p.labels], tt)
 
     def subset(self, idx) -> "Encoded":
         idx = list(idx)
@@ -87,7 +94,12 @@ def collate(data: Encoded, idx, pad_id: int) -> dict[str, torch.Tensor]:
 def batches(data: Encoded, batch_size: int, pad_id: int, shuffle: bool = False,
             generator: torch.Generator | None = None):
     """Yield padded batches; shuffled with ``generator`` (seeded by the caller) when ``shuffle``."""
-    n = len(data)
+    for idx in batch_indices(len(data), batch_size, shuffle, generator):
+        yield collate(data, idx, pad_id)
+
+
+def batch_indices(n: int, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None):
+    """Yield the example indices of each batch of one pass (what :func:`batches` collates)."""
     order = torch.randperm(n, generator=generator).tolist() if shuffle else list(range(n))
     for start in range(0, n, batch_size):
-        yield collate(data, order[start: start + batch_size], pad_id)
+        yield order[start: start + batch_size]

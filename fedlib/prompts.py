@@ -95,20 +95,24 @@ class DeepPrompt(nn.Module):
         kv = kv.view(self.num_layers, self.prompt_len, 2, self.num_kv_heads, self.head_dim)
         return kv.permute(0, 2, 3, 1, 4)                               # [L, 2, H_kv, P, hd]
 
-    def cache(self, batch_size: int, dtype: torch.dtype | None = None):
-        """A fresh ``DynamicCache`` holding every layer's prefix for a batch, or None when no layer is on."""
+    def cache(self, batch_size: int, dtype: torch.dtype | None = None, kv: torch.Tensor | None = None):
+        """A fresh ``DynamicCache`` holding every layer's prefix for a batch, or None when no layer is on.
+
+        ``kv``: per-example prefixes ``[B, L, 2, H_kv, P, hd]`` instead of this module's (batched clients,
+        :mod:`fedlib.batched`); by default :meth:`key_values` is shared by the whole batch.
+        """
         from transformers import DynamicCache
 
-        kv = self.key_values()
         if kv is None:
-            return None
-        if dtype is not None:
+            kv = self.key_values()
+            if kv is None:
+                return None
+            kv = kv.to(dtype or kv.dtype).unsqueeze(0).expand(batch_size, *kv.shape)
+        elif dtype is not None:
             kv = kv.to(dtype)
         cache = DynamicCache()
         for l in range(self.num_layers):
-            k = kv[l, 0].unsqueeze(0).expand(batch_size, -1, -1, -1)  # [B, H_kv, P, hd]
-            v = kv[l, 1].unsqueeze(0).expand(batch_size, -1, -1, -1)
-            cache.update(k, v, l)
+            cache.update(kv[:, l, 0], kv[:, l, 1], l)                 # [B, H_kv, P, hd]
         return cache
 
     def off_layers_kwarg(self) -> dict:

@@ -119,6 +119,7 @@ class Simulation:
         self.server = init_server(self.strategy, self.model.state("shared"), self.hp)
         self.history: list[dict] = []
         self.failed_in_a_row = 0
+        self._workspaces: list = []   # batched clients' extra models (fedlib.batched.workspaces)
 
     # ---- set-up -----------------------------------------------------------------------------------
     def _partition(self) -> Partition:
@@ -140,8 +141,31 @@ class Simulation:
         rng = np.random.default_rng([self.fed.seed, round_])
         return [int(k) for k in rng.choice(self.fed.num_clients, self.fed.clients_per_round, replace=False)]
 
+    def batching(self) -> bool:
+        """Whether this run trains its sampled clients as joint batches (FedConfig.batch_clients)."""
+        from .batched import supports_batching
+
+        return self.fed.batch_clients != "off" and self.client_fn is client_update and supports_batching(self.model)
+
     def train_clients(self, round_: int, sampled: list[int], download: dict) -> list[tuple]:
-        """Run the sampled clients' updates in this process: ``[(client, result, state, failure reason)]``."""
+        """Run the sampled clients' updates in this process: ``[(client, result, state, failure reason)]``.
+
+        Joint batches when :meth:`batching`; if a joint step fails, the round's clients train one by one so
+        that a failing client is isolated.
+        """
+        if self.batching() and len(sampled) > 1:
+            from .batched import client_updates_batched, workspaces
+            try:
+                models = workspaces(self.model, len(sampled), self._workspaces)
+                pairs = client_updates_batched(
+                    models, sampled, self.server.shared, [self.store.get(k) for k in sampled], self.init_personal,
+                    [self.train.subset(self.partition.train[k]) for k in sampled], self.cfg.train, self.strategy,
+                    self.hp, download, [client_seed(self.fed.seed, round_, k) for k in sampled], self.device,
+                    self.fed.batch_chunk)
+                return [(k, res, state, None) for k, (res, state) in zip(sampled, pairs)]
+            except Exception as err:
+                log.warning("round %d: batched clients failed (%s: %s); training them one by one",
+                            round_ + 1, type(err).__name__, err)
         out = []
         for k in tqdm(sampled, desc=f"round {round_ + 1} clients", leave=False, disable=not self.progress):
             data = self.train.subset(self.partition.train[k])

@@ -22,7 +22,7 @@ def test_mean_table_averages_seeds():
     mean = mean_table(_table()).set_index("strategy")
     assert mean.loc["fedavg", "final_metric"] == pytest.approx(0.65)
     assert mean.loc["lora", "final_metric"] == pytest.approx(0.80)
-    assert (mean["seeds"] == 2).all()
+    assert (mean["seeds"] == 2).all() and (mean["reached"] == 2).all()
     assert list(mean.index) == ["fedavg", "fedpeptao", "lora"]
 
 

@@ -41,7 +41,7 @@ class Stop(BaseException):
 
 
 def test_stop_and_resume_equals_uninterrupted(bundled_backbone, tmp_path):
-    cfg = tiny_cfg(rounds=4, checkpoint_every=1)
+    cfg = tiny_cfg(rounds=4, checkpoint_every=1, batch_clients="off")   # the kill is injected per client
     cfg = cfg.replace(model=cfg.model.replace(layer_roles=("shared", "personal") * 3))
     full = run_simulation(cfg, tmp_path / "full", backbone=bundled_backbone, progress=False)
 

@@ -2,7 +2,8 @@
 
 Run config keys (``[tool.flwr.app.config]`` or ``flwr run --run-config``): ``config-file`` (an
 ExperimentConfig YAML/JSON; empty: the defaults), ``out-dir``, and overrides ``task``, ``strategy``,
-``num-server-rounds``, ``num-clients``, ``clients-per-round``, ``train-limit``, ``eval-limit``.
+``num-server-rounds``, ``num-clients``, ``clients-per-round``, ``train-limit``, ``eval-limit``,
+``shared-layers``, ``seed``.
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from .apps import FlowerSimulation
 
 app = ServerApp()
 OVERRIDES = {"task": "task", "strategy": "strategy", "num-server-rounds": "rounds", "num-clients": "num_clients",
-             "clients-per-round": "clients_per_round", "train-limit": "train_limit", "eval-limit": "eval_limit"}
+             "clients-per-round": "clients_per_round", "train-limit": "train_limit", "eval-limit": "eval_limit",
+             "shared-layers": "shared_layers", "seed": "seed"}
 
 
 def config_from_run_config(run_config: dict) -> ExperimentConfig:

@@ -1,0 +1,190 @@
+"""A real Flower deployment on one machine: a SuperLink and N SuperNodes as child processes on 127.0.0.1.
+
+This is Flower's Deployment Runtime, not its simulation: every node is its own ``flower-supernode``
+process that talks to the ``flower-superlink`` over HTTP(S), exactly as on several machines (replace
+127.0.0.1 by the server's address). Used by ``tests/test_flower_deployment.py`` and the README's
+multi-machine section::
+
+    with LocalDeployment(num_nodes=2, workdir="runs/deploy", tls=True) as fed:
+        fed.run("flower_app", {"num-clients": 2, "clients-per-round": 2, "num-server-rounds": 2,
+                               "out-dir": "/abs/path/runs/deploy/out"})
+
+``tls=True`` makes a throw-away CA and a server certificate for 127.0.0.1 with ``openssl``
+(:func:`make_certificates`); the SuperLink gets ``--ssl-ca-certfile/--ssl-certfile/--ssl-keyfile``, the
+SuperNodes and the ``flwr`` CLI ``--root-certificates`` / ``root-certificates``. The ``flwr`` CLI finds
+the SuperLink through a connection written to ``<workdir>/flwr_home/config.toml`` (``FLWR_HOME``), so
+the user's own Flower configuration is left alone. :meth:`LocalDeployment.stop` ends every process it
+started, with their children (ServerApp and ClientApp processes).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["LocalDeployment", "make_certificates", "free_port"]
+
+log = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_certificates(folder: str | Path, host: str = "127.0.0.1") -> dict[str, Path]:
+    """A self-signed CA and a server key/certificate for ``host`` (IP SAN), made with ``openssl``.
+
+    Returns ``{"ca": ca.crt, "cert": server.pem, "key": server.key}``. For tests and loopback trials only:
+    a real deployment uses certificates from its own CA.
+    """
+    d = Path(folder)
+    d.mkdir(parents=True, exist_ok=True)
+    ext = d / "san.ext"
+    ext.write_text(f"subjectAltName=IP:{host}\nbasicConstraints=CA:FALSE\n")
+
+    def ssl(*args: str) -> None:
+        proc = subprocess.run(["openssl", *args], cwd=d, capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError(f"openssl {' '.join(args[:2])} failed: {proc.stderr.strip()[-500:]}")
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=fedlib-test-ca",
+        "-keyout", "ca.key", "-out", "ca.crt")
+    ssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={host}", "-keyout", "server.key", "-out", "server.csr")
+    ssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
+        "-extfile", "san.ext", "-out", "server.pem")
+    return {"ca": d / "ca.crt", "cert": d / "server.pem", "key": d / "server.key"}
+
+
+class LocalDeployment:
+    """A SuperLink and ``num_nodes`` SuperNodes (``partition-id`` 0..N-1) on 127.0.0.1 (see module docstring).
+
+    ``simulation=True``: a SuperLink in simulation mode instead (no SuperNode processes; ``flwr run`` asks
+    for ``num_nodes`` virtual SuperNodes on Flower's Simulation Runtime): ``flwr run`` in simulation, offline
+    (the managed local SuperLink that ``flwr run`` starts by itself would try to install the app's
+    dependencies).
+    """
+
+    def __init__(self, num_nodes: int, workdir: str | Path, tls: bool = False, simulation: bool = False,
+                 startup_timeout: float = 60.0) -> None:
+        if num_nodes < 1:
+            raise ValueError(f"num_nodes must be >= 1, got {num_nodes}")
+        self.num_nodes, self.tls, self.simulation, self.startup_timeout = num_nodes, tls, simulation, startup_timeout
+        self.workdir = Path(workdir).resolve()
+        self.port = 0
+        self.procs: list[subprocess.Popen] = []
+        self.certs: dict[str, Path] = {}
+        self.bin = Path(sys.executable).parent
+
+    # ---- processes ------------------------------------------------------------------------------
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+        logf = open(self.workdir / f"{name}.log", "w")
+        cmd = [str(self.bin / args[0]), *args[1:]]
+        log.info("starting %s: %s", name, shlex.join(cmd))
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=self.workdir, env=self.env,
+                                start_new_session=True)   # own process group: stop() also ends its children
+        logf.close()
+        self.procs.append(proc)
+        return proc
+
+    @property
+    def env(self) -> dict:
+        return {**os.environ, "FLWR_HOME": str(self.workdir / "flwr_home"), "FLWR_DISABLE_UPDATE_CHECK": "1"}
+
+    def _security(self, server: bool) -> list[str]:
+        if not self.tls:
+            return ["--insecure"]
+        if server:
+            return ["--ssl-ca-certfile", str(self.certs["ca"]), "--ssl-certfile", str(self.certs["cert"]),
+                    "--ssl-keyfile", str(self.certs["key"])]
+        return ["--root-certificates", str(self.certs["ca"])]
+
+    def _wait_listening(self, proc: subprocess.Popen, name: str) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with code {proc.returncode}; see {self.workdir / (name + '.log')}")
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.2)
+        raise RuntimeError(f"{name} did not listen on 127.0.0.1:{self.port} within {self.startup_timeout:.0f} s")
+
+    def start(self) -> "LocalDeployment":
+        """Start the SuperLink, wait until it listens, start the SuperNodes and write the CLI connection."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.tls:
+            self.certs = make_certificates(self.workdir / "certs")
+        self.port = free_port()
+        link = self._spawn("superlink", ["flower-superlink", *self._security(True), "--isolation", "subprocess",
+                                         "--host", "127.0.0.1", "--port", str(self.port),
+                                         "--disable-runtime-dependency-installation",
+                                         *(["--simulation"] if self.simulation else [])])
+        self._wait_listening(link, "superlink")
+        for k in range(0 if self.simulation else self.num_nodes):
+            self._spawn(f"supernode_{k}", ["flower-supernode", *self._security(False),
+                                           "--superlink", f"127.0.0.1:{self.port}", "--port", str(free_port()),
+                                           "--node-config", f"partition-id={k} num-partitions={self.num_nodes}"])
+        home = self.workdir / "flwr_home"
+        home.mkdir(exist_ok=True)
+        conn = f'root-certificates = "{self.certs["ca"]}"' if self.tls else "insecure = true"
+        (home / "config.toml").write_text(f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\n'
+                                          f'address = "127.0.0.1:{self.port}"\n{conn}\n')
+        return self
+
+    def run(self, app_dir: str | Path, run_config: dict | None = None, timeout: float = 600.0) -> str:
+        """``flwr run <app_dir> loopback --stream`` with ``run_config`` overrides; returns the CLI's output.
+
+        Raises ``RuntimeError`` (with the output's tail) if the CLI fails or the run does not finish in time.
+        """
+        def toml(v):
+            return f"'{v}'" if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else str(v)
+        cmd = [str(self.bin / "flwr"), "run", str(Path(app_dir).resolve()), "loopback", "--stream"]
+        if run_config:
+            cmd += ["--run-config", " ".join(f"{k}={toml(v)}" for k, v in run_config.items())]
+        if self.simulation:
+            cmd += ["--federation-config", f"num-supernodes={self.num_nodes} client-resources-num-cpus=1"]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=self.env, timeout=timeout)
+        except subprocess.TimeoutExpired as err:
+            raise RuntimeError(f"flwr run did not finish within {timeout:.0f} s; logs in {self.workdir}") from err
+        out = proc.stdout + proc.stderr
+        if proc.returncode:
+            raise RuntimeError(f"flwr run failed ({proc.returncode}):\n{out[-3000:]}")
+        return out
+
+    def stop(self, grace: float = 10.0) -> None:
+        """End every process this deployment started (and their children): SIGTERM, then SIGKILL."""
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for proc in self.procs:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)   # the group may hold children still alive
+            proc.wait()
+        self.procs.clear()
+
+    def __enter__(self) -> "LocalDeployment":
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+

@@ -1,0 +1,57 @@
+"""Flower's Deployment Runtime on loopback: a real SuperLink and two SuperNodes (plain and TLS), and
+``flwr run`` of the project's app in simulation. Every process started is gone afterwards."""
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("flwr")
+
+from fedlib.flower.deploy import LocalDeployment   # noqa: E402
+
+APP = Path(__file__).resolve().parent.parent / "flower_app"
+RUN = {"num-clients": 2, "clients-per-round": 2, "train-limit": 32, "eval-limit": 16}
+
+
+def _group_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def _run(tmp_path, run_config: dict, **kwargs) -> list[dict]:
+    out = tmp_path / "out"
+    with LocalDeployment(2, tmp_path / "federation", **kwargs) as fed:
+        fed.run(APP, {**RUN, **run_config, "out-dir": str(out)}, timeout=500)
+        groups = [p.pid for p in fed.procs]
+    assert groups and all(_group_gone(g) for g in groups), "a SuperLink/SuperNode process (or a child) survived"
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+def _check(rows: list[dict], rounds: int) -> None:
+    assert [r["round"] for r in rows] == list(range(1, rounds + 1))
+    assert all(r["reported"] == 2 and r["failed"] == 0 for r in rows)
+    assert all(r["bytes_up"] > 0 and math.isfinite(r["train_loss"]) for r in rows)
+    assert 0.0 <= rows[-1]["personal_metric"] <= 1.0 and 0.0 <= rows[-1]["global_metric"] <= 1.0
+
+
+def test_fedpeptao_on_a_loopback_superlink_and_two_supernodes(tmp_path):
+    rows = _run(tmp_path, {"strategy": "fedpeptao", "shared-layers": 3, "num-server-rounds": 2})
+    _check(rows, 2)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make test certificates")
+def test_tls_deployment_on_loopback(tmp_path):
+    rows = _run(tmp_path, {"strategy": "fedavg", "num-server-rounds": 1}, tls=True)
+    _check(rows, 1)
+    assert (tmp_path / "federation" / "certs" / "ca.crt").exists()
+
+
+def test_flwr_run_in_simulation(tmp_path):
+    rows = _run(tmp_path, {"strategy": "fedpeptao", "shared-layers": 3, "num-server-rounds": 1}, simulation=True)
+    _check(rows, 1)
