@@ -10,7 +10,7 @@ from fedlib.simulation import run_simulation                                    
 
 def cfg(**fed):
     base = dict(task="sst2", strategy="fedpeptao", num_clients=3, clients_per_round=2, rounds=2, train_limit=48,
-                eval_limit=24, shared_layers=2, seed=3)
+                eval_limit=24, shared_layers=2, seed=3, batch_clients="off")   # Flower nodes train one client each
     return ExperimentConfig(model=ModelConfig(prompt_len=2), train=TrainConfig(batch_size=8), fed=FedConfig(**{**base, **fed}))
 
 

@@ -22,7 +22,6 @@ import contextlib
 import logging
 import os
 import shlex
-import signal
 import socket
 import subprocess
 import sys
@@ -81,6 +80,7 @@ class LocalDeployment:
         self.workdir = Path(workdir).resolve()
         self.port = 0
         self.procs: list[subprocess.Popen] = []
+        self.stopped: list[int] = []
         self.certs: dict[str, Path] = {}
         self.bin = Path(sys.executable).parent
 
@@ -97,7 +97,10 @@ class LocalDeployment:
 
     @property
     def env(self) -> dict:
-        return {**os.environ, "FLWR_HOME": str(self.workdir / "flwr_home"), "FLWR_DISABLE_UPDATE_CHECK": "1"}
+        """This environment's ``bin`` first on PATH (Flower starts ``flower-superexec``, ``flwr-serverapp`` ...
+        by name) and a private ``FLWR_HOME``."""
+        return {**os.environ, "PATH": f"{self.bin}{os.pathsep}{os.environ.get('PATH', '')}",
+                "FLWR_HOME": str(self.workdir / "flwr_home"), "FLWR_DISABLE_UPDATE_CHECK": "1"}
 
     def _security(self, server: bool) -> list[str]:
         if not self.tls:
@@ -161,22 +164,29 @@ class LocalDeployment:
             raise RuntimeError(f"flwr run failed ({proc.returncode}):\n{out[-3000:]}")
         return out
 
-    def stop(self, grace: float = 10.0) -> None:
-        """End every process this deployment started (and their children): SIGTERM, then SIGKILL."""
-        for proc in reversed(self.procs):
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
+    def stop(self, grace: float = 10.0) -> list[int]:
+        """End every process this deployment started and all their descendants (Flower detaches some, e.g.
+        ``flower-superexec``, into sessions of their own): SIGTERM, then SIGKILL. Returns their pids."""
+        import psutil
+
+        procs = []
         for proc in self.procs:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)   # the group may hold children still alive
+            with contextlib.suppress(psutil.Error):
+                parent = psutil.Process(proc.pid)
+                procs += [parent, *parent.children(recursive=True)]
+        for p in reversed(procs):
+            with contextlib.suppress(psutil.Error):
+                p.terminate()
+        _, alive = psutil.wait_procs(procs, timeout=grace)
+        for p in alive:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        psutil.wait_procs(alive, timeout=grace)
+        for proc in self.procs:
             proc.wait()
         self.procs.clear()
+        self.stopped = [p.pid for p in procs]
+        return self.stopped
 
     def __enter__(self) -> "LocalDeployment":
         try:
