@@ -25,13 +25,12 @@ masks come from one RNG stream seeded by the first client's seed: reproducible, 
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
 from .client import LocalRun, finish_client, prepare_client
-from .encode import Encoded, batch_indices, collate
+from .encode import Encoded, collate
+from .train import optimizer_step, step_plan
 
 __all__ = ["supports_batching", "workspaces", "batched_local_train", "client_updates_batched", "default_chunk"]
 
@@ -60,18 +59,6 @@ def workspaces(model, m: int, cache: list | None = None) -> list:
         extra.prompt.disabled = model.prompt.disabled
         spaces.append(extra)
     return spaces[:m]
-
-
-def _plan(n: int, cfg, generator: torch.Generator, epochs: int | None, max_steps: int | None) -> list[list[int]]:
-    """The example indices of each local step, as :func:`fedlib.train.local_train` draws them."""
-    limit = max_steps if max_steps else (cfg.max_steps or math.inf)
-    steps: list[list[int]] = []
-    for _ in range(epochs or cfg.epochs):
-        for idx in batch_indices(n, cfg.batch_size, shuffle=True, generator=generator):
-            if len(steps) >= limit:
-                return steps
-            steps.append(idx)
-    return steps
 
 
 def _joint_chunk_loss(runs: list[LocalRun], joint: Encoded, owner: list[int], sizes: dict[int, int], idx: list[int],
@@ -104,7 +91,7 @@ def batched_local_train(runs: list[LocalRun], datas: list[Encoded], device: torc
     """:func:`fedlib.train.local_train` for several clients at once; one ``{"loss", "steps"}`` per client."""
     cfg = runs[0].cfg
     chunk = chunk or default_chunk(device, len(runs), cfg.batch_size)
-    plans = [_plan(len(d), cfg, g, epochs, max_steps) for d, g in zip(datas, generators)]
+    plans = [step_plan(len(d), cfg, g, epochs, max_steps) for d, g in zip(datas, generators)]
     for run in runs:
         run.model.train()
     params = [list(run.model.trainable().values()) for run in runs]
@@ -129,11 +116,7 @@ def batched_local_train(runs: list[LocalRun], datas: list[Encoded], device: torc
                 extra = run.extra_loss(run.model)
                 extra.backward()
                 losses[c] += extra.item()
-            if run.after_backward is not None:
-                run.after_backward(run.model)
-            if cfg.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params[c], cfg.max_grad_norm)
-            run.opt.step()
+            optimizer_step(run.model, run.opt, params[c], cfg, run.after_backward)
             totals[c] += losses[c]
             steps[c] += 1
     return [{"loss": totals[c] / max(steps[c], 1), "steps": steps[c]} for c in range(len(runs))]

@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .config import TrainConfig
-from .encode import Encoded, batches, collate
+from .encode import Encoded, batch_indices, collate
 from .tasks import compute_metric
 
-__all__ = ["make_optimizer", "local_train", "predict", "evaluate", "train_centralized"]
+__all__ = ["make_optimizer", "step_plan", "optimizer_step", "local_train", "predict", "evaluate", "train_centralized"]
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +42,34 @@ def _to(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device) for k, v in batch.items()}
 
 
+def step_plan(n: int, cfg: TrainConfig, generator: torch.Generator, epochs: int | None = None,
+              max_steps: int | None = None) -> list[list[int]]:
+    """The example indices of each local step: ``epochs`` shuffled passes over ``n`` examples in minibatches of
+    ``cfg.batch_size``, cut at ``max_steps`` (else ``cfg.max_steps``). The one definition of which minibatches a
+    client sees, for :func:`local_train` and the batched clients (:mod:`fedlib.batched`)."""
+    limit = max_steps if max_steps else (cfg.max_steps or math.inf)
+    steps: list[list[int]] = []
+    for _ in range(epochs or cfg.epochs):
+        for idx in batch_indices(n, cfg.batch_size, shuffle=True, generator=generator):
+            steps.append(idx)
+            if len(steps) >= limit:      # stop before the next pass draws a permutation from ``generator``
+                return steps
+    return steps
+
+
+def optimizer_step(model, optimizer, params: list, cfg: TrainConfig, after_backward=None) -> None:
+    """After the backward pass: the strategy's gradient edit (``after_backward(model)``), clipping, the step."""
+    if after_backward is not None:
+        after_backward(model)
+    if cfg.max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+    optimizer.step()
+
+
 def local_train(model, optimizer, data: Encoded, cfg: TrainConfig, device: torch.device,
                 generator: torch.Generator, epochs: int | None = None, max_steps: int | None = None,
                 extra_loss=None, after_backward=None) -> dict:
-    """Run ``epochs`` passes (or ``max_steps`` steps) of minibatch AdamW over ``data``.
+    """Run ``epochs`` passes (or ``max_steps`` steps) of minibatch AdamW over ``data`` (:func:`step_plan`).
 
     ``extra_loss(model) -> scalar`` is added to the loss (FedProx's proximal term uses it);
     ``after_backward(model)`` may edit gradients before clipping (SCAFFOLD's correction uses it).
@@ -55,24 +79,16 @@ def local_train(model, optimizer, data: Encoded, cfg: TrainConfig, device: torch
     pad = model.info.tokenizer.pad_token_id
     params = list(model.trainable().values())
     total, steps = 0.0, 0
-    limit = max_steps if max_steps else (cfg.max_steps or math.inf)
-    for _ in range(epochs or cfg.epochs):
-        for batch in batches(data, cfg.batch_size, pad, shuffle=True, generator=generator):
-            batch = _to(batch, device)
-            optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(**batch).float(), batch["labels"])
-            if extra_loss is not None:
-                loss = loss + extra_loss(model)
-            loss.backward()
-            if after_backward is not None:
-                after_backward(model)
-            if cfg.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
-            total += loss.item()
-            steps += 1
-            if steps >= limit:
-                return {"loss": total / steps, "steps": steps}
+    for idx in step_plan(len(data), cfg, generator, epochs, max_steps):
+        batch = _to(collate(data, idx, pad), device)
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(**batch).float(), batch["labels"])
+        if extra_loss is not None:
+            loss = loss + extra_loss(model)
+        loss.backward()
+        optimizer_step(model, optimizer, params, cfg, after_backward)
+        total += loss.item()
+        steps += 1
     return {"loss": total / max(steps, 1), "steps": steps}
 
 
