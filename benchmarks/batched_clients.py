@@ -11,6 +11,7 @@ interleaved (sequential, batched by device, batched in one chunk, ...) so drift 
 Prints, as its last line, ``batched_clients m=<m> speedup=<x>``: sequential / batched-by-device wall time.
 Usage: python benchmarks/batched_clients.py [--clients 10] [--batch 8] [--per-client 32] [--reps 5] [--device cpu]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,18 +56,36 @@ def main() -> None:
     seeds = list(range(100, 100 + m))
 
     def sequential():
-        return [client_update(model, k, shared, {}, personal, shards[k], cfg, strategy, hp, {}, seeds[k], device)
-                for k in range(m)]
+        return [
+            client_update(model, k, shared, {}, personal, shards[k], cfg, strategy, hp, {}, seeds[k], device)
+            for k in range(m)
+        ]
 
     def batched(chunk):
-        return client_updates_batched(workspaces(model, m, spaces), list(range(m)), shared, [{}] * m, personal,
-                                      shards, cfg, strategy, hp, {}, seeds, device, chunk)
+        return client_updates_batched(
+            workspaces(model, m, spaces),
+            list(range(m)),
+            shared,
+            [{}] * m,
+            personal,
+            shards,
+            cfg,
+            strategy,
+            hp,
+            {},
+            seeds,
+            device,
+            chunk,
+        )
 
     chunk_dev = default_chunk(device, m, args.batch)
-    runs = {"sequential": sequential, f"batched (default chunk {chunk_dev})": lambda: batched(chunk_dev),
-            f"batched (one chunk {m * args.batch})": lambda: batched(m * args.batch)}
+    runs = {
+        "sequential": sequential,
+        f"batched (default chunk {chunk_dev})": lambda: batched(chunk_dev),
+        f"batched (one chunk {m * args.batch})": lambda: batched(m * args.batch),
+    }
     times = {name: [] for name in runs}
-    for fn in runs.values():                                       # warm-up
+    for fn in runs.values():  # warm-up
         fn()
     for _ in range(args.reps):
         for name, fn in runs.items():
@@ -79,8 +98,10 @@ def main() -> None:
             times[name].append(time.perf_counter() - t0)
     med = {name: statistics.median(t) for name, t in times.items()}
     seq = med["sequential"]
-    print(f"device {device}, torch threads {torch.get_num_threads()}, {m} clients x {n} examples, batch {args.batch}, "
-          f"{args.reps} reps")
+    print(
+        f"device {device}, torch threads {torch.get_num_threads()}, {m} clients x {n} examples, batch {args.batch}, "
+        f"{args.reps} reps"
+    )
     for name, t in med.items():
         print(f"  {name:32s} {t:7.3f} s   speedup {seq / t:.3f}")
     default = next(t for name, t in med.items() if name.startswith("batched (default"))

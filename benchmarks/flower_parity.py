@@ -8,6 +8,7 @@ in-process side runs its clients one by one (``batch_clients="off"``), as the Fl
 same dropout masks are drawn and the tensors agree to float rounding.
 Usage: python benchmarks/flower_parity.py [--rounds 10] [--num-clients 4] [--strategy fedpeptao]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,11 +34,22 @@ def main() -> None:
     from fedlib.flower.apps import run_flower_simulation
     from fedlib.simulation import run_simulation
 
-    cfg = ExperimentConfig(model=ModelConfig(prompt_len=4), train=TrainConfig(batch_size=8),
-                           fed=FedConfig(task="sst2", strategy=args.strategy, num_clients=args.num_clients,
-                                         clients_per_round=args.clients_per_round, rounds=args.rounds,
-                                         train_limit=args.train_limit, eval_limit=200, shared_layers=3, seed=1,
-                                         batch_clients="off"))   # each Flower node trains its one client
+    cfg = ExperimentConfig(
+        model=ModelConfig(prompt_len=4),
+        train=TrainConfig(batch_size=8),
+        fed=FedConfig(
+            task="sst2",
+            strategy=args.strategy,
+            num_clients=args.num_clients,
+            clients_per_round=args.clients_per_round,
+            rounds=args.rounds,
+            train_limit=args.train_limit,
+            eval_limit=200,
+            shared_layers=3,
+            seed=1,
+            batch_clients="off",
+        ),
+    )  # each Flower node trains its one client
     t0 = time.perf_counter()
     local = run_simulation(cfg, progress=False)
     t_local = time.perf_counter() - t0
@@ -46,15 +58,21 @@ def main() -> None:
         flower = run_flower_simulation(cfg, tmp, num_cpus=max(1, torch.get_num_threads()))
     t_flower = time.perf_counter() - t0
     diff = max(float((local.server.shared[k] - flower.server.shared[k]).abs().max()) for k in local.server.shared)
-    print(f"{args.strategy}, {args.num_clients} clients, {args.clients_per_round}/round, {args.rounds} rounds: "
-          f"in-process {t_local:.1f} s, Flower {t_flower:.1f} s; final metric {local.history['personal_metric'].iloc[-1]:.4f} "
-          f"vs {flower.history['personal_metric'].iloc[-1]:.4f}")
+    print(
+        f"{args.strategy}, {args.num_clients} clients, {args.clients_per_round}/round, {args.rounds} rounds: "
+        f"in-process {t_local:.1f} s, Flower {t_flower:.1f} s; final metric {local.history['personal_metric'].iloc[-1]:.4f} "
+        f"vs {flower.history['personal_metric'].iloc[-1]:.4f}"
+    )
+
     def in_rounds(h):
         return float((h["seconds_client"] + h["seconds_aggregate"] + h["seconds_eval"]).sum())
+
     r_local, r_flower = in_rounds(local.history), in_rounds(flower.history)
-    print(f"inside rounds: in-process {r_local:.1f} s, Flower {r_flower:.1f} s (round_ratio={r_flower / r_local:.3f}); "
-          f"outside rounds (set-up; Flower: + Ray and node start): in-process {t_local - r_local:.1f} s, "
-          f"Flower {t_flower - r_flower:.1f} s")
+    print(
+        f"inside rounds: in-process {r_local:.1f} s, Flower {r_flower:.1f} s (round_ratio={r_flower / r_local:.3f}); "
+        f"outside rounds (set-up; Flower: + Ray and node start): in-process {t_local - r_local:.1f} s, "
+        f"Flower {t_flower - r_flower:.1f} s"
+    )
     print(f"flower_parity max_abs_diff={diff:.3g} time_ratio={t_flower / t_local:.3f}")
 
 

@@ -10,6 +10,7 @@ at. Runs already in the CSV are skipped, so an interrupted grid resumes (and a f
 ``--results P`` copies the CSV to ``P.csv`` and the figures to ``P/``; ``--readme`` rewrites the part of the
 README between ``<!-- results:NAME:begin -->`` and ``<!-- results:NAME:end -->`` (NAME = the protocol's name).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,9 @@ from fedlib.report import markdown_table
 def git_commit() -> str:
     """HEAD's short hash, with ``+dirty`` when tracked files differ from it."""
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                           text=True).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+    ).stdout.strip()
     return (head or "unknown") + ("+dirty" if dirty else "")
 
 
@@ -41,6 +43,7 @@ def platform_name() -> str:
     import os
 
     import torch
+
     dev = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{os.cpu_count()} CPU cores"
     return f"{dev}, torch {torch.__version__}"
 
@@ -57,16 +60,22 @@ def record_provenance(out: Path, command: str) -> dict:
 def results_section(name: str, proto: dict, table, prov: dict, figures: list[str], wall_s: float | None) -> str:
     """The README's Results section for one protocol, rendered from the grid's CSV."""
     commits = ", ".join(dict.fromkeys(prov["commits"]))
-    lines = [f"Protocol `{name}`: tasks {', '.join(proto['tasks'])}; seeds {proto['seeds']}; configuration "
-             f"`{json.dumps(proto['experiment'], separators=(',', ':'))}`.",
-             f"Command: `{prov['command']}` at commit(s) {commits}."
-             + (f" Sum of the runs' wall times: {wall_s / 60:.1f} min on {platform_name()}." if wall_s else ""),
-             "Metric: personalised dev metric (accuracy; MCC for CoLA; (acc+F1)/2 for MRPC), mean over seeds. "
-             "`rounds_to_target`: first evaluated round reaching FedAvg-all-layers' final metric (same task and seed), "
-             "mean over the `reached` seeds that reached it (evaluation every `eval_every` rounds).",
-             "", markdown_table(mean_table(table)), "",
-             "FedPepTAO against FedAvg on all layers and against the best other strategy (means over seeds):", "",
-             markdown_table(fedpeptao_deltas(table)), ""]
+    lines = [
+        f"Protocol `{name}`: tasks {', '.join(proto['tasks'])}; seeds {proto['seeds']}; configuration "
+        f"`{json.dumps(proto['experiment'], separators=(',', ':'))}`.",
+        f"Command: `{prov['command']}` at commit(s) {commits}."
+        + (f" Sum of the runs' wall times: {wall_s / 60:.1f} min on {platform_name()}." if wall_s else ""),
+        "Metric: personalised dev metric (accuracy; MCC for CoLA; (acc+F1)/2 for MRPC), mean over seeds. "
+        "`rounds_to_target`: first evaluated round reaching FedAvg-all-layers' final metric (same task and seed), "
+        "mean over the `reached` seeds that reached it (evaluation every `eval_every` rounds).",
+        "",
+        markdown_table(mean_table(table)),
+        "",
+        "FedPepTAO against FedAvg on all layers and against the best other strategy (means over seeds):",
+        "",
+        markdown_table(fedpeptao_deltas(table)),
+        "",
+    ]
     lines += [f"![{Path(f).stem}]({f})" for f in figures]
     return "\n".join(lines) + "\n"
 
@@ -102,9 +111,9 @@ def main() -> None:
     csv, expected = out / "results.csv", len(proto["tasks"]) * len(proto["strategies"]) * len(proto["seeds"])
     done = sum(1 for _ in csv.open()) - 1 if csv.exists() else 0
     prov_path = out / "provenance.json"
-    if done < expected or not prov_path.exists():   # runs to do: record the commit they run at
+    if done < expected or not prov_path.exists():  # runs to do: record the commit they run at
         prov = record_provenance(out, "python " + shlex.join(sys.argv))
-    else:                                            # a finished grid is only re-rendered
+    else:  # a finished grid is only re-rendered
         prov = json.loads(prov_path.read_text())
     table = run_grid(base, proto["tasks"], proto["strategies"], proto["seeds"], out)
     figures = []

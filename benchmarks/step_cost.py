@@ -14,6 +14,7 @@ Prints, as its last line, ``step_cost floor_ratio=<x> peft_ratio=<y> peak_mem_ra
 Times are medians over interleaved repetitions (A B A B ...), so drift hits both sides alike.
 Usage: python benchmarks/step_cost.py [--batch 16] [--prompt-len 8] [--reps 30] [--mem-reps 5]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,11 @@ def fedlib_step(model, enc, labels):
     from fedlib.train import make_optimizer
 
     opt = make_optimizer(model, TrainConfig())
-    batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
-             "target_pos": torch.zeros(len(labels), dtype=torch.long)}
+    batch = {
+        "input_ids": enc["input_ids"],
+        "attention_mask": enc["attention_mask"],
+        "target_pos": torch.zeros(len(labels), dtype=torch.long),
+    }
     if "token_type_ids" in enc:
         batch["token_type_ids"] = enc["token_type_ids"]
     params = list(model.trainable().values())
@@ -54,6 +58,7 @@ def fedlib_step(model, enc, labels):
         F.cross_entropy(model(**batch), labels).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+
     model.train()
     return step
 
@@ -67,26 +72,31 @@ def floor_step(backbone, enc):
         x = embed(enc["input_ids"]).detach().requires_grad_(True)
         out = base(inputs_embeds=x, attention_mask=enc["attention_mask"], token_type_ids=enc.get("token_type_ids"))
         out.last_hidden_state.sum().backward()
+
     return step
 
 
 def gpt2_models(prompt_len: int, vocab: int):
     from peft import PrefixTuningConfig, TaskType, get_peft_model
-    from transformers import GPT2Config, GPT2ForSequenceClassification
+    from transformers import AutoTokenizer, GPT2Config, GPT2ForSequenceClassification
 
     from fedlib.classifier import PromptClassifier
     from fedlib.config import ModelConfig
     from fedlib.models import bundled_model_path, wrap_backbone
     from fedlib.tasks import get_task
-    from transformers import AutoTokenizer
 
     def make():
         torch.manual_seed(0)
-        return GPT2ForSequenceClassification(GPT2Config(n_embd=384, n_head=12, n_layer=6, vocab_size=vocab,
-                                                        num_labels=2, pad_token_id=0))
+        return GPT2ForSequenceClassification(
+            GPT2Config(n_embd=384, n_head=12, n_layer=6, vocab_size=vocab, num_labels=2, pad_token_id=0)
+        )
+
     tok = AutoTokenizer.from_pretrained(bundled_model_path())
-    ours = PromptClassifier(wrap_backbone(make(), tok, "gpt2-6x384"), get_task("sst2"),
-                            ModelConfig(prompt_len=prompt_len, head="linear", pooling="mean"))
+    ours = PromptClassifier(
+        wrap_backbone(make(), tok, "gpt2-6x384"),
+        get_task("sst2"),
+        ModelConfig(prompt_len=prompt_len, head="linear", pooling="mean"),
+    )
     peft = get_peft_model(make(), PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=prompt_len))
     return tok, ours, peft
 
@@ -101,6 +111,7 @@ def peft_step(model, enc, labels):
         model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], labels=labels).loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+
     return step
 
 
@@ -162,8 +173,10 @@ def main() -> None:
     enc, labels = sst2_batch(backbone.tokenizer, args.batch)
     model = PromptClassifier(backbone, get_task("sst2"), ModelConfig(prompt_len=args.prompt_len))
     t_ours, t_floor = timed_pair(fedlib_step(model, enc, labels), floor_step(backbone, enc), args.reps)
-    print(f"bundled model, batch {args.batch} x {enc['input_ids'].shape[1]} tokens, P={args.prompt_len}: "
-          f"fedlib step {t_ours * 1e3:.1f} ms, floor (fwd+bwd to embeddings) {t_floor * 1e3:.1f} ms")
+    print(
+        f"bundled model, batch {args.batch} x {enc['input_ids'].shape[1]} tokens, P={args.prompt_len}: "
+        f"fedlib step {t_ours * 1e3:.1f} ms, floor (fwd+bwd to embeddings) {t_floor * 1e3:.1f} ms"
+    )
 
     tok, ours, peft = gpt2_models(args.prompt_len, 30522)
     enc, labels = sst2_batch(tok, args.batch)
@@ -171,17 +184,35 @@ def main() -> None:
     print(f"GPT-2 6x384 decoder: fedlib step {t_ours2 * 1e3:.1f} ms, PEFT PrefixTuning step {t_peft * 1e3:.1f} ms")
 
     samples = {"fedlib": [], "peft": []}
-    for _ in range(args.mem_reps):            # interleaved fresh processes; RSS peaks vary by a few MiB
+    for _ in range(args.mem_reps):  # interleaved fresh processes; RSS peaks vary by a few MiB
         for which in samples:
-            out = subprocess.run([sys.executable, __file__, "--child", which, "--batch", str(args.batch),
-                                  "--prompt-len", str(args.prompt_len), "--threads", str(args.threads)],
-                                 capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    which,
+                    "--batch",
+                    str(args.batch),
+                    "--prompt-len",
+                    str(args.prompt_len),
+                    "--threads",
+                    str(args.threads),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             samples[which].append(json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"])
     mem = {k: statistics.median(v) for k, v in samples.items()}
-    print(f"peak memory during steps (median of {args.mem_reps} processes each): fedlib {mem['fedlib']:.1f} MiB "
-          f"{[round(x) for x in samples['fedlib']]}, PEFT {mem['peft']:.1f} MiB {[round(x) for x in samples['peft']]}")
-    print(f"step_cost floor_ratio={t_ours / t_floor:.3f} peft_ratio={t_ours2 / t_peft:.3f} "
-          f"peak_mem_ratio={mem['fedlib'] / mem['peft']:.3f}")
+    print(
+        f"peak memory during steps (median of {args.mem_reps} processes each): fedlib {mem['fedlib']:.1f} MiB "
+        f"{[round(x) for x in samples['fedlib']]}, PEFT {mem['peft']:.1f} MiB {[round(x) for x in samples['peft']]}"
+    )
+    print(
+        f"step_cost floor_ratio={t_ours / t_floor:.3f} peft_ratio={t_ours2 / t_peft:.3f} "
+        f"peak_mem_ratio={mem['fedlib'] / mem['peft']:.3f}"
+    )
 
 
 if __name__ == "__main__":

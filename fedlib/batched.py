@@ -23,6 +23,7 @@ every device, with the chunk size chosen per device (:func:`default_chunk`).
 Results equal the sequential loop's up to float rounding when dropout is off (tested). With dropout on, the
 masks come from one RNG stream seeded by the first client's seed: reproducible, not bit-equal to sequential.
 """
+
 from __future__ import annotations
 
 import torch
@@ -61,21 +62,23 @@ def workspaces(model, m: int, cache: list | None = None) -> list:
     return spaces[:m]
 
 
-def _joint_chunk_loss(runs: list[LocalRun], joint: Encoded, owner: list[int], sizes: dict[int, int], idx: list[int],
-                      device: torch.device) -> tuple[torch.Tensor, dict[int, float]]:
+def _joint_chunk_loss(
+    runs: list[LocalRun], joint: Encoded, owner: list[int], sizes: dict[int, int], idx: list[int], device: torch.device
+) -> tuple[torch.Tensor, dict[int, float]]:
     """Sum over the clients present in chunk ``idx`` of (their rows' summed loss / their minibatch size)."""
     lead = runs[0].model
-    idx = sorted(idx, key=lambda j: owner[j])              # each client's rows contiguous (stable: lengths kept)
+    idx = sorted(idx, key=lambda j: owner[j])  # each client's rows contiguous (stable: lengths kept)
     batch = {k: v.to(device) for k, v in collate(joint, idx, lead.info.tokenizer.pad_token_id).items()}
     counts = {}
     for j in idx:
         counts[owner[j]] = counts.get(owner[j], 0) + 1
-    kvs = [runs[c].model.prompt.key_values() for c in counts]                   # each [L, 2, H_kv, P, hd]
+    kvs = [runs[c].model.prompt.key_values() for c in counts]  # each [L, 2, H_kv, P, hd]
     kv = torch.cat([v.unsqueeze(0).expand(n, *v.shape) for v, n in zip(kvs, counts.values())])  # [n, L, 2, ...]
-    hidden = lead.encode(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
-                         prompt_kv=kv).last_hidden_state                         # [n, T, d]
+    hidden = lead.encode(
+        batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"), prompt_kv=kv
+    ).last_hidden_state  # [n, T, d]
     total, parts, start = 0.0, {}, 0
-    for c, n in counts.items():                       # slices, not gathers: a deterministic backward
+    for c, n in counts.items():  # slices, not gathers: a deterministic backward
         rows = slice(start, start + n)
         start += n
         logits = runs[c].model.head(hidden[rows], batch["attention_mask"][rows], batch["target_pos"][rows]).float()
@@ -85,9 +88,15 @@ def _joint_chunk_loss(runs: list[LocalRun], joint: Encoded, owner: list[int], si
     return total, parts
 
 
-def batched_local_train(runs: list[LocalRun], datas: list[Encoded], device: torch.device,
-                        generators: list[torch.Generator], epochs: int | None = None, max_steps: int | None = None,
-                        chunk: int = 0) -> list[dict]:
+def batched_local_train(
+    runs: list[LocalRun],
+    datas: list[Encoded],
+    device: torch.device,
+    generators: list[torch.Generator],
+    epochs: int | None = None,
+    max_steps: int | None = None,
+    chunk: int = 0,
+) -> list[dict]:
     """:func:`fedlib.train.local_train` for several clients at once; one ``{"loss", "steps"}`` per client."""
     cfg = runs[0].cfg
     chunk = chunk or default_chunk(device, len(runs), cfg.batch_size)
@@ -106,7 +115,7 @@ def batched_local_train(runs: list[LocalRun], datas: list[Encoded], device: torc
         order = sorted(range(len(joint)), key=lambda j: len(joint.input_ids[j]))
         losses = dict.fromkeys(active, 0.0)
         for start in range(0, len(order), chunk):
-            loss, parts = _joint_chunk_loss(runs, joint, owner, sizes, order[start: start + chunk], device)
+            loss, parts = _joint_chunk_loss(runs, joint, owner, sizes, order[start : start + chunk], device)
             loss.backward()
             for c, v in parts.items():
                 losses[c] += v
@@ -122,15 +131,28 @@ def batched_local_train(runs: list[LocalRun], datas: list[Encoded], device: torc
     return [{"loss": totals[c] / max(steps[c], 1), "steps": steps[c]} for c in range(len(runs))]
 
 
-def client_updates_batched(models: list, clients: list[int], global_shared: dict, states: list[dict],
-                           init_personal: dict, datas: list[Encoded], cfg, strategy, hp: dict, download: dict,
-                           seeds: list[int], device: torch.device, chunk: int = 0) -> list[tuple]:
+def client_updates_batched(
+    models: list,
+    clients: list[int],
+    global_shared: dict,
+    states: list[dict],
+    init_personal: dict,
+    datas: list[Encoded],
+    cfg,
+    strategy,
+    hp: dict,
+    download: dict,
+    seeds: list[int],
+    device: torch.device,
+    chunk: int = 0,
+) -> list[tuple]:
     """:func:`fedlib.client.client_update` for ``clients`` at once (``models`` from :func:`workspaces`):
     one ``(ClientResult, new state)`` per client, in order."""
-    runs = [prepare_client(model, global_shared, state, init_personal, cfg, strategy, hp, download, device)
-            for model, state in zip(models, states)]
+    runs = [
+        prepare_client(model, global_shared, state, init_personal, cfg, strategy, hp, download, device)
+        for model, state in zip(models, states)
+    ]
     torch.manual_seed(seeds[0])
     gens = [torch.Generator().manual_seed(s) for s in seeds]
-    stats = batched_local_train(runs, datas, device, gens, hp.get("local_epochs"), hp.get("local_steps") or None,
-                                chunk)
+    stats = batched_local_train(runs, datas, device, gens, hp.get("local_epochs"), hp.get("local_steps") or None, chunk)
     return [finish_client(run, k, len(d), st) for run, k, d, st in zip(runs, clients, datas, stats)]

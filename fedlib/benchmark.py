@@ -7,6 +7,7 @@ wall seconds (set-up, layer selection and evaluation included). Runs already
 in the CSV are skipped, so an interrupted grid resumes where it stopped. Used by
 ``benchmarks/run_grid.py`` and ``notebooks/05_full_experiments.ipynb``.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,20 +26,48 @@ from .simulation import run_simulation
 __all__ = ["run_grid", "plot_grid", "mean_table", "fedpeptao_deltas", "COLUMNS"]
 
 log = logging.getLogger(__name__)
-COLUMNS = ["task", "strategy", "seed", "final_metric", "best_metric", "final_global_metric", "bytes_up_per_round",
-           "bytes_down_per_round", "bytes_per_round", "bytes_total", "seconds_per_round", "seconds_total",
-           "rounds", "rounds_to_target", "seconds_to_target", "target", "shared_layers", "failed_clients",
-           "wall_seconds"]
+COLUMNS = [
+    "task",
+    "strategy",
+    "seed",
+    "final_metric",
+    "best_metric",
+    "final_global_metric",
+    "bytes_up_per_round",
+    "bytes_down_per_round",
+    "bytes_per_round",
+    "bytes_total",
+    "seconds_per_round",
+    "seconds_total",
+    "rounds",
+    "rounds_to_target",
+    "seconds_to_target",
+    "target",
+    "shared_layers",
+    "failed_clients",
+    "wall_seconds",
+]
 
 
-def run_grid(base: ExperimentConfig, tasks: list[str], strategies: list[str], seeds: list[int], out_dir: str | Path,
-             target_strategy: str = "fedavg", progress: bool | None = None) -> pd.DataFrame:
+def run_grid(
+    base: ExperimentConfig,
+    tasks: list[str],
+    strategies: list[str],
+    seeds: list[int],
+    out_dir: str | Path,
+    target_strategy: str = "fedavg",
+    progress: bool | None = None,
+) -> pd.DataFrame:
     """Run the grid (``target_strategy`` first for each task and seed) and return the results table."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     csv = out / "results.csv"
     done = pd.read_csv(csv) if csv.exists() else pd.DataFrame(columns=COLUMNS)
-    order = [target_strategy] + [s for s in strategies if s != target_strategy] if target_strategy in strategies else strategies
+    order = (
+        [target_strategy] + [s for s in strategies if s != target_strategy]
+        if target_strategy in strategies
+        else strategies
+    )
     for name in order:  # validate every combination before any training
         for task in tasks:
             base.fed.replace(strategy=name, task=task)
@@ -58,23 +87,45 @@ def run_grid(base: ExperimentConfig, tasks: list[str], strategies: list[str], se
                     t0 = time.perf_counter()
                     res = run_simulation(cfg, run_dir, backbone=backbone, progress=progress)
                     history = res.history
-                    shared = sum(r == "shared" for r in res.roles) if cfg.model.prompt_mode == "deep" and \
-                        res.roles and name not in ("shallow", "lora") else 0
+                    shared = (
+                        sum(r == "shared" for r in res.roles)
+                        if cfg.model.prompt_mode == "deep" and res.roles and name not in ("shallow", "lora")
+                        else 0
+                    )
                     wall = time.perf_counter() - t0
                     log.info("%s/%s/seed %d: %.1f s", task, name, seed, wall)
                     rows = [r for r in rows if (r["task"], r["strategy"], int(r["seed"])) != (task, name, seed)]
-                    rows.append({"task": task, "strategy": name, "seed": seed, "shared_layers": shared,
-                                 "wall_seconds": wall, **summarize(history)})
+                    rows.append(
+                        {
+                            "task": task,
+                            "strategy": name,
+                            "seed": seed,
+                            "shared_layers": shared,
+                            "wall_seconds": wall,
+                            **summarize(history),
+                        }
+                    )
                 row = next(r for r in rows if (r["task"], r["strategy"], int(r["seed"])) == (task, name, seed))
                 if name == target_strategy:
                     target = row["final_metric"]
                 row["target"] = target
-                row["rounds_to_target"], row["seconds_to_target"] = rounds_to_target(history, target) \
-                    if not math.isnan(target) else (math.nan, math.nan)
+                row["rounds_to_target"], row["seconds_to_target"] = (
+                    rounds_to_target(history, target) if not math.isnan(target) else (math.nan, math.nan)
+                )
                 pd.DataFrame(rows).reindex(columns=COLUMNS).to_csv(csv, index=False)
     table = pd.DataFrame(rows).reindex(columns=COLUMNS)
-    (out / "grid.json").write_text(json.dumps({"tasks": tasks, "strategies": strategies, "seeds": seeds,
-                                               "target_strategy": target_strategy, "config": base.to_dict()}, indent=2))
+    (out / "grid.json").write_text(
+        json.dumps(
+            {
+                "tasks": tasks,
+                "strategies": strategies,
+                "seeds": seeds,
+                "target_strategy": target_strategy,
+                "config": base.to_dict(),
+            },
+            indent=2,
+        )
+    )
     return table
 
 
@@ -90,8 +141,10 @@ def mean_histories(out_dir: str | Path, task: str, seeds: list[int]) -> dict[str
     for seed in seeds:
         for name, h in grid_histories(out_dir, task, seed).items():
             runs.setdefault(name, []).append(h.assign(metric=headline(h))[["round", "metric", "cum_bytes"]])
-    return {name: pd.concat(hs).groupby("round", as_index=False).mean().rename(columns={"metric": "personal_metric"})
-            for name, hs in runs.items()}
+    return {
+        name: pd.concat(hs).groupby("round", as_index=False).mean().rename(columns={"metric": "personal_metric"})
+        for name, hs in runs.items()
+    }
 
 
 def plot_grid(out_dir: str | Path, task: str, seed: int | list[int]):
@@ -133,10 +186,17 @@ def fedpeptao_deltas(table: pd.DataFrame, method: str = "fedpeptao", reference: 
         m, ref = mean.loc[(task, method)], mean.loc[(task, reference)]
         others = mean.loc[task].drop(index=method)
         best = others["final_metric"].idxmax()
-        rows.append({"task": task, method: m["final_metric"], reference: ref["final_metric"],
-                     "best_baseline": best, "best_baseline_metric": others.loc[best, "final_metric"],
-                     f"minus_{reference}": m["final_metric"] - ref["final_metric"],
-                     "minus_best_baseline": m["final_metric"] - others.loc[best, "final_metric"],
-                     "bytes_ratio": m["bytes_per_round"] / ref["bytes_per_round"],
-                     "rounds_to_target_ratio": m["rounds_to_target"] / ref["rounds_to_target"]})
+        rows.append(
+            {
+                "task": task,
+                method: m["final_metric"],
+                reference: ref["final_metric"],
+                "best_baseline": best,
+                "best_baseline_metric": others.loc[best, "final_metric"],
+                f"minus_{reference}": m["final_metric"] - ref["final_metric"],
+                "minus_best_baseline": m["final_metric"] - others.loc[best, "final_metric"],
+                "bytes_ratio": m["bytes_per_round"] / ref["bytes_per_round"],
+                "rounds_to_target_ratio": m["rounds_to_target"] / ref["rounds_to_target"],
+            }
+        )
     return pd.DataFrame(rows)

@@ -4,6 +4,7 @@ A prompt file holds the prompt (and head) tensors plus ``__metadata__["fedlib"]`
 model name, layer count, P, kv width, layer roles, head kind and task. Loading checks that header
 against the model and every tensor's name and shape before copying anything in.
 """
+
 from __future__ import annotations
 
 import json
@@ -11,11 +12,17 @@ import os
 import shutil
 from pathlib import Path
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-__all__ = ["CheckpointError", "prompt_header", "save_prompt", "load_prompt", "save_run_checkpoint", "load_run_checkpoint"]
+__all__ = [
+    "CheckpointError",
+    "prompt_header",
+    "save_prompt",
+    "load_prompt",
+    "save_run_checkpoint",
+    "load_run_checkpoint",
+]
 
 FORMAT = "fedlib-prompt/1"
 
@@ -26,9 +33,17 @@ class CheckpointError(ValueError):
 
 def prompt_header(model) -> dict:
     """What a prompt file must agree on with the model it is loaded into."""
-    return {"format": FORMAT, "model": model.info.name, "num_layers": model.info.num_layers,
-            "prompt_len": model.prompt.prompt_len, "kv_dim": model.prompt.kv_dim, "roles": list(model.prompt.roles),
-            "head": model.head_kind, "task": model.task.name, "num_labels": model.task.num_labels}
+    return {
+        "format": FORMAT,
+        "model": model.info.name,
+        "num_layers": model.info.num_layers,
+        "prompt_len": model.prompt.prompt_len,
+        "kv_dim": model.prompt.kv_dim,
+        "roles": list(model.prompt.roles),
+        "head": model.head_kind,
+        "task": model.task.name,
+        "num_labels": model.task.num_labels,
+    }
 
 
 def save_prompt(path: str | Path, model, role: str | None = None, extra: dict | None = None) -> Path:
@@ -66,7 +81,9 @@ def load_prompt(path: str | Path, model, strict_roles: bool = False) -> dict:
     """
     header = read_header(path)
     want = prompt_header(model)
-    keys = ["format", "model", "num_layers", "prompt_len", "kv_dim", "head", "num_labels"] + (["roles"] if strict_roles else [])
+    keys = ["format", "model", "num_layers", "prompt_len", "kv_dim", "head", "num_labels"] + (
+        ["roles"] if strict_roles else []
+    )
     for key in keys:
         if header.get(key) != want[key]:
             raise CheckpointError(f"{path}: {key} is {header.get(key)!r} in the file but {want[key]!r} in this model")
@@ -100,7 +117,9 @@ def _fsync_write(path: Path, write) -> None:
         os.fsync(f.fileno())
 
 
-def save_run_checkpoint(folder: str | Path, round_: int, server_tensors: dict, clients: dict[int, dict], info: dict) -> Path:
+def save_run_checkpoint(
+    folder: str | Path, round_: int, server_tensors: dict, clients: dict[int, dict], info: dict
+) -> Path:
     """Write ``<folder>/round_<r>/`` atomically: server.safetensors, clients.safetensors, state.json
     (round, info, SHA-256 of both tensor files), then point ``<folder>/LATEST`` at it.
 
@@ -110,15 +129,21 @@ def save_run_checkpoint(folder: str | Path, round_: int, server_tensors: dict, c
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"round_{round_:06d}"
-    for stale in folder.glob(".tmp_round_*"):      # left by a run killed while checkpointing
+    for stale in folder.glob(".tmp_round_*"):  # left by a run killed while checkpointing
         shutil.rmtree(stale, ignore_errors=True)
     tmp = folder / f".tmp_round_{round_:06d}_{os.getpid()}"
     tmp.mkdir()
     flat_clients = {f"{k}/{name}": v.contiguous() for k, state in clients.items() for name, v in state.items()}
-    _fsync_write(tmp / "server.safetensors", lambda p: save_file({k: v.contiguous() for k, v in server_tensors.items()}, str(p)))
+    _fsync_write(
+        tmp / "server.safetensors", lambda p: save_file({k: v.contiguous() for k, v in server_tensors.items()}, str(p))
+    )
     _fsync_write(tmp / "clients.safetensors", lambda p: save_file(flat_clients, str(p)))
-    state = {"format": "fedlib-run/1", "round": round_, "info": info,
-             "sha256": {n: _sha256(tmp / n) for n in ("server.safetensors", "clients.safetensors")}}
+    state = {
+        "format": "fedlib-run/1",
+        "round": round_,
+        "info": info,
+        "sha256": {n: _sha256(tmp / n) for n in ("server.safetensors", "clients.safetensors")},
+    }
     _fsync_write(tmp / "state.json", lambda p: p.write_text(json.dumps(state)))
     if final.exists():
         shutil.rmtree(final)

@@ -4,6 +4,7 @@ Trainable parameters are named ``prompt.layer.<l>``, ``prompt.reparam.*`` and ``
 has a role (``shared``, ``personal``) so that federated code can take out the part that travels
 (:meth:`PromptClassifier.state`), send it, and load it back (:meth:`PromptClassifier.load_state`).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -50,12 +51,23 @@ class PromptClassifier(nn.Module):
         if cfg.prompt_mode != "deep":
             roles = ("off",) * backbone.num_layers
         if len(roles) != backbone.num_layers:
-            raise ValueError(f"ModelConfig.layer_roles has {len(roles)} entries; {backbone.name} has "
-                             f"{backbone.num_layers} layers")
-        self.prompt = DeepPrompt(backbone.num_layers, cfg.prompt_len, backbone.num_kv_heads, backbone.head_dim,
-                                 roles, cfg.init_std, cfg.prompt_dropout, cfg.reparam_hidden, backbone.hidden_size)
-        self.input_prompt = InputPrompt(cfg.prompt_len, backbone.hidden_size, cfg.init_std) \
-            if cfg.prompt_mode == "shallow" else None
+            raise ValueError(
+                f"ModelConfig.layer_roles has {len(roles)} entries; {backbone.name} has {backbone.num_layers} layers"
+            )
+        self.prompt = DeepPrompt(
+            backbone.num_layers,
+            cfg.prompt_len,
+            backbone.num_kv_heads,
+            backbone.head_dim,
+            roles,
+            cfg.init_std,
+            cfg.prompt_dropout,
+            cfg.reparam_hidden,
+            backbone.hidden_size,
+        )
+        self.input_prompt = (
+            InputPrompt(cfg.prompt_len, backbone.hidden_size, cfg.init_std) if cfg.prompt_mode == "shallow" else None
+        )
         if cfg.prompt_mode == "lora":
             _inject_lora(self.backbone, cfg)
         if self.head_kind == "linear":
@@ -70,7 +82,7 @@ class PromptClassifier(nn.Module):
     # ---- roles ---------------------------------------------------------------------------------
     def role_of(self, name: str) -> str:
         if name.startswith("prompt."):
-            return self.prompt.role_of(name[len("prompt."):])
+            return self.prompt.role_of(name[len("prompt.") :])
         if name.startswith("input_prompt.") or ".lora_" in name:
             return "shared"
         return self.cfg.head_role
@@ -98,8 +110,10 @@ class PromptClassifier(nn.Module):
         params = self.trainable()
         for name, value in state.items():
             if name not in params:
-                raise KeyError(f"{name!r} is not a trainable tensor of this model (roles {list(self.prompt.roles)}); "
-                               f"it has {sorted(params)}")
+                raise KeyError(
+                    f"{name!r} is not a trainable tensor of this model (roles {list(self.prompt.roles)}); "
+                    f"it has {sorted(params)}"
+                )
             if params[name].shape != value.shape:
                 raise ValueError(f"{name}: shape {tuple(value.shape)} does not fit {tuple(params[name].shape)}")
 
@@ -117,8 +131,15 @@ class PromptClassifier(nn.Module):
         self.cfg = self.cfg.replace(layer_roles=tuple(roles))
 
     # ---- forward -------------------------------------------------------------------------------
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, target_pos: torch.Tensor,
-                token_type_ids: torch.Tensor | None = None, output_hidden_states: bool = False, **_):
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        target_pos: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        **_,
+    ):
         """``input_ids``/``attention_mask`` ``[B, T]``, ``target_pos`` ``[B]`` -> logits ``[B, C]``.
 
         With ``output_hidden_states`` returns ``(logits, hidden_states)``, hidden_states a tuple of
@@ -130,8 +151,14 @@ class PromptClassifier(nn.Module):
         logits = self.head(out.last_hidden_state, attention_mask, target_pos)
         return (logits, out.hidden_states) if output_hidden_states else logits
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None,
-               output_hidden_states: bool = False, prompt_kv: torch.Tensor | None = None):
+    def encode(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        prompt_kv: torch.Tensor | None = None,
+    ):
         """The backbone's output with the deep prompts in its cache (``last_hidden_state`` ``[B, T, d]``).
 
         ``prompt_kv`` ``[B, L, 2, H_kv, P, hd]``: per-example prefixes (batched clients) instead of this
@@ -144,8 +171,13 @@ class PromptClassifier(nn.Module):
         if cache is not None:
             mask = torch.cat([attention_mask.new_ones(bsz, self.prompt.prompt_len), attention_mask], dim=1)
         positions = torch.arange(seq, device=input_ids.device) + self.info.position_offset
-        kwargs = dict(input_ids=input_ids, attention_mask=mask, position_ids=positions.expand(bsz, -1),
-                      output_hidden_states=output_hidden_states, **self.prompt.off_layers_kwarg())
+        kwargs = dict(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=positions.expand(bsz, -1),
+            output_hidden_states=output_hidden_states,
+            **self.prompt.off_layers_kwarg(),
+        )
         kwargs[self.info.cache_kwarg] = cache
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
@@ -158,8 +190,12 @@ class PromptClassifier(nn.Module):
         embeds = self.input_prompt.prepend(self.info.base.get_input_embeddings()(input_ids))
         mask = torch.cat([attention_mask.new_ones(bsz, p), attention_mask], dim=1)
         positions = torch.arange(p + seq, device=input_ids.device) + self.info.position_offset
-        kwargs = dict(inputs_embeds=embeds, attention_mask=mask, position_ids=positions.expand(bsz, -1),
-                      output_hidden_states=output_hidden_states)
+        kwargs = dict(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            position_ids=positions.expand(bsz, -1),
+            output_hidden_states=output_hidden_states,
+        )
         if token_type_ids is not None:
             kwargs["token_type_ids"] = torch.cat([token_type_ids.new_zeros(bsz, p), token_type_ids], dim=1)
         out = self.info.base(**kwargs)
@@ -176,18 +212,24 @@ def _inject_lora(model: nn.Module, cfg: ModelConfig) -> None:
     targets = TARGETS.get(model.config.model_type)
     if targets is None:
         raise ValueError(f"no default LoRA target modules for model type {model.config.model_type!r}")
-    inject_adapter_in_model(LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
-                                       target_modules=targets), model)
+    inject_adapter_in_model(
+        LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=targets), model
+    )
 
 
-def build_classifier(task: str | TaskSpec, cfg: ModelConfig | None = None, backbone: Backbone | None = None,
-                     device: torch.device | None = None) -> PromptClassifier:
+def build_classifier(
+    task: str | TaskSpec,
+    cfg: ModelConfig | None = None,
+    backbone: Backbone | None = None,
+    device: torch.device | None = None,
+) -> PromptClassifier:
     """Load the backbone named by ``cfg`` (unless given) and build the prompted classifier for ``task``."""
     cfg = cfg or ModelConfig()
     task = task if isinstance(task, TaskSpec) else get_task(task)
     if backbone is None:
-        backbone = load_backbone(cfg.name, head="linear" if cfg.head == "linear" else cfg.head,
-                                 attn_implementation=cfg.attn_implementation)
+        backbone = load_backbone(
+            cfg.name, head="linear" if cfg.head == "linear" else cfg.head, attn_implementation=cfg.attn_implementation
+        )
     model = PromptClassifier(backbone, task, cfg)
     return model.to(device) if device is not None else model
 

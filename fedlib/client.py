@@ -8,6 +8,7 @@ Client rules (digest 1.5 step 2 and :mod:`fedlib.strategies`): plain AdamW; FedP
 SCAFFOLD's gradient correction ``g + c - c_i`` and control update
 ``c_i+ = c_i - c + (x - y_i) / (K * lr)`` (Karimireddy et al. 2020, option II).
 """
+
 from __future__ import annotations
 
 import logging
@@ -24,7 +25,18 @@ from .encode import Encoded
 from .strategies import Strategy
 from .train import local_train, make_optimizer
 
-__all__ = ["ClientResult", "LocalRun", "prepare_client", "finish_client", "client_update", "client_seed", "personal_tensors", "ClientStore", "export_optimizer", "import_optimizer"]
+__all__ = [
+    "ClientResult",
+    "LocalRun",
+    "prepare_client",
+    "finish_client",
+    "client_update",
+    "client_seed",
+    "personal_tensors",
+    "ClientStore",
+    "export_optimizer",
+    "import_optimizer",
+]
 
 log = logging.getLogger(__name__)
 Tensors = dict[str, torch.Tensor]
@@ -44,12 +56,14 @@ class ClientResult:
     seconds: float = 0.0
 
     def finite(self) -> bool:
-        return math.isfinite(self.loss) and all(torch.isfinite(t).all() for t in (*self.shared.values(), *self.extra.values()))
+        return math.isfinite(self.loss) and all(
+            torch.isfinite(t).all() for t in (*self.shared.values(), *self.extra.values())
+        )
 
 
 def personal_tensors(state: Tensors, init_personal: Tensors) -> Tensors:
     """A client's personal tensors from its stored state, or ``init_personal`` before its first round."""
-    return {k[len("personal/"):]: v for k, v in state.items() if k.startswith("personal/")} or init_personal
+    return {k[len("personal/") :]: v for k, v in state.items() if k.startswith("personal/")} or init_personal
 
 
 def client_seed(seed: int, round_: int, client: int, stream: int = 0) -> int:
@@ -92,12 +106,21 @@ class LocalRun:
     x: Tensors
     extra_loss: object = None
     after_backward: object = None
-    controls: tuple[Tensors, Tensors] | None = None   # SCAFFOLD (c, c_i)
+    controls: tuple[Tensors, Tensors] | None = None  # SCAFFOLD (c, c_i)
     t0: float = 0.0
 
 
-def prepare_client(model, global_shared: Tensors, state: Tensors, init_personal: Tensors, cfg: TrainConfig,
-                   strategy: Strategy, hp: dict, download: Tensors, device: torch.device) -> LocalRun:
+def prepare_client(
+    model,
+    global_shared: Tensors,
+    state: Tensors,
+    init_personal: Tensors,
+    cfg: TrainConfig,
+    strategy: Strategy,
+    hp: dict,
+    download: Tensors,
+    device: torch.device,
+) -> LocalRun:
     """Load (global shared, own personal) into ``model``, build AdamW with the client's saved state and the
     strategy's client rule (FedProx term, SCAFFOLD correction). Digest 1.5 steps 1-2."""
     t0 = time.perf_counter()
@@ -113,6 +136,7 @@ def prepare_client(model, global_shared: Tensors, state: Tensors, init_personal:
 
         def extra_loss(m):
             return 0.5 * mu * sum(((params[k] - x[k]) ** 2).sum() for k in x)
+
         run.extra_loss = extra_loss
     elif strategy.client == "scaffold":
         c = {k: v.to(device) for k, v in download.items()}
@@ -122,6 +146,7 @@ def prepare_client(model, global_shared: Tensors, state: Tensors, init_personal:
             for k in c:
                 if params[k].grad is not None:
                     params[k].grad.add_(c[k] - c_i[k])
+
         run.after_backward, run.controls = after_backward, (c, c_i)
     return run
 
@@ -146,9 +171,20 @@ def finish_client(run: LocalRun, client: int, num_examples: int, stats: dict) ->
     return ClientResult(client, num_examples, stats["steps"], stats["loss"], shared, extra, seconds), new_state
 
 
-def client_update(model, client: int, global_shared: Tensors, state: Tensors, init_personal: Tensors, data: Encoded,
-                  cfg: TrainConfig, strategy: Strategy, hp: dict, download: Tensors, seed: int,
-                  device: torch.device) -> tuple[ClientResult, Tensors]:
+def client_update(
+    model,
+    client: int,
+    global_shared: Tensors,
+    state: Tensors,
+    init_personal: Tensors,
+    data: Encoded,
+    cfg: TrainConfig,
+    strategy: Strategy,
+    hp: dict,
+    download: Tensors,
+    seed: int,
+    device: torch.device,
+) -> tuple[ClientResult, Tensors]:
     """Train client ``client`` from (global shared, own personal) and return ``(result, new state)``.
 
     ``init_personal``: personal tensors for a client's first round (the initial model's values).
@@ -157,9 +193,18 @@ def client_update(model, client: int, global_shared: Tensors, state: Tensors, in
     run = prepare_client(model, global_shared, state, init_personal, cfg, strategy, hp, download, device)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    stats = local_train(model, run.opt, data, run.cfg, device, gen, epochs=hp.get("local_epochs"),
-                        max_steps=hp.get("local_steps") or None, extra_loss=run.extra_loss,
-                        after_backward=run.after_backward)
+    stats = local_train(
+        model,
+        run.opt,
+        data,
+        run.cfg,
+        device,
+        gen,
+        epochs=hp.get("local_epochs"),
+        max_steps=hp.get("local_steps") or None,
+        extra_loss=run.extra_loss,
+        after_backward=run.after_backward,
+    )
     return finish_client(run, client, len(data), stats)
 
 
@@ -178,6 +223,7 @@ class ClientStore:
         if self.where == "memory":
             return self._mem.get(client, {})
         from safetensors.torch import load_file
+
         path = self.folder / f"client_{client:05d}.safetensors"
         return load_file(str(path)) if path.exists() else {}
 
@@ -186,6 +232,7 @@ class ClientStore:
             self._mem[client] = state
             return
         from safetensors.torch import save_file
+
         path = self.folder / f"client_{client:05d}.safetensors"
         tmp = path.with_suffix(".tmp")
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))

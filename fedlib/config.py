@@ -4,6 +4,7 @@ Every config validates itself on construction and raises :class:`ConfigError` na
 the value and what is allowed. Configs round-trip through dicts, JSON and YAML; unknown keys are
 errors (a typo must not be silently ignored).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -116,8 +117,9 @@ class Config:
 
 
 def _read(text_or_path: str | Path) -> str:
-    if isinstance(text_or_path, Path) or (isinstance(text_or_path, str) and "\n" not in text_or_path
-                                          and text_or_path.endswith((".json", ".yaml", ".yml"))):
+    if isinstance(text_or_path, Path) or (
+        isinstance(text_or_path, str) and "\n" not in text_or_path and text_or_path.endswith((".json", ".yaml", ".yml"))
+    ):
         path = Path(text_or_path)
         try:
             return path.read_text()
@@ -217,8 +219,13 @@ class ModelConfig(Config):
         check(8 <= self.max_length <= 8192, o, "max_length", self.max_length, "must be in [8, 8192]")
         if self.layer_roles is not None:
             bad = [r for r in self.layer_roles if r not in ROLES]
-            check(not bad and len(self.layer_roles) > 0, o, "layer_roles", self.layer_roles,
-                  f"each entry must be one of {ROLES}")
+            check(
+                not bad and len(self.layer_roles) > 0,
+                o,
+                "layer_roles",
+                self.layer_roles,
+                f"each entry must be one of {ROLES}",
+            )
 
 
 @dataclass
@@ -254,8 +261,19 @@ class TrainConfig(Config):
         check(self.seed >= 0, o, "seed", self.seed, "must be >= 0")
 
 
-STRATEGY_NAMES = ("fedavg", "fedprox", "scaffold", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "shallow", "lora",
-                  "fedavg_selected", "fedpeptao")
+STRATEGY_NAMES = (
+    "fedavg",
+    "fedprox",
+    "scaffold",
+    "fedavgm",
+    "fedadam",
+    "fedyogi",
+    "fedadagrad",
+    "shallow",
+    "lora",
+    "fedavg_selected",
+    "fedpeptao",
+)
 PARTITIONS = ("iid", "dirichlet", "quantity", "reference")
 
 
@@ -313,12 +331,20 @@ class FedConfig(Config):
 
     def validate(self) -> None:
         o = "FedConfig"
-        from .tasks import TASKS, ALIASES
-        check(self.task.lower() in TASKS or self.task.lower() in ALIASES, o, "task", self.task, f"one of {sorted(TASKS)}")
+        from .tasks import ALIASES, TASKS
+
+        check(
+            self.task.lower() in TASKS or self.task.lower() in ALIASES, o, "task", self.task, f"one of {sorted(TASKS)}"
+        )
         check(self.strategy in STRATEGY_NAMES, o, "strategy", self.strategy, f"one of {list(STRATEGY_NAMES)}")
         check(self.num_clients >= 1, o, "num_clients", self.num_clients, "must be >= 1")
-        check(1 <= self.clients_per_round <= self.num_clients, o, "clients_per_round", self.clients_per_round,
-              f"must be in [1, num_clients={self.num_clients}]")
+        check(
+            1 <= self.clients_per_round <= self.num_clients,
+            o,
+            "clients_per_round",
+            self.clients_per_round,
+            f"must be in [1, num_clients={self.num_clients}]",
+        )
         check(self.rounds >= 1, o, "rounds", self.rounds, "must be >= 1")
         check(self.local_epochs >= 1, o, "local_epochs", self.local_epochs, "must be >= 1")
         check(self.local_steps >= 0, o, "local_steps", self.local_steps, "must be >= 0 (0: use local_epochs)")

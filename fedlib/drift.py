@@ -8,6 +8,7 @@ control variates are remedies (Karimireddy et al. 2020 name the effect "client d
 :class:`DriftRecorder` wraps the client-update function of a simulation, so any strategy can be
 watched without changing it; :func:`pca_2d` projects the recorded client prompts to two dimensions.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -50,13 +51,19 @@ class DriftRecorder:
         """One row per (round, client): relative drift, cosine to the aggregate update, update norm."""
         rows = []
         for t, r in enumerate(self.rounds, start=1):
-            u = torch.stack([y - r["x"] for y in r["y"]])                       # [m, D]
+            u = torch.stack([y - r["x"] for y in r["y"]])  # [m, D]
             p = torch.tensor(r["n"], dtype=torch.float64)
             agg = (p[:, None] * u).sum(0) / p.sum()
             for k, ui in zip(r["clients"], u):
-                rows.append({"round": t, "client": k, "drift": float((ui - agg).norm() / agg.norm().clamp_min(1e-12)),
-                             "cosine": float(torch.nn.functional.cosine_similarity(ui, agg, dim=0)),
-                             "update_norm": float(ui.norm())})
+                rows.append(
+                    {
+                        "round": t,
+                        "client": k,
+                        "drift": float((ui - agg).norm() / agg.norm().clamp_min(1e-12)),
+                        "cosine": float(torch.nn.functional.cosine_similarity(ui, agg, dim=0)),
+                        "update_norm": float(ui.norm()),
+                    }
+                )
         return pd.DataFrame(rows)
 
     def vectors(self) -> tuple[np.ndarray, pd.DataFrame]:

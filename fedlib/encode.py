@@ -6,6 +6,7 @@
 - decoder: the task's ``lm_template`` (truncated from the left, so the template's end survives);
   ``target_pos`` is the last token, whose next-token distribution scores the label words.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,14 +32,19 @@ class Encoded:
     def concat(parts: list["Encoded"]) -> "Encoded":
         """One dataset holding ``parts``' examples in order."""
         tt = None if any(p.token_type_ids is None for p in parts) else [r for p in parts for r in p.token_type_ids]
-        return Encoded([r for p in parts for r in p.input_ids], [t for p in parts for t in p.target_pos],
-                       [y for p in parts for y in p.labels], tt)
+        return Encoded(
+            [r for p in parts for r in p.input_ids],
+            [t for p in parts for t in p.target_pos],
+            [y for p in parts for y in p.labels],
+            tt,
+        )
 
     def subset(self, idx) -> "Encoded":
         idx = list(idx)
         tt = [self.token_type_ids[i] for i in idx] if self.token_type_ids is not None else None
-        return Encoded([self.input_ids[i] for i in idx], [self.target_pos[i] for i in idx],
-                       [self.labels[i] for i in idx], tt)
+        return Encoded(
+            [self.input_ids[i] for i in idx], [self.target_pos[i] for i in idx], [self.labels[i] for i in idx], tt
+        )
 
 
 def encode_dataset(ds, tokenizer, task, head: str, max_length: int) -> Encoded:
@@ -80,9 +86,12 @@ def collate(data: Encoded, idx, pad_id: int) -> dict[str, torch.Tensor]:
     for j, r in enumerate(rows):
         ids[j, : len(r)] = torch.tensor(r)
         mask[j, : len(r)] = 1
-    batch = {"input_ids": ids, "attention_mask": mask,
-             "target_pos": torch.tensor([data.target_pos[i] for i in idx]),
-             "labels": torch.tensor([data.labels[i] for i in idx])}
+    batch = {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "target_pos": torch.tensor([data.target_pos[i] for i in idx]),
+        "labels": torch.tensor([data.labels[i] for i in idx]),
+    }
     if data.token_type_ids is not None:
         tt = torch.zeros((len(rows), width), dtype=torch.long)
         for j, i in enumerate(idx):
@@ -91,8 +100,9 @@ def collate(data: Encoded, idx, pad_id: int) -> dict[str, torch.Tensor]:
     return batch
 
 
-def batches(data: Encoded, batch_size: int, pad_id: int, shuffle: bool = False,
-            generator: torch.Generator | None = None):
+def batches(
+    data: Encoded, batch_size: int, pad_id: int, shuffle: bool = False, generator: torch.Generator | None = None
+):
     """Yield padded batches; shuffled with ``generator`` (seeded by the caller) when ``shuffle``."""
     for idx in batch_indices(len(data), batch_size, shuffle, generator):
         yield collate(data, idx, pad_id)
@@ -102,4 +112,4 @@ def batch_indices(n: int, batch_size: int, shuffle: bool = False, generator: tor
     """Yield the example indices of each batch of one pass (what :func:`batches` collates)."""
     order = torch.randperm(n, generator=generator).tolist() if shuffle else list(range(n))
     for start in range(0, n, batch_size):
-        yield order[start: start + batch_size]
+        yield order[start : start + batch_size]

@@ -6,6 +6,7 @@
   ones, on its eval shard; the task metric on all clients' predictions pooled, and the mean and
   spread of per-client accuracy. Clients with an empty eval shard are skipped (counted).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,8 +27,9 @@ def evaluate_global(model, shared: dict, data: Encoded, batch_size: int, device:
         return evaluate(model, data, model.task, batch_size, device, return_preds=True)
 
 
-def personal_predictions(model, shared: dict, personal: dict, data: Encoded, idx: list[int], batch_size: int,
-                         device: torch.device) -> np.ndarray:
+def personal_predictions(
+    model, shared: dict, personal: dict, data: Encoded, idx: list[int], batch_size: int, device: torch.device
+) -> np.ndarray:
     """One client's predictions ``[len(idx)]`` on its eval shard, with its personal + the global shared tensors."""
     model.load_state({k: v.to(device) for k, v in shared.items()})
     model.load_state({n: v.to(device) for n, v in personal.items()})
@@ -43,16 +45,26 @@ def pool_personal(task, preds: dict[int, np.ndarray], data: Encoded, shards: lis
     truth = np.concatenate([labels[shards[k]] for k in ks])
     per_client = [float((preds[k] == labels[shards[k]]).mean()) for k in ks]
     out = compute_metric(task, pooled, truth)
-    out.update({"client_mean": float(np.mean(per_client)), "client_std": float(np.std(per_client)),
-                "clients": len(ks), "skipped": sum(1 for s in shards if not s)})
+    out.update(
+        {
+            "client_mean": float(np.mean(per_client)),
+            "client_std": float(np.std(per_client)),
+            "clients": len(ks),
+            "skipped": sum(1 for s in shards if not s),
+        }
+    )
     return out
 
 
-def evaluate_personal(model, shared: dict, personal_of, data: Encoded, shards: list[list[int]], batch_size: int,
-                      device: torch.device) -> dict:
+def evaluate_personal(
+    model, shared: dict, personal_of, data: Encoded, shards: list[list[int]], batch_size: int, device: torch.device
+) -> dict:
     """``personal_of(k) -> dict`` gives client k's personal tensors (initial values if never trained)."""
-    preds = {k: personal_predictions(model, shared, personal_of(k), data, idx, batch_size, device)
-             for k, idx in enumerate(shards) if idx}
+    preds = {
+        k: personal_predictions(model, shared, personal_of(k), data, idx, batch_size, device)
+        for k, idx in enumerate(shards)
+        if idx
+    }
     return pool_personal(model.task, preds, data, shards)
 
 

@@ -6,6 +6,7 @@ same partition, seed and round budget; a table (metric, bytes and seconds per ro
 ``--out``. ``--config file.yaml`` starts from an :class:`~fedlib.config.ExperimentConfig` file; the flags
 override it. ``python -m fedlib.experiment --help`` lists them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,15 +24,19 @@ from .simulation import run_simulation
 
 log = logging.getLogger("fedlib.experiment")
 
-DEFAULT = ExperimentConfig(model=ModelConfig(prompt_len=8), train=TrainConfig(batch_size=16),
-                           fed=FedConfig(task="sst2", num_clients=20, clients_per_round=5, rounds=12, train_limit=2000,
-                                         eval_every=2))
+DEFAULT = ExperimentConfig(
+    model=ModelConfig(prompt_len=8),
+    train=TrainConfig(batch_size=16),
+    fed=FedConfig(task="sst2", num_clients=20, clients_per_round=5, rounds=12, train_limit=2000, eval_every=2),
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m fedlib.experiment", description=__doc__.splitlines()[0])
     p.add_argument("--config", help="ExperimentConfig as YAML or JSON (defaults: a small SST-2 run)")
-    p.add_argument("--strategies", default="fedavg,fedpeptao", help=f"comma-separated, or 'all': {', '.join(STRATEGY_NAMES)}")
+    p.add_argument(
+        "--strategies", default="fedavg,fedpeptao", help=f"comma-separated, or 'all': {', '.join(STRATEGY_NAMES)}"
+    )
     p.add_argument("--task")
     p.add_argument("--model", help="'bundled' (offline default), a hub id or a local folder")
     p.add_argument("--rounds", type=int)
@@ -48,12 +53,24 @@ def parse_args(argv=None) -> argparse.Namespace:
 def build_config(args) -> ExperimentConfig:
     cfg = DEFAULT
     if args.config:
-        cfg = ExperimentConfig.from_yaml(Path(args.config)) if args.config.endswith((".yaml", ".yml")) \
+        cfg = (
+            ExperimentConfig.from_yaml(Path(args.config))
+            if args.config.endswith((".yaml", ".yml"))
             else ExperimentConfig.from_json(Path(args.config))
-    fed = {k: v for k, v in {"task": args.task, "rounds": args.rounds, "num_clients": args.num_clients,
-                             "clients_per_round": args.clients_per_round, "train_limit": args.train_limit,
-                             "eval_limit": args.eval_limit,
-                             "seed": args.seed}.items() if v is not None}
+        )
+    fed = {
+        k: v
+        for k, v in {
+            "task": args.task,
+            "rounds": args.rounds,
+            "num_clients": args.num_clients,
+            "clients_per_round": args.clients_per_round,
+            "train_limit": args.train_limit,
+            "eval_limit": args.eval_limit,
+            "seed": args.seed,
+        }.items()
+        if v is not None
+    }
     model = {"name": args.model} if args.model else {}
     train = {"device": args.device} if args.device else {}
     return cfg.replace(fed=cfg.fed.replace(**fed), model=cfg.model.replace(**model), train=cfg.train.replace(**train))
@@ -76,19 +93,40 @@ def main(argv=None) -> pd.DataFrame:
         t0 = time.perf_counter()
         res = run_simulation(run_cfg, out / name, backbone=backbone)
         histories[name] = res.history
-        row = {"strategy": name, **summarize(res.history), "wall_seconds": time.perf_counter() - t0,
-               "shared_layers": sum(r == "shared" for r in res.roles) if run_cfg.model.prompt_mode == "deep" else 0}
+        row = {
+            "strategy": name,
+            **summarize(res.history),
+            "wall_seconds": time.perf_counter() - t0,
+            "shared_layers": sum(r == "shared" for r in res.roles) if run_cfg.model.prompt_mode == "deep" else 0,
+        }
         rows.append(row)
-        log.info("%s: final %s %.4f, %.0f bytes/round, %.1f s/round", name, cfg.fed.task, row["final_metric"],
-                 row["bytes_per_round"], row["seconds_per_round"])
+        log.info(
+            "%s: final %s %.4f, %.0f bytes/round, %.1f s/round",
+            name,
+            cfg.fed.task,
+            row["final_metric"],
+            row["bytes_per_round"],
+            row["seconds_per_round"],
+        )
     table = pd.DataFrame(rows)
     table.to_csv(out / "results.csv", index=False)
-    ax = plot_curves(histories, title=f"{cfg.fed.task}: {', '.join(names)} ({cfg.fed.num_clients} clients, "
-                                      f"{cfg.fed.clients_per_round}/round)", ylabel="personalised accuracy")
+    ax = plot_curves(
+        histories,
+        title=f"{cfg.fed.task}: {', '.join(names)} ({cfg.fed.num_clients} clients, {cfg.fed.clients_per_round}/round)",
+        ylabel="personalised accuracy",
+    )
     ax.figure.tight_layout()
     ax.figure.savefig(out / "accuracy_per_round.png", dpi=120)
-    cols = ["strategy", "final_metric", "best_metric", "final_global_metric", "shared_layers", "bytes_per_round",
-            "seconds_per_round", "wall_seconds"]
+    cols = [
+        "strategy",
+        "final_metric",
+        "best_metric",
+        "final_global_metric",
+        "shared_layers",
+        "bytes_per_round",
+        "seconds_per_round",
+        "wall_seconds",
+    ]
     print(markdown_table(table[cols]))
     print(f"\nresults: {out}/results.csv, plot: {out}/accuracy_per_round.png")
     return table

@@ -25,6 +25,7 @@ Control variates cost no communication: the server computes them from what clien
 ``control_variates=False`` (FedConfig) drops the ``c - c_i`` term, for the ablation.
 Unlike the reference (digest bug 4) they cover only the shared tensors.
 """
+
 from __future__ import annotations
 
 import logging
@@ -64,8 +65,20 @@ def _hessian_ratio(sim) -> dict:
         sampled = sim.sample(t)
         results = []
         for k in sampled:
-            res, state = client_update(model, k, server.shared, store.get(k), {}, sim.train.subset(sim.partition.train[k]),
-                                       sim.cfg.train, fedavg, hp, {}, client_seed(fed.seed, t, k, stream=1), sim.device)
+            res, state = client_update(
+                model,
+                k,
+                server.shared,
+                store.get(k),
+                {},
+                sim.train.subset(sim.partition.train[k]),
+                sim.cfg.train,
+                fedavg,
+                hp,
+                {},
+                client_seed(fed.seed, t, k, stream=1),
+                sim.device,
+            )
             store.put(k, state)
             results.append(res)
         server = server_update(server, results, fedavg, hp, fed.num_clients)
@@ -76,13 +89,24 @@ def _hessian_ratio(sim) -> dict:
     for k in sampled:
         idx = sim.partition.train[k]
         order = np.random.default_rng([fed.seed, k, 13]).permutation(len(idx))[: sim.cfg.train.batch_size]
-        out = keep_ratio(model, collate(sim.train, [idx[i] for i in order], pad), fed.hessian_iters,
-                         client_seed(fed.seed, 0, k, stream=2), sim.device, relative=fed.hessian_relative)
+        out = keep_ratio(
+            model,
+            collate(sim.train, [idx[i] for i in order], pad),
+            fed.hessian_iters,
+            client_seed(fed.seed, 0, k, stream=2),
+            sim.device,
+            relative=fed.hessian_relative,
+        )
         per_client.append(out)
-    model.load_state(init)                       # training proper starts from the initial prompts
+    model.load_state(init)  # training proper starts from the initial prompts
     ratios = [r["ratio"] for r in per_client]
-    return {"ratio": float(np.mean(ratios)), "client_ratios": ratios, "clients": sampled,
-            "eigenvalues": per_client[0]["eigenvalues"], "weights": per_client[0]["weights"]}
+    return {
+        "ratio": float(np.mean(ratios)),
+        "client_ratios": ratios,
+        "clients": sampled,
+        "eigenvalues": per_client[0]["eigenvalues"],
+        "weights": per_client[0]["weights"],
+    }
 
 
 def select_layers(sim) -> dict:
@@ -103,15 +127,30 @@ def select_layers(sim) -> dict:
     if nonselected == "auto":
         nonselected = "off" if model.info.kind == "decoder" else "personal"
     roles = roles_from_ranking(scores["ranking"], k, nonselected)
-    log.info("FedPepTAO: sharing %d of %d layers %s (%s); others %s", k, num_layers,
-             sorted(scores["ranking"][:k]), how, nonselected)
-    return {"ranking": scores["ranking"], "scores": scores["scores"].tolist(),
-            "per_client": np.nan_to_num(scores["per_client"]).tolist(), "weights": scores["weights"].tolist(),
-            "k": k, "how": how, "roles": list(roles), "hessian": hessian, "seconds": time.perf_counter() - t0}
+    log.info(
+        "FedPepTAO: sharing %d of %d layers %s (%s); others %s",
+        k,
+        num_layers,
+        sorted(scores["ranking"][:k]),
+        how,
+        nonselected,
+    )
+    return {
+        "ranking": scores["ranking"],
+        "scores": scores["scores"].tolist(),
+        "per_client": np.nan_to_num(scores["per_client"]).tolist(),
+        "weights": scores["weights"].tolist(),
+        "k": k,
+        "how": how,
+        "roles": list(roles),
+        "hessian": hessian,
+        "seconds": time.perf_counter() - t0,
+    }
 
 
-def fedpeptao_server_step(state: ServerState, results: list, avg: dict, delta: dict, hp: dict,
-                          num_clients: int) -> ServerState:
+def fedpeptao_server_step(
+    state: ServerState, results: list, avg: dict, delta: dict, hp: dict, num_clients: int
+) -> ServerState:
     """The FedPepTAO server update (module docstring); a pure function of ``state`` and ``results``."""
     theta = state.shared
     lr_l = hp.get("lr", 4e-2)
@@ -130,10 +169,10 @@ def fedpeptao_server_step(state: ServerState, results: list, avg: dict, delta: d
     frac = len(results) / num_clients
     dc = weighted_mean(dcs, steps)
     controls["c"] = c = {k: c[k] + frac * dc[k] for k in theta}
-    d_t = {k: -v for k, v in delta.items()}                              # Delta_t = theta - x̄
+    d_t = {k: -v for k, v in delta.items()}  # Delta_t = theta - x̄
     opt = dict(state.opt)
     scalars = dict(state.scalars)
-    if "prev.%s" % next(iter(theta)) not in opt:                          # first server step: FedAvg
+    if "prev.%s" % next(iter(theta)) not in opt:  # first server step: FedAvg
         opt.update({f"prev.{k}": v for k, v in d_t.items()})
         return ServerState(state.round + 1, avg, opt, controls, scalars)
     g = {k: opt[f"prev.{k}"] - d_t[k] for k in theta}
@@ -143,7 +182,7 @@ def fedpeptao_server_step(state: ServerState, results: list, avg: dict, delta: d
     weights = np.array([float(r.num_examples) for r in results])
     p = weights / weights.sum()
     V = {k: opt.get(f"V.{k}", torch.zeros_like(v)) for k, v in theta.items()}
-    use_cv = 1.0 if hp.get("control_variates", True) else 0.0   # 0: ablation without the c - c_i correction
+    use_cv = 1.0 if hp.get("control_variates", True) else 0.0  # 0: ablation without the c - c_i correction
     new_theta, new_V = {}, {}
     for name in theta:
         if hp.get("variant", "parallel") == "sequential":
@@ -154,8 +193,10 @@ def fedpeptao_server_step(state: ServerState, results: list, avg: dict, delta: d
                 ws.append(w)
                 vs.append(v)
         else:
-            vs = [beta * V[name] + (1 - beta) * g[name] + use_cv * (c[name] - controls[f"c{r.client}"][name])
-                  for r in results]
+            vs = [
+                beta * V[name] + (1 - beta) * g[name] + use_cv * (c[name] - controls[f"c{r.client}"][name])
+                for r in results
+            ]
             ws = [avg[name] - eta * v for v in vs]
         new_theta[name] = sum(float(pk) * w for pk, w in zip(p, ws))
         new_V[name] = sum(float(pk) * v for pk, v in zip(p, vs))

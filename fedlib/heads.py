@@ -6,6 +6,7 @@
   encoder at the mask token, or the causal LM head of a decoder at the last token) scores each class
   by the log-probability of its label word. No trainable parameters.
 """
+
 from __future__ import annotations
 
 import logging
@@ -48,7 +49,7 @@ class VerbalizerHead(nn.Module):
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor, target_pos: torch.Tensor) -> torch.Tensor:
         h = hidden[torch.arange(hidden.shape[0], device=hidden.device), target_pos]  # [B, d]
-        vocab_logits = self.lm_head(h)                                                  # [B, V]
+        vocab_logits = self.lm_head(h)  # [B, V]
         return torch.log_softmax(vocab_logits.float(), dim=-1)[:, self.token_ids]
 
 

@@ -16,6 +16,7 @@ eager attention inside :func:`keep_ratio` (and the fast kernel again afterwards)
 task's classification loss on the batch (the reference used a plain LM loss on ``labels=input_ids``,
 padding included, digest bug 8).
 """
+
 from __future__ import annotations
 
 import math
@@ -27,9 +28,11 @@ import torch.nn.functional as F
 __all__ = ["lanczos", "ritz", "eigen_density", "ratio_above", "threshold_ratio", "keep_ratio", "layer_count"]
 
 
-def lanczos(hvp, dim: int, iters: int, generator: torch.Generator, dtype=torch.float64, device=None) -> tuple[np.ndarray, np.ndarray]:
+def lanczos(
+    hvp, dim: int, iters: int, generator: torch.Generator, dtype=torch.float64, device=None
+) -> tuple[np.ndarray, np.ndarray]:
     """Lanczos on a symmetric operator ``hvp: [dim] -> [dim]``; returns (alphas ``[m]``, betas ``[m-1]``)."""
-    v = (torch.randint(0, 2, (dim,), generator=generator).to(dtype) * 2 - 1).to(device)   # Rademacher
+    v = (torch.randint(0, 2, (dim,), generator=generator).to(dtype) * 2 - 1).to(device)  # Rademacher
     v = v / v.norm()
     basis, alphas, betas = [v], [], []
     w_prev, beta = None, 0.0
@@ -38,7 +41,7 @@ def lanczos(hvp, dim: int, iters: int, generator: torch.Generator, dtype=torch.f
         alpha = torch.dot(w, basis[-1])
         alphas.append(float(alpha))
         w = w - alpha * basis[-1] - (beta * basis[-2] if i > 0 else 0)
-        for b in basis:                                     # full re-orthogonalisation
+        for b in basis:  # full re-orthogonalisation
             w = w - torch.dot(w, b) * b
         beta = float(w.norm())
         if i == min(iters, dim) - 1 or beta < 1e-10:
@@ -55,14 +58,18 @@ def ritz(alphas: np.ndarray, betas: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return evals, evecs[0] ** 2
 
 
-def eigen_density(eigs: np.ndarray, weights: np.ndarray, num_bins: int = 10_000, sigma2: float = 1e-5,
-                  overhead: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+def eigen_density(
+    eigs: np.ndarray, weights: np.ndarray, num_bins: int = 10_000, sigma2: float = 1e-5, overhead: float = 0.01
+) -> tuple[np.ndarray, np.ndarray]:
     """Gaussian-smoothed spectral density ``(grid [num_bins], density [num_bins])`` (PyHessian's)."""
     lo, hi = eigs.min() - overhead, eigs.max() + overhead
     sigma2 = sigma2 * max(1.0, hi - lo)
     grid = np.linspace(lo, hi, num_bins)
-    dens = (weights[None, :] * np.exp(-(grid[:, None] - eigs[None, :]) ** 2 / (2 * sigma2))
-            / math.sqrt(2 * math.pi * sigma2)).sum(1)
+    dens = (
+        weights[None, :]
+        * np.exp(-((grid[:, None] - eigs[None, :]) ** 2) / (2 * sigma2))
+        / math.sqrt(2 * math.pi * sigma2)
+    ).sum(1)
     dens /= _trapezoid(dens, grid)
     return grid, dens
 
@@ -77,8 +84,14 @@ def ratio_above(grid: np.ndarray, density: np.ndarray, t: float) -> float:
     return float(1.0 - _trapezoid(density[below], grid[below]))
 
 
-def threshold_ratio(grid: np.ndarray, density: np.ndarray, inc: float = 0.1, tol: float = 0.005,
-                    plateau: int = 4, max_evals: int = 100_000) -> float:
+def threshold_ratio(
+    grid: np.ndarray,
+    density: np.ndarray,
+    inc: float = 0.1,
+    tol: float = 0.005,
+    plateau: int = 4,
+    max_evals: int = 100_000,
+) -> float:
     """The reference's search (get_ratio.py): the ratio where the mass above t stops changing."""
     first = ratio_above(grid, density, 0.0)
     t, ratios, evals = 0.0, [], 0
@@ -119,12 +132,19 @@ def keep_ratio(model, batch: dict, iters: int, seed: int, device: torch.device, 
         def hvp(v):
             hv = torch.autograd.grad(flat, params, grad_outputs=v.to(flat.dtype), retain_graph=True)
             return torch.cat([h.reshape(-1) for h in hv]).detach().double()
-        alphas, betas = lanczos(lambda v: hvp(v.view(-1)), dim, iters, torch.Generator().manual_seed(seed), device=device)
+
+        alphas, betas = lanczos(
+            lambda v: hvp(v.view(-1)), dim, iters, torch.Generator().manual_seed(seed), device=device
+        )
     eigs, weights = ritz(alphas, betas)
     scaled = eigs / max(np.abs(eigs).max(), 1e-30) if relative else eigs
     grid, dens = eigen_density(scaled, weights)
-    return {"ratio": threshold_ratio(grid, dens), "eigenvalues": eigs.tolist(), "weights": weights.tolist(),
-            "relative": relative}
+    return {
+        "ratio": threshold_ratio(grid, dens),
+        "eigenvalues": eigs.tolist(),
+        "weights": weights.tolist(),
+        "relative": relative,
+    }
 
 
 def layer_count(ratio: float, num_layers: int) -> int:

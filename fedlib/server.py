@@ -4,6 +4,7 @@
 it and the round's client results, so the in-process simulator and the Flower ServerApp run the same
 code. Aggregation weights are ``p_i = n_i / sum_j n_j`` over the clients that reported (digest 1.5 step 3).
 """
+
 from __future__ import annotations
 
 import logging
@@ -80,11 +81,12 @@ def server_update(state: ServerState, results: list, strategy: Strategy, hp: dic
     delta = {k: avg[k] - state.shared[k] for k in state.shared}
     if strategy.server == "fedpeptao":
         from .fedpeptao import fedpeptao_server_step
+
         return fedpeptao_server_step(state, results, avg, delta, hp, num_clients)
     new_x, new_opt = server_rule(strategy.server, state.shared, delta, state.opt, {**hp, **state.scalars})
     controls = state.controls
     if strategy.server == "scaffold":
-        dc = weighted_mean([r.extra for r in results], [1.0] * len(results))       # mean over sampled clients
+        dc = weighted_mean([r.extra for r in results], [1.0] * len(results))  # mean over sampled clients
         frac = len(results) / num_clients
         controls = {"c": {k: v + frac * dc[k] for k, v in state.controls["c"].items()}}
     return ServerState(state.round + 1, new_x, new_opt, controls, dict(state.scalars))

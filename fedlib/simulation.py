@@ -13,6 +13,7 @@ A client that raises, returns non-finite tensors or an update whose norm exceeds
 round where every client fails is skipped; after ``max_failed_rounds`` such rounds in a row the run
 stops with :class:`SimulationError`, its last checkpoint intact.
 """
+
 from __future__ import annotations
 
 import copy
@@ -25,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import load_run_checkpoint, save_run_checkpoint
@@ -52,7 +52,7 @@ class SimulationError(RuntimeError):
 
 @dataclass
 class SimulationResult:
-    history: "object"          # pandas.DataFrame, one row per round
+    history: "object"  # pandas.DataFrame, one row per round
     server: ServerState
     partition: Partition
     roles: tuple[str, ...]
@@ -67,8 +67,12 @@ def strategy_hparams(cfg: ExperimentConfig) -> dict:
     for name in ("server_lr", "server_momentum", "server_tau", "prox_mu"):
         if getattr(fed, name) is not None:
             hp[name] = getattr(fed, name)
-    hp.update(local_epochs=fed.local_epochs, local_steps=fed.local_steps, variant=fed.server_variant,
-              control_variates=fed.control_variates)
+    hp.update(
+        local_epochs=fed.local_epochs,
+        local_steps=fed.local_steps,
+        variant=fed.server_variant,
+        control_variates=fed.control_variates,
+    )
     return hp
 
 
@@ -82,8 +86,15 @@ def _quiet() -> bool:
 class Simulation:
     """Holds one run's model workspace, data, partition, client store and server state."""
 
-    def __init__(self, cfg: ExperimentConfig, out_dir: str | Path | None = None, backbone=None,
-                 progress: bool | None = None, client_fn=client_update, selection: dict | None = None) -> None:
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        out_dir: str | Path | None = None,
+        backbone=None,
+        progress: bool | None = None,
+        client_fn=client_update,
+        selection: dict | None = None,
+    ) -> None:
         self.cfg, self.fed = cfg, cfg.fed
         self.strategy = get_strategy(cfg.fed.strategy)
         self.hp = strategy_hparams(cfg)
@@ -95,9 +106,12 @@ class Simulation:
         task = get_task(self.fed.task)
         mcfg = cfg.model.replace(prompt_mode=self.strategy.prompt_mode)
         if backbone is None:
-            backbone = load_backbone(mcfg.name, head="linear" if mcfg.head == "linear" else mcfg.head,
-                                     attn_implementation=mcfg.attn_implementation)
-        elif self.strategy.prompt_mode == "lora":           # LoRA adds modules: keep the caller's backbone clean
+            backbone = load_backbone(
+                mcfg.name,
+                head="linear" if mcfg.head == "linear" else mcfg.head,
+                attn_implementation=mcfg.attn_implementation,
+            )
+        elif self.strategy.prompt_mode == "lora":  # LoRA adds modules: keep the caller's backbone clean
             backbone = copy.copy(backbone)
             backbone.model = copy.deepcopy(backbone.model)
         self.model = PromptClassifier(backbone, task, mcfg).to(self.device)
@@ -110,6 +124,7 @@ class Simulation:
         self.selection = None
         if self.strategy.layers == "selected":
             from .fedpeptao import select_layers
+
             self.selection = selection if selection is not None else select_layers(self)
             self.model.set_roles(tuple(self.selection["roles"]))
         self.init_state = self.model.state()
@@ -119,7 +134,7 @@ class Simulation:
         self.server = init_server(self.strategy, self.model.state("shared"), self.hp)
         self.history: list[dict] = []
         self.failed_in_a_row = 0
-        self._workspaces: list = []   # batched clients' extra models (fedlib.batched.workspaces)
+        self._workspaces: list = []  # batched clients' extra models (fedlib.batched.workspaces)
 
     # ---- set-up -----------------------------------------------------------------------------------
     def _partition(self) -> Partition:
@@ -127,8 +142,16 @@ class Simulation:
         path = self.out_dir / "partition.json" if self.out_dir else None
         if path is not None and path.exists():
             return Partition.load(path, self.train.labels, self.eval.labels)
-        part = make_partition(self.train.labels, self.eval.labels, fed.num_clients, fed.partition, fed.alpha, fed.beta,
-                              fed.size_concentration, seed=fed.seed)
+        part = make_partition(
+            self.train.labels,
+            self.eval.labels,
+            fed.num_clients,
+            fed.partition,
+            fed.alpha,
+            fed.beta,
+            fed.size_concentration,
+            seed=fed.seed,
+        )
         if path is not None:
             part.save(path)
         return part
@@ -155,24 +178,50 @@ class Simulation:
         """
         if self.batching() and len(sampled) > 1:
             from .batched import client_updates_batched, workspaces
+
             try:
                 models = workspaces(self.model, len(sampled), self._workspaces)
                 pairs = client_updates_batched(
-                    models, sampled, self.server.shared, [self.store.get(k) for k in sampled], self.init_personal,
-                    [self.train.subset(self.partition.train[k]) for k in sampled], self.cfg.train, self.strategy,
-                    self.hp, download, [client_seed(self.fed.seed, round_, k) for k in sampled], self.device,
-                    self.fed.batch_chunk)
+                    models,
+                    sampled,
+                    self.server.shared,
+                    [self.store.get(k) for k in sampled],
+                    self.init_personal,
+                    [self.train.subset(self.partition.train[k]) for k in sampled],
+                    self.cfg.train,
+                    self.strategy,
+                    self.hp,
+                    download,
+                    [client_seed(self.fed.seed, round_, k) for k in sampled],
+                    self.device,
+                    self.fed.batch_chunk,
+                )
                 return [(k, res, state, None) for k, (res, state) in zip(sampled, pairs)]
             except Exception as err:
-                log.warning("round %d: batched clients failed (%s: %s); training them one by one",
-                            round_ + 1, type(err).__name__, err)
+                log.warning(
+                    "round %d: batched clients failed (%s: %s); training them one by one",
+                    round_ + 1,
+                    type(err).__name__,
+                    err,
+                )
         out = []
         for k in tqdm(sampled, desc=f"round {round_ + 1} clients", leave=False, disable=not self.progress):
             data = self.train.subset(self.partition.train[k])
             try:
-                res, state = self.client_fn(self.model, k, self.server.shared, self.store.get(k), self.init_personal, data,
-                                            self.cfg.train, self.strategy, self.hp, download,
-                                            client_seed(self.fed.seed, round_, k), self.device)
+                res, state = self.client_fn(
+                    self.model,
+                    k,
+                    self.server.shared,
+                    self.store.get(k),
+                    self.init_personal,
+                    data,
+                    self.cfg.train,
+                    self.strategy,
+                    self.hp,
+                    download,
+                    client_seed(self.fed.seed, round_, k),
+                    self.device,
+                )
             except Exception as err:  # a failing client must not take the round down
                 out.append((k, None, None, f"{type(err).__name__}: {err}"))
                 continue
@@ -183,8 +232,10 @@ class Simulation:
         """Why a client's result must be left out (non-finite, diverged), or None."""
         if not res.finite():
             return "non-finite update"
-        norm = float(sum(((res.shared[n].double() - self.server.shared[n].double()) ** 2).sum()
-                         for n in self.server.shared) ** 0.5)
+        norm = float(
+            sum(((res.shared[n].double() - self.server.shared[n].double()) ** 2).sum() for n in self.server.shared)
+            ** 0.5
+        )
         if norm > self.fed.max_update_norm:
             return f"update norm {norm:.3g} exceeds max_update_norm"
         return None
@@ -207,14 +258,20 @@ class Simulation:
         self.server = server_update(self.server, results, self.strategy, self.hp, fed.num_clients)
         t2 = time.perf_counter()
         self.failed_in_a_row = 0 if results else self.failed_in_a_row + 1
-        rec = {"round": round_ + 1, "clients": sampled, "reported": len(results), "failed": len(failures),
-               "failures": failures,
-               "bytes_down": len(sampled) * (tensor_bytes(self.server.shared) + tensor_bytes(download)),
-               "bytes_up": sum(tensor_bytes(r.shared) + tensor_bytes(r.extra) for r in results),
-               "train_loss": float(np.mean([r.loss for r in results])) if results else float("nan"),
-               "local_steps": int(sum(r.steps for r in results)),
-               "seconds_client": t1 - t0, "seconds_client_max": max((r.seconds for r in results), default=0.0),
-               "seconds_aggregate": t2 - t1}
+        rec = {
+            "round": round_ + 1,
+            "clients": sampled,
+            "reported": len(results),
+            "failed": len(failures),
+            "failures": failures,
+            "bytes_down": len(sampled) * (tensor_bytes(self.server.shared) + tensor_bytes(download)),
+            "bytes_up": sum(tensor_bytes(r.shared) + tensor_bytes(r.extra) for r in results),
+            "train_loss": float(np.mean([r.loss for r in results])) if results else float("nan"),
+            "local_steps": int(sum(r.steps for r in results)),
+            "seconds_client": t1 - t0,
+            "seconds_client_max": max((r.seconds for r in results), default=0.0),
+            "seconds_aggregate": t2 - t1,
+        }
         last = round_ + 1 == fed.rounds
         if last or (fed.eval_every and (round_ + 1) % fed.eval_every == 0):
             rec.update(self.evaluate())
@@ -227,24 +284,39 @@ class Simulation:
         if g is not None:
             out.update(global_metric=g["metric"], global_accuracy=g["accuracy"], global_loss=g["loss"])
         if self.fed.personal_eval:
-            if not self.init_personal and g is not None:   # nothing personal: each client's model is the global one
+            if not self.init_personal and g is not None:  # nothing personal: each client's model is the global one
                 p = pooled_by_shard(self.model.task, g["preds"], self.eval, self.partition.eval)
             else:
                 p = self.evaluate_personal()
-            out.update(personal_metric=p["metric"], personal_client_mean=p["client_mean"],
-                       personal_client_std=p["client_std"], personal_skipped=p["skipped"])
+            out.update(
+                personal_metric=p["metric"],
+                personal_client_mean=p["client_mean"],
+                personal_client_std=p["client_std"],
+                personal_skipped=p["skipped"],
+            )
         return out
 
     def evaluate_personal(self) -> dict:
         """Personalised evaluation with the client states held here (the Flower runner asks the clients)."""
-        return evaluate_personal(self.model, self.server.shared, self.personal_of, self.eval, self.partition.eval,
-                                 self.cfg.train.eval_batch_size, self.device)
+        return evaluate_personal(
+            self.model,
+            self.server.shared,
+            self.personal_of,
+            self.eval,
+            self.partition.eval,
+            self.cfg.train.eval_batch_size,
+            self.device,
+        )
 
     # ---- the run ----------------------------------------------------------------------------------
     def _checkpoint(self, round_: int) -> None:
         clients = {k: self.store.get(k) for k in self.store.clients()}
-        info = {"scalars": self.server.scalars, "failed_in_a_row": self.failed_in_a_row,
-                "roles": list(self.model.prompt.roles), "config": self.cfg.to_dict()}
+        info = {
+            "scalars": self.server.scalars,
+            "failed_in_a_row": self.failed_in_a_row,
+            "roles": list(self.model.prompt.roles),
+            "config": self.cfg.to_dict(),
+        }
         save_run_checkpoint(self.out_dir / "checkpoints", round_, self.server.flat(), clients, info)
 
     def _resume(self) -> int:
@@ -261,7 +333,7 @@ class Simulation:
             for line in log_path.read_text().splitlines():
                 try:
                     rows.append(json.loads(line))
-                except json.JSONDecodeError:   # a line torn by a kill mid-write: it is past the checkpoint anyway
+                except json.JSONDecodeError:  # a line torn by a kill mid-write: it is past the checkpoint anyway
                     log.warning("%s: skipping a torn line", log_path)
             self.history = [r for r in rows if r["round"] <= round_]
         self._rewrite_log()
@@ -290,12 +362,17 @@ class Simulation:
             if resume and (self.out_dir / "checkpoints" / "LATEST").exists():
                 start = self._resume()
                 log.info("resumed from round %d", start)
-            else:                     # a fresh start (also when nothing was checkpointed yet)
+            else:  # a fresh start (also when nothing was checkpointed yet)
                 self._rewrite_log()
         cum_bytes = self.history[-1]["cum_bytes"] if self.history else 0
         cum_seconds = self.history[-1]["cum_seconds"] if self.history else 0.0
-        for t in tqdm(range(start, fed.rounds), desc=f"{fed.strategy} on {fed.task}", initial=start, total=fed.rounds,
-                      disable=not self.progress):
+        for t in tqdm(
+            range(start, fed.rounds),
+            desc=f"{fed.strategy} on {fed.task}",
+            initial=start,
+            total=fed.rounds,
+            disable=not self.progress,
+        ):
             rec = self.run_round(t)
             cum_bytes += rec["bytes_up"] + rec["bytes_down"]
             cum_seconds += rec["seconds_client"] + rec["seconds_aggregate"]
@@ -306,13 +383,27 @@ class Simulation:
                 if fed.checkpoint_every and (t + 1) % fed.checkpoint_every == 0:
                     self._checkpoint(t + 1)
             if self.failed_in_a_row >= fed.max_failed_rounds:
-                where = f"; last checkpoint in {self.out_dir / 'checkpoints'}" if self.out_dir and fed.checkpoint_every else ""
-                raise SimulationError(f"every client failed in {self.failed_in_a_row} rounds in a row (up to round {t + 1})"
-                                      f"{where}. Failures: {rec['failures']}")
-        return SimulationResult(pd.DataFrame(self.history), self.server, self.partition, self.model.prompt.roles,
-                                self.selection, self.out_dir)
+                where = (
+                    f"; last checkpoint in {self.out_dir / 'checkpoints'}"
+                    if self.out_dir and fed.checkpoint_every
+                    else ""
+                )
+                raise SimulationError(
+                    f"every client failed in {self.failed_in_a_row} rounds in a row (up to round {t + 1})"
+                    f"{where}. Failures: {rec['failures']}"
+                )
+        return SimulationResult(
+            pd.DataFrame(self.history),
+            self.server,
+            self.partition,
+            self.model.prompt.roles,
+            self.selection,
+            self.out_dir,
+        )
 
 
-def run_simulation(cfg: ExperimentConfig, out_dir: str | Path | None = None, resume: bool = False, **kwargs) -> SimulationResult:
+def run_simulation(
+    cfg: ExperimentConfig, out_dir: str | Path | None = None, resume: bool = False, **kwargs
+) -> SimulationResult:
     """Build a :class:`Simulation` and run it (``resume``: continue from ``out_dir``'s last checkpoint)."""
     return Simulation(cfg, out_dir, **kwargs).run(resume=resume)

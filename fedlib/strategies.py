@@ -23,6 +23,7 @@ Defaults for eta, beta, tau follow Flower's strategies (``flwr.serverapp.strateg
 recognise them: FedAvgM eta 1, beta 0.9; FedAdam eta 0.1, tau 1e-9; FedYogi eta 0.01, tau 1e-3;
 FedAdagrad eta 0.1, tau 1e-9; b1 0.9, b2 0.99.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -48,20 +49,48 @@ class Strategy:
     doc: str = ""
 
 
-STRATEGIES: dict[str, Strategy] = {s.name: s for s in [
-    Strategy("fedavg", "avg", doc="FedAvg with deep prompts on all layers (federated P-tuning v2)"),
-    Strategy("fedprox", "avg", client="prox", defaults={"prox_mu": 0.01}, doc="FedProx, proximal term mu/2 ||w - x||^2"),
-    Strategy("scaffold", "scaffold", client="scaffold", doc="SCAFFOLD with client control variates (extra communication)"),
-    Strategy("fedavgm", "avgm", defaults={"server_lr": 1.0, "server_momentum": 0.9}, doc="FedAvg with server momentum"),
-    Strategy("fedadam", "adam", defaults={"server_lr": 0.1, "server_tau": 1e-9}, doc="FedAdam (Reddi et al. 2021)"),
-    Strategy("fedyogi", "yogi", defaults={"server_lr": 0.01, "server_tau": 1e-3}, doc="FedYogi (Reddi et al. 2021)"),
-    Strategy("fedadagrad", "adagrad", defaults={"server_lr": 0.1, "server_tau": 1e-9}, doc="FedAdagrad (Reddi et al. 2021)"),
-    Strategy("shallow", "avg", prompt_mode="shallow", doc="FedAvg of shallow (input-layer) prompts, Lester et al. 2021"),
-    Strategy("lora", "avg", prompt_mode="lora", defaults={"lr": 5e-3}, doc="FedAvg of LoRA adapters through PEFT"),
-    Strategy("fedavg_selected", "avg", layers="selected", doc="FedAvg on FedPepTAO's selected layers, no adaptive optimisation"),
-    Strategy("fedpeptao", "fedpeptao", layers="selected", defaults={"server_lr": 0.05, "server_momentum": 0.9},
-             doc="FedPepTAO: selected layers shared, server momentum with server-held control variates"),
-]}
+STRATEGIES: dict[str, Strategy] = {
+    s.name: s
+    for s in [
+        Strategy("fedavg", "avg", doc="FedAvg with deep prompts on all layers (federated P-tuning v2)"),
+        Strategy(
+            "fedprox", "avg", client="prox", defaults={"prox_mu": 0.01}, doc="FedProx, proximal term mu/2 ||w - x||^2"
+        ),
+        Strategy(
+            "scaffold", "scaffold", client="scaffold", doc="SCAFFOLD with client control variates (extra communication)"
+        ),
+        Strategy(
+            "fedavgm", "avgm", defaults={"server_lr": 1.0, "server_momentum": 0.9}, doc="FedAvg with server momentum"
+        ),
+        Strategy("fedadam", "adam", defaults={"server_lr": 0.1, "server_tau": 1e-9}, doc="FedAdam (Reddi et al. 2021)"),
+        Strategy(
+            "fedyogi", "yogi", defaults={"server_lr": 0.01, "server_tau": 1e-3}, doc="FedYogi (Reddi et al. 2021)"
+        ),
+        Strategy(
+            "fedadagrad",
+            "adagrad",
+            defaults={"server_lr": 0.1, "server_tau": 1e-9},
+            doc="FedAdagrad (Reddi et al. 2021)",
+        ),
+        Strategy(
+            "shallow", "avg", prompt_mode="shallow", doc="FedAvg of shallow (input-layer) prompts, Lester et al. 2021"
+        ),
+        Strategy("lora", "avg", prompt_mode="lora", defaults={"lr": 5e-3}, doc="FedAvg of LoRA adapters through PEFT"),
+        Strategy(
+            "fedavg_selected",
+            "avg",
+            layers="selected",
+            doc="FedAvg on FedPepTAO's selected layers, no adaptive optimisation",
+        ),
+        Strategy(
+            "fedpeptao",
+            "fedpeptao",
+            layers="selected",
+            defaults={"server_lr": 0.05, "server_momentum": 0.9},
+            doc="FedPepTAO: selected layers shared, server momentum with server-held control variates",
+        ),
+    ]
+}
 
 
 def get_strategy(name: str) -> Strategy:

@@ -6,6 +6,7 @@ Every task loads as a ``datasets.Dataset`` with columns ``text``, ``text_pair`` 
 absent and the machine is online, from the Hugging Face hub. Malformed files raise
 :class:`TaskDataError` naming ``file:line`` and what was expected; nothing is dropped silently.
 """
+
 from __future__ import annotations
 
 import logging
@@ -75,41 +76,140 @@ _LM_SENT = "{text} It was"
 _LM_PAIR = "{text} {text_pair} They are"
 _GLUE = "nyu-mll/glue"
 
-TASKS: dict[str, TaskSpec] = {t.name: t for t in [
-    TaskSpec("sst2", "sst-2", ("0", "1"), ("negative", "positive"), ("terrible", "great"), _SENT, _LM_SENT,
-             "accuracy", ("sentence", None, "label"),
-             hub=(_GLUE, "sst2", "train", "validation", "sentence", None, "label", None)),
-    TaskSpec("cola", "cola", ("0", "1"), ("unacceptable", "acceptable"), ("unacceptable", "acceptable"), _SENT,
-             _LM_SENT, "mcc", (3, None, 1), n_fields=4,
-             hub=(_GLUE, "cola", "train", "validation", "sentence", None, "label", None)),
-    TaskSpec("mrpc", "mrpc", ("0", "1"), ("not_equivalent", "equivalent"), ("No", "Yes"), _PAIR, _LM_PAIR,
-             "acc_and_f1", ("#1 String", "#2 String", "Quality"),
-             hub=(_GLUE, "mrpc", "train", "validation", "sentence1", "sentence2", "label", None)),
-    TaskSpec("rte", "rte", ("entailment", "not_entailment"), ("entailment", "not_entailment"), ("Yes", "No"),
-             _PAIR, _LM_PAIR, "accuracy", ("sentence1", "sentence2", "label"),
-             hub=(_GLUE, "rte", "train", "validation", "sentence1", "sentence2", "label", None)),
-    TaskSpec("qnli", "qnli", ("entailment", "not_entailment"), ("entailment", "not_entailment"), ("Yes", "No"),
-             _PAIR, _LM_PAIR, "accuracy", ("question", "sentence", "label"),
-             hub=(_GLUE, "qnli", "train", "validation", "question", "sentence", "label", None)),
-    TaskSpec("boolq", "boolq", ("False", "True"), ("false", "true"), ("No", "Yes"), _PAIR, _LM_PAIR, "accuracy",
-             ("question", "passage", "label"), shipped=False,
-             hub=("google/boolq", None, "train", "validation", "question", "passage", "answer", None)),
-    TaskSpec("mr", "mr", ("0", "1"), ("negative", "positive"), ("terrible", "great"), _SENT, _LM_SENT, "accuracy",
-             ("sentence", None, "label"), files={"train": "train.tsv", "eval": "test.tsv"},
-             hub=("cornell-movie-review-data/rotten_tomatoes", None, "train", "test", "text", None, "label", None)),
-    TaskSpec("mpqa", "mpqa", ("0", "1"), ("negative", "positive"), ("terrible", "great"), _SENT, _LM_SENT,
-             "accuracy", ("sentence", None, "label"), files={"train": "train.tsv", "eval": "test.tsv"}, shipped=False,
-             hub=("jxm/mpqa", None, "train", "test", "sentence", None, "label", None)),
-    TaskSpec("subj", "subj", ("0", "1"), ("subjective", "objective"), ("subjective", "objective"), _SENT, _LM_SENT,
-             "accuracy", ("sentence", None, "label"), files={"train": "train.tsv", "eval": "test.tsv"}, shipped=False,
-             hub=("SetFit/subj", None, "train", "test", "text", None, "label", {"0": "1", "1": "0"})),
-    TaskSpec("trec", "trec", ("DESC", "ENTY", "ABBR", "HUM", "LOC", "NUM"),
-             ("description", "entity", "abbreviation", "human", "location", "number"),
-             ("Description", "Entity", "Expression", "Human", "Location", "Number"), "{mask} : {text}",
-             "{text} The answer is a", "accuracy", ("question", None, "label"),
-             files={"train": "train.tsv", "eval": "test.tsv"}, shipped=False,
-             hub=("CogComp/trec", None, "train", "test", "text", None, "coarse_label", "names")),
-]}
+TASKS: dict[str, TaskSpec] = {
+    t.name: t
+    for t in [
+        TaskSpec(
+            "sst2",
+            "sst-2",
+            ("0", "1"),
+            ("negative", "positive"),
+            ("terrible", "great"),
+            _SENT,
+            _LM_SENT,
+            "accuracy",
+            ("sentence", None, "label"),
+            hub=(_GLUE, "sst2", "train", "validation", "sentence", None, "label", None),
+        ),
+        TaskSpec(
+            "cola",
+            "cola",
+            ("0", "1"),
+            ("unacceptable", "acceptable"),
+            ("unacceptable", "acceptable"),
+            _SENT,
+            _LM_SENT,
+            "mcc",
+            (3, None, 1),
+            n_fields=4,
+            hub=(_GLUE, "cola", "train", "validation", "sentence", None, "label", None),
+        ),
+        TaskSpec(
+            "mrpc",
+            "mrpc",
+            ("0", "1"),
+            ("not_equivalent", "equivalent"),
+            ("No", "Yes"),
+            _PAIR,
+            _LM_PAIR,
+            "acc_and_f1",
+            ("#1 String", "#2 String", "Quality"),
+            hub=(_GLUE, "mrpc", "train", "validation", "sentence1", "sentence2", "label", None),
+        ),
+        TaskSpec(
+            "rte",
+            "rte",
+            ("entailment", "not_entailment"),
+            ("entailment", "not_entailment"),
+            ("Yes", "No"),
+            _PAIR,
+            _LM_PAIR,
+            "accuracy",
+            ("sentence1", "sentence2", "label"),
+            hub=(_GLUE, "rte", "train", "validation", "sentence1", "sentence2", "label", None),
+        ),
+        TaskSpec(
+            "qnli",
+            "qnli",
+            ("entailment", "not_entailment"),
+            ("entailment", "not_entailment"),
+            ("Yes", "No"),
+            _PAIR,
+            _LM_PAIR,
+            "accuracy",
+            ("question", "sentence", "label"),
+            hub=(_GLUE, "qnli", "train", "validation", "question", "sentence", "label", None),
+        ),
+        TaskSpec(
+            "boolq",
+            "boolq",
+            ("False", "True"),
+            ("false", "true"),
+            ("No", "Yes"),
+            _PAIR,
+            _LM_PAIR,
+            "accuracy",
+            ("question", "passage", "label"),
+            shipped=False,
+            hub=("google/boolq", None, "train", "validation", "question", "passage", "answer", None),
+        ),
+        TaskSpec(
+            "mr",
+            "mr",
+            ("0", "1"),
+            ("negative", "positive"),
+            ("terrible", "great"),
+            _SENT,
+            _LM_SENT,
+            "accuracy",
+            ("sentence", None, "label"),
+            files={"train": "train.tsv", "eval": "test.tsv"},
+            hub=("cornell-movie-review-data/rotten_tomatoes", None, "train", "test", "text", None, "label", None),
+        ),
+        TaskSpec(
+            "mpqa",
+            "mpqa",
+            ("0", "1"),
+            ("negative", "positive"),
+            ("terrible", "great"),
+            _SENT,
+            _LM_SENT,
+            "accuracy",
+            ("sentence", None, "label"),
+            files={"train": "train.tsv", "eval": "test.tsv"},
+            shipped=False,
+            hub=("jxm/mpqa", None, "train", "test", "sentence", None, "label", None),
+        ),
+        TaskSpec(
+            "subj",
+            "subj",
+            ("0", "1"),
+            ("subjective", "objective"),
+            ("subjective", "objective"),
+            _SENT,
+            _LM_SENT,
+            "accuracy",
+            ("sentence", None, "label"),
+            files={"train": "train.tsv", "eval": "test.tsv"},
+            shipped=False,
+            hub=("SetFit/subj", None, "train", "test", "text", None, "label", {"0": "1", "1": "0"}),
+        ),
+        TaskSpec(
+            "trec",
+            "trec",
+            ("DESC", "ENTY", "ABBR", "HUM", "LOC", "NUM"),
+            ("description", "entity", "abbreviation", "human", "location", "number"),
+            ("Description", "Entity", "Expression", "Human", "Location", "Number"),
+            "{mask} : {text}",
+            "{text} The answer is a",
+            "accuracy",
+            ("question", None, "label"),
+            files={"train": "train.tsv", "eval": "test.tsv"},
+            shipped=False,
+            hub=("CogComp/trec", None, "train", "test", "text", None, "coarse_label", "names"),
+        ),
+    ]
+}
 ALIASES = {"sst-2": "sst2", "sst": "sst2"}
 
 
@@ -131,7 +231,9 @@ def data_root(data_dir: str | Path | None = None) -> Path:
 
 
 def _offline() -> bool:
-    return any(os.environ.get(v, "0").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    return any(
+        os.environ.get(v, "0").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
 
 
 def read_tsv(spec: TaskSpec, path: Path) -> tuple[list[str], list[str] | None, list[int]]:
@@ -161,7 +263,9 @@ def read_tsv(spec: TaskSpec, path: Path) -> tuple[list[str], list[str] | None, l
     for lineno, line in enumerate(lines[start:], start=start + 1):
         fields = line.rstrip("\r").split("\t")
         if len(fields) != n_fields:
-            raise TaskDataError(f"{path}:{lineno}: {len(fields)} tab-separated fields, expected {n_fields} ({spec.layout()})")
+            raise TaskDataError(
+                f"{path}:{lineno}: {len(fields)} tab-separated fields, expected {n_fields} ({spec.layout()})"
+            )
         raw_label = fields[idx[2]].strip()
         if raw_label.lower() not in label_of:
             raise TaskDataError(f"{path}:{lineno}: label {raw_label!r} is not one of {list(spec.labels)}")
@@ -198,8 +302,13 @@ def _from_hub(spec: TaskSpec, split: str):
     return ds[text_f], (ds[pair_f] if pair_f else None), [label_of[r] for r in raw]
 
 
-def load_task(name: str, split: str = "train", data_dir: str | Path | None = None, limit: int | None = None,
-              allow_hub: bool | None = None):
+def load_task(
+    name: str,
+    split: str = "train",
+    data_dir: str | Path | None = None,
+    limit: int | None = None,
+    allow_hub: bool | None = None,
+):
     """Load ``split`` (``"train"`` or ``"eval"``) of task ``name`` as a ``datasets.Dataset``.
 
     Columns: ``text`` (str), ``text_pair`` (str, pair tasks only), ``label`` (``ClassLabel``).
@@ -222,14 +331,17 @@ def load_task(name: str, split: str = "train", data_dir: str | Path | None = Non
                 f"task {spec.name!r}: no local file {path} (searched {folder} for {spec.files[split]}) and the hub is "
                 f"{'disabled (offline: HF_HUB_OFFLINE/HF_DATASETS_OFFLINE set)' if _offline() else 'not allowed'}. "
                 f"Put the data there as {spec.layout()}, point FEDLIB_DATA or data_dir at a folder holding it, "
-                f"or run online to load {spec.hub[0] if spec.hub else 'it'} from the hub.")
+                f"or run online to load {spec.hub[0] if spec.hub else 'it'} from the hub."
+            )
         try:
             texts, pairs, labels = _from_hub(spec, split)
         except TaskDataError:
             raise
         except Exception as err:  # network, auth or schema problems from the hub
-            raise TaskDataError(f"task {spec.name!r}: no local file {path}, and loading {spec.hub[0]} from the hub "
-                                f"failed ({type(err).__name__}: {err}). Expected local layout: {spec.layout()}") from err
+            raise TaskDataError(
+                f"task {spec.name!r}: no local file {path}, and loading {spec.hub[0]} from the hub "
+                f"failed ({type(err).__name__}: {err}). Expected local layout: {spec.layout()}"
+            ) from err
     if limit is not None:
         texts, labels = texts[:limit], labels[:limit]
         pairs = pairs[:limit] if pairs is not None else None

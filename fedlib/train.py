@@ -4,6 +4,7 @@
 ``zero_grad`` every step — the reference's decoder trees forgot it, bug 5). The federated client update
 and the centralized baseline both call it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -31,8 +32,11 @@ def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
     """
     prompt = [p for n, p in model.trainable().items() if not n.startswith("head.")]
     head = [p for n, p in model.trainable().items() if n.startswith("head.")]
-    groups = [g for g in ({"params": prompt, "lr": cfg.lr}, {"params": head, "lr": cfg.head_lr, "weight_decay": 0.0})
-              if g["params"]]
+    groups = [
+        g
+        for g in ({"params": prompt, "lr": cfg.lr}, {"params": head, "lr": cfg.head_lr, "weight_decay": 0.0})
+        if g["params"]
+    ]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999), eps=1e-8)
@@ -42,8 +46,9 @@ def _to(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def step_plan(n: int, cfg: TrainConfig, generator: torch.Generator, epochs: int | None = None,
-              max_steps: int | None = None) -> list[list[int]]:
+def step_plan(
+    n: int, cfg: TrainConfig, generator: torch.Generator, epochs: int | None = None, max_steps: int | None = None
+) -> list[list[int]]:
     """The example indices of each local step: ``epochs`` shuffled passes over ``n`` examples in minibatches of
     ``cfg.batch_size``, cut at ``max_steps`` (else ``cfg.max_steps``). The one definition of which minibatches a
     client sees, for :func:`local_train` and the batched clients (:mod:`fedlib.batched`)."""
@@ -52,7 +57,7 @@ def step_plan(n: int, cfg: TrainConfig, generator: torch.Generator, epochs: int 
     for _ in range(epochs or cfg.epochs):
         for idx in batch_indices(n, cfg.batch_size, shuffle=True, generator=generator):
             steps.append(idx)
-            if len(steps) >= limit:      # stop before the next pass draws a permutation from ``generator``
+            if len(steps) >= limit:  # stop before the next pass draws a permutation from ``generator``
                 return steps
     return steps
 
@@ -66,9 +71,18 @@ def optimizer_step(model, optimizer, params: list, cfg: TrainConfig, after_backw
     optimizer.step()
 
 
-def local_train(model, optimizer, data: Encoded, cfg: TrainConfig, device: torch.device,
-                generator: torch.Generator, epochs: int | None = None, max_steps: int | None = None,
-                extra_loss=None, after_backward=None) -> dict:
+def local_train(
+    model,
+    optimizer,
+    data: Encoded,
+    cfg: TrainConfig,
+    device: torch.device,
+    generator: torch.Generator,
+    epochs: int | None = None,
+    max_steps: int | None = None,
+    extra_loss=None,
+    after_backward=None,
+) -> dict:
     """Run ``epochs`` passes (or ``max_steps`` steps) of minibatch AdamW over ``data`` (:func:`step_plan`).
 
     ``extra_loss(model) -> scalar`` is added to the loss (FedProx's proximal term uses it);
@@ -103,7 +117,7 @@ def predict(model, data: Encoded, batch_size: int, device: torch.device) -> tupl
     order = sorted(range(len(data)), key=lambda i: len(data.input_ids[i]))
     preds, losses = torch.empty(len(data), dtype=torch.long), torch.empty(len(data))
     for start in range(0, len(order), batch_size):
-        idx = order[start: start + batch_size]
+        idx = order[start : start + batch_size]
         batch = _to(collate(data, idx, pad), device)
         logits = model(**batch).float()
         preds[idx] = logits.argmax(-1).cpu()
@@ -121,8 +135,15 @@ def evaluate(model, data: Encoded, task, batch_size: int, device: torch.device, 
     return out
 
 
-def train_centralized(model, train: Encoded, evalset: Encoded, cfg: TrainConfig, device: torch.device,
-                      eval_every: int = 0, progress: bool = True) -> list[dict]:
+def train_centralized(
+    model,
+    train: Encoded,
+    evalset: Encoded,
+    cfg: TrainConfig,
+    device: torch.device,
+    eval_every: int = 0,
+    progress: bool = True,
+) -> list[dict]:
     """Single-client training (the sanity baseline): returns one record per evaluation."""
     model.to(device)
     optimizer = make_optimizer(model, cfg)
@@ -138,8 +159,12 @@ def train_centralized(model, train: Encoded, evalset: Encoded, cfg: TrainConfig,
         stats = local_train(model, optimizer, train, cfg, device, gen, epochs=cfg.epochs, max_steps=n)
         done += stats["steps"]
         bar.update(stats["steps"])
-        rec = {"step": done, "train_loss": stats["loss"], "seconds": time.perf_counter() - t0,
-               **evaluate(model, evalset, model.task, cfg.eval_batch_size, device)}
+        rec = {
+            "step": done,
+            "train_loss": stats["loss"],
+            "seconds": time.perf_counter() - t0,
+            **evaluate(model, evalset, model.task, cfg.eval_batch_size, device),
+        }
         log.info("step %d: %s %.4f", done, model.task.metric, rec["metric"])
         history.append(rec)
     bar.close()

@@ -1,4 +1,5 @@
 """Shared fixtures: the bundled tokenizer/model and tiny random models built from configs in code."""
+
 from __future__ import annotations
 
 import os
@@ -25,8 +26,17 @@ def tokenizer():
 
 def make_tiny(kind: str, vocab_size: int):
     """A tiny random HF model of ``kind`` (3 layers, hidden 32), seeded."""
-    from transformers import (BertConfig, BertForMaskedLM, BertModel, GPT2Config, GPT2LMHeadModel, LlamaConfig,
-                              LlamaForCausalLM, RobertaConfig, RobertaForMaskedLM)
+    from transformers import (
+        BertConfig,
+        BertForMaskedLM,
+        BertModel,
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        RobertaConfig,
+        RobertaForMaskedLM,
+    )
 
     torch.manual_seed(0)
     if kind == "bert-mlm":
@@ -34,7 +44,9 @@ def make_tiny(kind: str, vocab_size: int):
     if kind == "bert":
         return BertModel(BertConfig(**TINY, vocab_size=vocab_size))
     if kind == "roberta-mlm":
-        return RobertaForMaskedLM(RobertaConfig(**TINY, vocab_size=vocab_size, pad_token_id=0, max_position_embeddings=140))
+        return RobertaForMaskedLM(
+            RobertaConfig(**TINY, vocab_size=vocab_size, pad_token_id=0, max_position_embeddings=140)
+        )
     if kind == "gpt2":
         return GPT2LMHeadModel(GPT2Config(n_embd=32, n_head=4, n_layer=3, vocab_size=vocab_size))
     if kind == "llama":

@@ -1,4 +1,5 @@
 """Grid summaries: means over seeds and FedPepTAO's deltas, on a hand-made results table."""
+
 import json
 
 import pandas as pd
@@ -10,11 +11,23 @@ from fedlib.benchmark import fedpeptao_deltas, mean_histories, mean_table
 def _table():
     rows = []
     for seed, (fa, fp, lo) in enumerate([(0.70, 0.80, 0.75), (0.60, 0.70, 0.85)]):
-        for name, metric, nbytes, rtt in [("fedavg", fa, 1000.0, 4.0), ("fedpeptao", fp, 500.0, 2.0),
-                                          ("lora", lo, 3000.0, 6.0)]:
-            rows.append({"task": "sst2", "strategy": name, "seed": seed, "final_metric": metric,
-                         "best_metric": metric, "bytes_per_round": nbytes, "seconds_per_round": 1.0,
-                         "rounds_to_target": rtt})
+        for name, metric, nbytes, rtt in [
+            ("fedavg", fa, 1000.0, 4.0),
+            ("fedpeptao", fp, 500.0, 2.0),
+            ("lora", lo, 3000.0, 6.0),
+        ]:
+            rows.append(
+                {
+                    "task": "sst2",
+                    "strategy": name,
+                    "seed": seed,
+                    "final_metric": metric,
+                    "best_metric": metric,
+                    "bytes_per_round": nbytes,
+                    "seconds_per_round": 1.0,
+                    "rounds_to_target": rtt,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -39,9 +52,13 @@ def test_mean_histories_over_seeds(tmp_path):
     for seed, metrics in enumerate([[None, 0.5], [None, 0.7]]):
         run = tmp_path / "sst2" / f"seed{seed}" / "fedavg"
         run.mkdir(parents=True)
-        run.joinpath("results.jsonl").write_text("".join(
-            json.dumps({"round": r + 1, "personal_metric": m, "global_metric": m, "cum_bytes": 100 * (r + 1)}) + "\n"
-            for r, m in enumerate(metrics)))
+        run.joinpath("results.jsonl").write_text(
+            "".join(
+                json.dumps({"round": r + 1, "personal_metric": m, "global_metric": m, "cum_bytes": 100 * (r + 1)})
+                + "\n"
+                for r, m in enumerate(metrics)
+            )
+        )
     h = mean_histories(tmp_path, "sst2", [0, 1])["fedavg"]
     assert h["personal_metric"].isna().iloc[0]
     assert h["personal_metric"].iloc[1] == pytest.approx(0.6)

@@ -24,19 +24,22 @@ def test_shared_role_file_holds_only_shared_tensors(bundled_backbone, tmp_path):
     a = _model(bundled_backbone, layer_roles=("shared", "personal") * 3)
     path = save_prompt(tmp_path / "s.safetensors", a, role="shared")
     from safetensors.torch import load_file
+
     assert sorted(load_file(str(path))) == sorted(a.state("shared"))
     assert read_header(path)["role"] == "shared"
 
 
-@pytest.mark.parametrize("change,needle", [({"prompt_len": 5}, "prompt_len is 4 in the file but 5"),
-                                           ({"task": "trec"}, "num_labels is 2 in the file but 6")])
+@pytest.mark.parametrize(
+    "change,needle",
+    [({"prompt_len": 5}, "prompt_len is 4 in the file but 5"), ({"task": "trec"}, "num_labels is 2 in the file but 6")],
+)
 def test_other_shape_or_task_is_refused_before_loading(bundled_backbone, tmp_path, change, needle):
     path = save_prompt(tmp_path / "p.safetensors", _model(bundled_backbone))
     other = _model(bundled_backbone, **change)
     before = other.state()
     with pytest.raises(CheckpointError, match=needle):
         load_prompt(path, other)
-    assert all(torch.equal(v, other.state()[k]) for k, v in before.items())   # nothing loaded half-way
+    assert all(torch.equal(v, other.state()[k]) for k, v in before.items())  # nothing loaded half-way
 
 
 def test_tensor_with_no_place_is_refused(bundled_backbone, tmp_path):
@@ -53,6 +56,7 @@ def test_truncated_and_foreign_files(bundled_backbone, tmp_path):
     with pytest.raises(CheckpointError, match="cut.safetensors"):
         load_prompt(tmp_path / "cut.safetensors", _model(bundled_backbone))
     from safetensors.torch import save_file
+
     save_file({"x": torch.zeros(2)}, str(tmp_path / "foreign.safetensors"))
     with pytest.raises(CheckpointError, match="no fedlib header"):
         load_prompt(tmp_path / "foreign.safetensors", _model(bundled_backbone))

@@ -22,13 +22,13 @@ def loop_score(h: np.ndarray, eps=1e-5) -> float:
 
 def test_vectorised_scores_match_a_plain_loop():
     g = torch.Generator().manual_seed(0)
-    hidden = torch.randn(5, 8, 7, 6, generator=g)          # [L, B, T, d]
-    hidden[3] = hidden[3, :1] + 0.05 * hidden[3]            # a layer with collinear rows
+    hidden = torch.randn(5, 8, 7, 6, generator=g)  # [L, B, T, d]
+    hidden[3] = hidden[3, :1] + 0.05 * hidden[3]  # a layer with collinear rows
     got = similarity_scores(hidden).numpy()
     want = [loop_score(hidden[l].flatten(1).double().numpy()) for l in range(5)]
     assert np.allclose(got, want, rtol=1e-6)
-    assert got.min() >= 8 - 1e-6                             # >= B, equality iff orthogonal
-    assert np.argmax(got) == 3                               # collinear = redundant = highest score
+    assert got.min() >= 8 - 1e-6  # >= B, equality iff orthogonal
+    assert np.argmax(got) == 3  # collinear = redundant = highest score
 
 
 def test_lanczos_recovers_a_known_spectrum_from_autograd_hvps():
@@ -41,11 +41,12 @@ def test_lanczos_recovers_a_known_spectrum_from_autograd_hvps():
 
     def hvp(v):
         return torch.autograd.grad(grad, x, grad_outputs=v, retain_graph=True)[0]
+
     assert torch.allclose(hvp(torch.ones(12, dtype=torch.float64)), a @ torch.ones(12, dtype=torch.float64))
     alphas, betas = lanczos(hvp, 12, 12, torch.Generator().manual_seed(1))
     eigs, weights = ritz(alphas, betas)
     distinct = sorted(set(np.round(eigs, 6)))
-    assert np.allclose(distinct, sorted(set(spectrum.tolist())), atol=1e-6)   # repeated 0.01 collapses to one Ritz value
+    assert np.allclose(distinct, sorted(set(spectrum.tolist())), atol=1e-6)  # repeated 0.01 collapses to one Ritz value
     assert weights.sum() == pytest.approx(1.0)
 
 
@@ -82,10 +83,14 @@ def test_fedpeptao_server_step_two_clients_two_rounds(variant):
     st = init_server(s, {"w": torch.tensor([0.0], dtype=torch.float64)}, hp)
     # round 1: A (n=1, K=2, y=1), B (n=3, K=1, y=2); mean 1.75
     st = server_update(st, [_res(0, 1, 2, 1.0), _res(1, 3, 1, 2.0)], s, hp, num_clients=4)
-    cA, cB = (0 - 1.0) / (2 * 0.5), (0 - 2.0) / (1 * 0.5)                 # -1, -4
-    c = 0 + (2 / 4) * (2 * cA + 1 * cB) / 3                                # -1
-    assert st.shared["w"].item() == pytest.approx(1.75)                   # first step: FedAvg
-    assert (st.controls["c0"]["w"].item(), st.controls["c1"]["w"].item(), st.controls["c"]["w"].item()) == pytest.approx((cA, cB, c))
+    cA, cB = (0 - 1.0) / (2 * 0.5), (0 - 2.0) / (1 * 0.5)  # -1, -4
+    c = 0 + (2 / 4) * (2 * cA + 1 * cB) / 3  # -1
+    assert st.shared["w"].item() == pytest.approx(1.75)  # first step: FedAvg
+    assert (
+        st.controls["c0"]["w"].item(),
+        st.controls["c1"]["w"].item(),
+        st.controls["c"]["w"].item(),
+    ) == pytest.approx((cA, cB, c))
     assert st.scalars["server_lr"] == 0.1
     # round 2: A (y=2.75), B (y=4.75); mean 4.25; Delta_1 = -1.75, Delta_2 = 1.75 - 4.25; g = Delta_1 - Delta_2
     st2 = server_update(st, [_res(0, 1, 2, 2.75), _res(1, 3, 1, 4.75)], s, hp, num_clients=4)
@@ -111,16 +116,28 @@ def test_selection_is_deterministic_and_shares_the_top_scored_layers(bundled_bac
     from fedlib.config import ExperimentConfig, FedConfig, ModelConfig, TrainConfig
     from fedlib.simulation import Simulation
 
-    cfg = ExperimentConfig(model=ModelConfig(prompt_len=2), train=TrainConfig(batch_size=8),
-                           fed=FedConfig(strategy="fedpeptao", num_clients=4, clients_per_round=2, rounds=1, train_limit=48,
-                                         eval_limit=16, hessian_warmup_rounds=1, hessian_iters=4))
+    cfg = ExperimentConfig(
+        model=ModelConfig(prompt_len=2),
+        train=TrainConfig(batch_size=8),
+        fed=FedConfig(
+            strategy="fedpeptao",
+            num_clients=4,
+            clients_per_round=2,
+            rounds=1,
+            train_limit=48,
+            eval_limit=16,
+            hessian_warmup_rounds=1,
+            hessian_iters=4,
+        ),
+    )
     a = Simulation(cfg, backbone=bundled_backbone, progress=False).selection
     b = Simulation(cfg, backbone=bundled_backbone, progress=False).selection
     assert a["ranking"] == b["ranking"] and a["scores"] == b["scores"] and a["roles"] == b["roles"]
     assert a["how"] == "Hessian eigen-density" and 1 <= a["k"] <= 6
     shared = {l for l, r in enumerate(a["roles"]) if r == "shared"}
     assert shared == set(a["ranking"][: a["k"]]) and set(a["roles"]) <= {"shared", "personal"}
-    fixed = Simulation(cfg.replace(fed=cfg.fed.replace(shared_layers=2, nonselected="off")), backbone=bundled_backbone,
-                       progress=False)
+    fixed = Simulation(
+        cfg.replace(fed=cfg.fed.replace(shared_layers=2, nonselected="off")), backbone=bundled_backbone, progress=False
+    )
     assert fixed.selection["roles"].count("shared") == 2 and fixed.selection["roles"].count("off") == 4
     assert fixed.selection["hessian"] is None

@@ -1,17 +1,30 @@
 """The same algorithm on Flower: parity with the in-process simulator, and failing clients."""
+
 import pytest
 import torch
 
 pytest.importorskip("flwr")
 
-from fedlib.config import ExperimentConfig, FedConfig, ModelConfig, TrainConfig   # noqa: E402
-from fedlib.simulation import run_simulation                                       # noqa: E402
+from fedlib.config import ExperimentConfig, FedConfig, ModelConfig, TrainConfig  # noqa: E402
+from fedlib.simulation import run_simulation  # noqa: E402
 
 
 def cfg(**fed):
-    base = dict(task="sst2", strategy="fedpeptao", num_clients=3, clients_per_round=2, rounds=2, train_limit=48,
-                eval_limit=24, shared_layers=2, seed=3, batch_clients="off")   # Flower nodes train one client each
-    return ExperimentConfig(model=ModelConfig(prompt_len=2), train=TrainConfig(batch_size=8), fed=FedConfig(**{**base, **fed}))
+    base = dict(
+        task="sst2",
+        strategy="fedpeptao",
+        num_clients=3,
+        clients_per_round=2,
+        rounds=2,
+        train_limit=48,
+        eval_limit=24,
+        shared_layers=2,
+        seed=3,
+        batch_clients="off",
+    )  # Flower nodes train one client each
+    return ExperimentConfig(
+        model=ModelConfig(prompt_len=2), train=TrainConfig(batch_size=8), fed=FedConfig(**{**base, **fed})
+    )
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +57,13 @@ def test_a_failing_client_is_counted_and_the_round_completes(tmp_path):
         if msg.metadata.message_type == "train" and int(context.node_config["partition-id"]) == 1:
             raise RuntimeError("node lost its disk")
         return call_next(msg, context)
-    res = run_flower_simulation(cfg(strategy="fedavg", clients_per_round=3, rounds=1), tmp_path, num_cpus=1,
-                                client_app=make_client_app(mods=[fail_partition_1]))
+
+    res = run_flower_simulation(
+        cfg(strategy="fedavg", clients_per_round=3, rounds=1),
+        tmp_path,
+        num_cpus=1,
+        client_app=make_client_app(mods=[fail_partition_1]),
+    )
     rec = res.history.iloc[0]
     assert rec["reported"] == 2 and rec["failed"] == 1 and rec["failures"][0]["client"] == 1
     assert all(torch.isfinite(v).all() for v in res.server.shared.values())
@@ -58,5 +76,6 @@ def test_too_few_nodes_fails_clearly_instead_of_waiting_forever():
     class TwoNodes:
         def get_node_ids(self):
             return [11, 12]
+
     with pytest.raises(SimulationError, match="only 2 of 3 Flower nodes connected within 1 s"):
         FlowerSimulation(cfg(strategy="fedavg"), TwoNodes(), node_timeout=1.0, progress=False)

@@ -1,5 +1,6 @@
 """Flower's Deployment Runtime on loopback: a real SuperLink and two SuperNodes (plain and TLS), and
 ``flwr run`` of the project's app in simulation. Every process started is gone afterwards."""
+
 import json
 import math
 import shutil
@@ -9,7 +10,7 @@ import pytest
 
 pytest.importorskip("flwr")
 
-from fedlib.flower.deploy import LocalDeployment   # noqa: E402
+from fedlib.flower.deploy import LocalDeployment  # noqa: E402
 
 APP = Path(__file__).resolve().parent.parent / "flower_app"
 RUN = {"num-clients": 2, "clients-per-round": 2, "train-limit": 32, "eval-limit": 16}

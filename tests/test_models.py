@@ -20,8 +20,15 @@ def test_missing_model_says_what_was_tried_and_what_to_do(monkeypatch):
     assert "'no-such-org/no-such-model'" in msg and "offline" in msg and "name='bundled'" in msg
 
 
-@pytest.mark.parametrize("kind,head,want", [("gpt2", "auto", ("decoder", "lm")), ("llama", "auto", ("decoder", "lm")),
-                                            ("bert-mlm", "auto", ("encoder", "mlm")), ("roberta-mlm", "linear", ("encoder", "linear"))])
+@pytest.mark.parametrize(
+    "kind,head,want",
+    [
+        ("gpt2", "auto", ("decoder", "lm")),
+        ("llama", "auto", ("decoder", "lm")),
+        ("bert-mlm", "auto", ("encoder", "mlm")),
+        ("roberta-mlm", "linear", ("encoder", "linear")),
+    ],
+)
 def test_local_folder_through_auto_classes(tmp_path, tokenizer, kind, head, want):
     from fedlib.classifier import resolve_head
 

@@ -1,6 +1,7 @@
 """Every notebook runs headless through papermill with its default parameters, and its headline
 numbers (``summary.json`` in its output folder) are sane. (``make test`` also runs ``pytest --nbval-lax``
 over the notebooks as committed.)"""
+
 import json
 from pathlib import Path
 
@@ -12,8 +13,14 @@ NOTEBOOKS = sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb
 
 
 def test_the_sequence_is_complete():
-    assert NOTEBOOKS == ["00_overview", "01_non_iid_partitioning", "02_layer_selection_scoring", "03_client_drift",
-                         "04_adaptive_optimizers", "05_full_experiments"]
+    assert NOTEBOOKS == [
+        "00_overview",
+        "01_non_iid_partitioning",
+        "02_layer_selection_scoring",
+        "03_client_drift",
+        "04_adaptive_optimizers",
+        "05_full_experiments",
+    ]
 
 
 @pytest.fixture(scope="module", params=NOTEBOOKS)
@@ -22,9 +29,14 @@ def executed(request, tmp_path_factory, monkeypatch_module):
 
     name = request.param
     out = tmp_path_factory.mktemp(name)
-    pm.execute_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"), str(out / f"{name}.ipynb"),
-                        parameters={"out_dir": str(out)}, cwd=str(ROOT / "notebooks"), progress_bar=False,
-                        kernel_name="python3")
+    pm.execute_notebook(
+        str(ROOT / "notebooks" / f"{name}.ipynb"),
+        str(out / f"{name}.ipynb"),
+        parameters={"out_dir": str(out)},
+        cwd=str(ROOT / "notebooks"),
+        progress_bar=False,
+        kernel_name="python3",
+    )
     return name, out, json.loads((out / "summary.json").read_text())
 
 
@@ -44,9 +56,13 @@ def test_notebook_runs_and_its_numbers_are_sane(executed):
 
 
 def _overview(s, out):
-    per_layer = 8 * 2 * 384 * 4                                  # P x 2 x d floats
+    per_layer = 8 * 2 * 384 * 4  # P x 2 x d floats
     assert s["num_layers"] == 6 and s["frozen_parameters"] == 22_713_216
-    assert s["bytes_per_role"] == {"shared": 3 * per_layer + (384 * 2 + 2) * 4, "personal": 2 * per_layer, "off": per_layer}
+    assert s["bytes_per_role"] == {
+        "shared": 3 * per_layer + (384 * 2 + 2) * 4,
+        "personal": 2 * per_layer,
+        "off": per_layer,
+    }
 
 
 def _partitioning(s, out):
@@ -61,7 +77,7 @@ def _partitioning(s, out):
 def _scoring(s, out):
     for task, r in s.items():
         assert sorted(r["ranking"]) == list(range(6))
-        assert min(r["scores"]) >= r["score_batch"] - 1e-6           # s >= B always
+        assert min(r["scores"]) >= r["score_batch"] - 1e-6  # s >= B always
         assert 1 <= r["k"] <= 6 and r["chosen"] == sorted(r["ranking"][: r["k"]])
         assert 0.0 <= r["ratio"] <= 1.0
 
@@ -84,13 +100,19 @@ def _full(s, out):
     rows = {r["strategy"]: r for r in s["rows"]}
     assert set(rows) == set(s["strategies"]) and (out / "results.csv").exists() and (out / "results.md").exists()
     labels = np.asarray(load_task("sst2", "eval", limit=200)["label"])
-    chance = max(np.mean(labels), 1 - np.mean(labels))             # majority-class accuracy
+    chance = max(np.mean(labels), 1 - np.mean(labels))  # majority-class accuracy
     assert rows["fedpeptao"]["final_metric"] > chance + 0.05
     assert rows["fedpeptao"]["bytes_per_round"] < rows["fedavg"]["bytes_per_round"]
 
 
-CHECKS = {"00_overview": _overview, "01_non_iid_partitioning": _partitioning, "02_layer_selection_scoring": _scoring,
-          "03_client_drift": _drift, "04_adaptive_optimizers": _optimizers, "05_full_experiments": _full}
+CHECKS = {
+    "00_overview": _overview,
+    "01_non_iid_partitioning": _partitioning,
+    "02_layer_selection_scoring": _scoring,
+    "03_client_drift": _drift,
+    "04_adaptive_optimizers": _optimizers,
+    "05_full_experiments": _full,
+}
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "notebooks" / "params").glob("*.yaml")), ids=lambda p: p.stem)
@@ -106,11 +128,21 @@ def test_paper_parameter_files_name_only_parameters_of_notebook_05(path):
     params = yaml.safe_load(path.read_text())
     assert set(params) <= names, set(params) - names
     # the values make valid configs (every field is validated on construction)
-    ExperimentConfig(model=ModelConfig(name=params["model_name"], head=params["head"], prompt_len=params["prompt_len"],
-                                       max_length=params["max_length"]),
-                     train=TrainConfig(batch_size=params["batch_size"], lr=params["lr"]),
-                     fed=FedConfig(num_clients=params["num_clients"], clients_per_round=params["clients_per_round"],
-                                   rounds=params["rounds"], local_epochs=params["local_epochs"]))
+    ExperimentConfig(
+        model=ModelConfig(
+            name=params["model_name"],
+            head=params["head"],
+            prompt_len=params["prompt_len"],
+            max_length=params["max_length"],
+        ),
+        train=TrainConfig(batch_size=params["batch_size"], lr=params["lr"]),
+        fed=FedConfig(
+            num_clients=params["num_clients"],
+            clients_per_round=params["clients_per_round"],
+            rounds=params["rounds"],
+            local_epochs=params["local_epochs"],
+        ),
+    )
     for s in params["strategies"]:
         FedConfig(strategy=s)
     assert params["num_clients"] == 100 and params["clients_per_round"] == 10 and params["rounds"] == 100

@@ -1,9 +1,10 @@
 """The project's set-up promises: dependency lists agree, notebooks are stored clean, CI = README."""
+
 import json
 import re
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,7 +39,9 @@ def test_notebooks_are_committed_without_outputs():
 
 
 def test_ci_runs_exactly_the_readme_test_command():
-    ci = [l for l in (ROOT / ".ci/run").read_text().splitlines() if l.strip() and not l.startswith(("#", "set ", "cd "))]
+    ci = [
+        l for l in (ROOT / ".ci/run").read_text().splitlines() if l.strip() and not l.startswith(("#", "set ", "cd "))
+    ]
     assert ci == ["make test"]
     readme = (ROOT / "README.md").read_text()
     assert "make test" in readme and "make experiment" in readme

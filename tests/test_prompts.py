@@ -20,8 +20,13 @@ def _bare_hidden(model, batch):
     info = model.info
     pos = torch.arange(batch["input_ids"].shape[1]) + info.position_offset
     kw = {"token_type_ids": batch["token_type_ids"]} if "token_type_ids" in batch else {}
-    return info.base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                     position_ids=pos.expand(len(batch["input_ids"]), -1), output_hidden_states=True, **kw)
+    return info.base(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        position_ids=pos.expand(len(batch["input_ids"]), -1),
+        output_hidden_states=True,
+        **kw,
+    )
 
 
 def test_shapes_and_gradients_reach_exactly_non_off_prompts_and_head(tiny_backbone):
@@ -32,20 +37,23 @@ def test_shapes_and_gradients_reach_exactly_non_off_prompts_and_head(tiny_backbo
     assert logits.shape == (4, TASK.num_labels)
     logits.sum().backward()
     grads = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
-    want = {"prompt.layer.0", "prompt.layer.2"} | ({"head.linear.weight", "head.linear.bias"} if model.head_kind == "linear" else set())
+    want = {"prompt.layer.0", "prompt.layer.2"} | (
+        {"head.linear.weight", "head.linear.bias"} if model.head_kind == "linear" else set()
+    )
     assert grads == want
-    assert "prompt.layer.1" not in dict(model.named_parameters())          # off: no prompt at all
+    assert "prompt.layer.1" not in dict(model.named_parameters())  # off: no prompt at all
     assert model.role_of("prompt.layer.0") == "shared" and model.role_of("prompt.layer.2") == "personal"
 
 
 def test_off_layer_attention_equals_the_bare_models(tiny_backbone):
-    model = PromptClassifier(tiny_backbone, TASK, ModelConfig(prompt_len=3, layer_roles=("off", "shared", "off"),
-                                                              prompt_dropout=0.0)).eval()
+    model = PromptClassifier(
+        tiny_backbone, TASK, ModelConfig(prompt_len=3, layer_roles=("off", "shared", "off"), prompt_dropout=0.0)
+    ).eval()
     _, batch = _batch(model)
     _, hidden = model(**batch, output_hidden_states=True)
     bare = _bare_hidden(model, batch).hidden_states
     mask = batch["attention_mask"].bool()
-    assert torch.allclose(hidden[1][mask], bare[1][mask], atol=1e-5)     # layer 0 is off
+    assert torch.allclose(hidden[1][mask], bare[1][mask], atol=1e-5)  # layer 0 is off
     assert not torch.allclose(hidden[2][mask], bare[2][mask], atol=1e-5)  # layer 1 carries a prompt
 
 
@@ -73,11 +81,13 @@ def test_backbone_is_bit_identical_after_training(tiny_backbone):
 
 
 def test_role_report_counts_params_and_bytes(bundled_backbone):
-    model = PromptClassifier(bundled_backbone, get_task("sst2"),
-                             ModelConfig(prompt_len=8, layer_roles=("shared",) * 2 + ("personal",) * 2 + ("off",) * 2,
-                                         head_role="personal"))
+    model = PromptClassifier(
+        bundled_backbone,
+        get_task("sst2"),
+        ModelConfig(prompt_len=8, layer_roles=("shared",) * 2 + ("personal",) * 2 + ("off",) * 2, head_role="personal"),
+    )
     rep = role_report(model)
-    per_layer = 8 * 2 * 384                                   # P x 2 x d, digest 1.2
+    per_layer = 8 * 2 * 384  # P x 2 x d, digest 1.2
     head = 384 * 2 + 2
     assert rep["shared"] == {"params": 2 * per_layer, "bytes": 2 * per_layer * 4}
     assert rep["personal"] == {"params": 2 * per_layer + head, "bytes": (2 * per_layer + head) * 4}
@@ -87,9 +97,17 @@ def test_role_report_counts_params_and_bytes(bundled_backbone):
 
 
 def test_state_round_trip_by_role_and_errors(bundled_backbone):
-    model = PromptClassifier(bundled_backbone, get_task("sst2"), ModelConfig(prompt_len=4, layer_roles=("shared", "personal") * 3))
+    model = PromptClassifier(
+        bundled_backbone, get_task("sst2"), ModelConfig(prompt_len=4, layer_roles=("shared", "personal") * 3)
+    )
     shared = model.state("shared")
-    assert sorted(shared) == ["head.linear.bias", "head.linear.weight", "prompt.layer.0", "prompt.layer.2", "prompt.layer.4"]
+    assert sorted(shared) == [
+        "head.linear.bias",
+        "head.linear.weight",
+        "prompt.layer.0",
+        "prompt.layer.2",
+        "prompt.layer.4",
+    ]
     zeros = {k: torch.zeros_like(v) for k, v in shared.items()}
     model.load_state(zeros)
     assert all(torch.equal(v, zeros[k]) for k, v in model.state("shared").items())
@@ -97,10 +115,10 @@ def test_state_round_trip_by_role_and_errors(bundled_backbone):
         model.load_state({"prompt.layer.9": torch.zeros(4, 768)})
     with pytest.raises(ValueError, match="does not fit"):
         model.load_state({"prompt.layer.0": torch.zeros(5, 768)})
-    ones = {"prompt.layer.0": torch.ones(4, 768), "prompt.layer.2": torch.ones(3, 768)}   # 2nd does not fit
+    ones = {"prompt.layer.0": torch.ones(4, 768), "prompt.layer.2": torch.ones(3, 768)}  # 2nd does not fit
     with pytest.raises(ValueError):
         model.load_state(ones)
-    assert torch.equal(model.state()["prompt.layer.0"], zeros["prompt.layer.0"])       # nothing loaded half-way
+    assert torch.equal(model.state()["prompt.layer.0"], zeros["prompt.layer.0"])  # nothing loaded half-way
 
 
 def test_set_roles_turns_layers_on_and_off(bundled_backbone):
@@ -124,17 +142,20 @@ def test_reparametrisation_mlp(bundled_backbone):
 
 
 def test_only_shared_masks_personal_layers_like_off(bundled_backbone):
-    cfg = ModelConfig(prompt_len=3, layer_roles=("shared", "personal", "shared", "personal", "off", "off"), prompt_dropout=0.0)
+    cfg = ModelConfig(
+        prompt_len=3, layer_roles=("shared", "personal", "shared", "personal", "off", "off"), prompt_dropout=0.0
+    )
     model = PromptClassifier(bundled_backbone, get_task("sst2"), cfg).eval()
-    twin = PromptClassifier(bundled_backbone, get_task("sst2"),
-                            cfg.replace(layer_roles=("shared", "off", "shared", "off", "off", "off"))).eval()
+    twin = PromptClassifier(
+        bundled_backbone, get_task("sst2"), cfg.replace(layer_roles=("shared", "off", "shared", "off", "off", "off"))
+    ).eval()
     twin.load_state(model.state("shared"))
     _, batch = _batch(model)
     with torch.no_grad(), model.only_shared():
         masked = model(**batch)
     with torch.no_grad():
         assert torch.allclose(masked, twin(**batch), atol=1e-5)
-        assert not torch.allclose(masked, model(**batch), atol=1e-5)   # restored afterwards
+        assert not torch.allclose(masked, model(**batch), atol=1e-5)  # restored afterwards
 
 
 def test_shallow_prompt_prepends_input_vectors(bundled_backbone):
@@ -150,13 +171,14 @@ def test_shallow_prompt_prepends_input_vectors(bundled_backbone):
 
 def test_lora_mode_trains_adapters_through_peft(tokenizer):
     from fedlib.models import wrap_backbone
+
     from .conftest import make_tiny
 
     backbone = wrap_backbone(make_tiny("bert", tokenizer.vocab_size), tokenizer, "tiny-bert")
     frozen = {n: p.clone() for n, p in backbone.model.named_parameters()}
     model = PromptClassifier(backbone, get_task("rte"), ModelConfig(prompt_mode="lora", lora_r=2))
     lora = [n for n in model.trainable() if ".lora_" in n]
-    assert len(lora) == 3 * 2 * 2 and all(model.role_of(n) == "shared" for n in lora)   # 3 layers x (q, v) x (A, B)
+    assert len(lora) == 3 * 2 * 2 and all(model.role_of(n) == "shared" for n in lora)  # 3 layers x (q, v) x (A, B)
     enc, _ = _batch(model, 8)
     cfg = TrainConfig(batch_size=4, lr=0.05)
     local_train(model, make_optimizer(model, cfg), enc, cfg, torch.device("cpu"), torch.Generator().manual_seed(0))

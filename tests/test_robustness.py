@@ -1,4 +1,5 @@
 """Hostile inputs, killed runs and corrupted files: a valid result or the library's own clear error."""
+
 import json
 import os
 import signal
@@ -26,10 +27,15 @@ FIELDS = st.one_of(st.text(max_size=30), st.sampled_from(["0", "1", "entailment"
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(raw=st.one_of(st.binary(max_size=2000),
-                     st.lists(st.lists(FIELDS, min_size=0, max_size=5), max_size=8).map(
-                         lambda rows: "\n".join("\t".join(r) for r in [["sentence", "label"], *rows]).encode()),
-                     st.text(max_size=500).map(lambda t: t.encode("utf-16"))))
+@given(
+    raw=st.one_of(
+        st.binary(max_size=2000),
+        st.lists(st.lists(FIELDS, min_size=0, max_size=5), max_size=8).map(
+            lambda rows: "\n".join("\t".join(r) for r in [["sentence", "label"], *rows]).encode()
+        ),
+        st.text(max_size=500).map(lambda t: t.encode("utf-16")),
+    )
+)
 def test_tsv_loader_gives_a_dataset_or_task_data_error(tmp_path_factory, raw):
     folder = tmp_path_factory.mktemp("data")
     (folder / "sst-2").mkdir()
@@ -42,18 +48,48 @@ def test_tsv_loader_gives_a_dataset_or_task_data_error(tmp_path_factory, raw):
         assert set(ds["label"]) <= {0, 1} and len(ds) > 0
 
 
-JSONISH = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=10)),
-                       lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=12), inner, max_size=4)),
-                       max_leaves=12)
-FIELD_NAMES = st.sampled_from(["lr", "batch_size", "rounds", "strategy", "num_clients", "clients_per_round", "prompt_len",
-                               "layer_roles", "head", "alpha", "seed", "task", "name", "max_length", "server_lr"])
+JSONISH = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=10)),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=12), inner, max_size=4)),
+    max_leaves=12,
+)
+FIELD_NAMES = st.sampled_from(
+    [
+        "lr",
+        "batch_size",
+        "rounds",
+        "strategy",
+        "num_clients",
+        "clients_per_round",
+        "prompt_len",
+        "layer_roles",
+        "head",
+        "alpha",
+        "seed",
+        "task",
+        "name",
+        "max_length",
+        "server_lr",
+    ]
+)
 
 
 @settings(max_examples=300, deadline=None)
-@given(data=st.one_of(JSONISH, st.dictionaries(st.sampled_from(["model", "train", "fed"]),
-                                               st.one_of(JSONISH, st.dictionaries(FIELD_NAMES, JSONISH | st.integers(-10**30, 10**30)
-                                                                                  | st.floats(-1e308, 1e308), max_size=4)),
-                                               max_size=3)))
+@given(
+    data=st.one_of(
+        JSONISH,
+        st.dictionaries(
+            st.sampled_from(["model", "train", "fed"]),
+            st.one_of(
+                JSONISH,
+                st.dictionaries(
+                    FIELD_NAMES, JSONISH | st.integers(-(10**30), 10**30) | st.floats(-1e308, 1e308), max_size=4
+                ),
+            ),
+            max_size=3,
+        ),
+    )
+)
 def test_config_parsing_gives_a_config_or_config_error(data):
     try:
         cfg = ExperimentConfig.from_dict(data)
@@ -75,7 +111,9 @@ def test_config_text_parsing_never_crashes(text):
 # ---- numerical faults ------------------------------------------------------------------------------
 def tiny(**fed):
     base = dict(task="sst2", num_clients=4, clients_per_round=4, rounds=2, train_limit=48, eval_limit=24, seed=7)
-    return ExperimentConfig(model=ModelConfig(prompt_len=2), train=TrainConfig(batch_size=8), fed=FedConfig(**{**base, **fed}))
+    return ExperimentConfig(
+        model=ModelConfig(prompt_len=2), train=TrainConfig(batch_size=8), fed=FedConfig(**{**base, **fed})
+    )
 
 
 def test_diverging_single_example_and_one_label_clients(bundled_backbone):
@@ -83,14 +121,15 @@ def test_diverging_single_example_and_one_label_clients(bundled_backbone):
         if k == 0:
             hp = {**hp, "lr": 1e6}
         return client_update(model, k, shared, state, init, data, cfg, strategy, hp, *rest)
+
     sim = Simulation(tiny(), backbone=bundled_backbone, progress=False, client_fn=diverging)
     labels = sim.train.labels
-    sim.partition.train[1] = sim.partition.train[1][:1]                                  # a single example
-    sim.partition.train[2] = [i for i in range(len(labels)) if labels[i] == 1][:10]     # one label only
+    sim.partition.train[1] = sim.partition.train[1][:1]  # a single example
+    sim.partition.train[2] = [i for i in range(len(labels)) if labels[i] == 1][:10]  # one label only
     res = sim.run()
     reasons = [f["reason"] for fs in res.history["failures"] for f in fs]
     assert reasons and all("client" not in r for r in reasons)
-    assert all(f["client"] == 0 for fs in res.history["failures"] for f in fs)           # only the diverging one
+    assert all(f["client"] == 0 for fs in res.history["failures"] for f in fs)  # only the diverging one
     assert all("exceeds max_update_norm" in r or r == "non-finite update" for r in reasons)
     assert all(torch.isfinite(v).all() and v.abs().max() < 10 for v in res.server.shared.values())
     assert res.history["reported"].tolist() == [3, 3]
@@ -100,8 +139,10 @@ def test_diverging_single_example_and_one_label_clients(bundled_backbone):
 def test_corrupted_checkpoint_is_detected_and_names_the_file(bundled_backbone, tmp_path):
     run_simulation(tiny(checkpoint_every=1), tmp_path, backbone=bundled_backbone, progress=False)
     target = tmp_path / "checkpoints" / (tmp_path / "checkpoints" / "LATEST").read_text()
-    for name, damage in [("clients.safetensors", lambda b: b[:-1] + bytes([b[-1] ^ 1])),
-                         ("server.safetensors", lambda b: b[: len(b) // 2])]:
+    for name, damage in [
+        ("clients.safetensors", lambda b: b[:-1] + bytes([b[-1] ^ 1])),
+        ("server.safetensors", lambda b: b[: len(b) // 2]),
+    ]:
         path = target / name
         good = path.read_bytes()
         path.write_bytes(damage(good))
@@ -118,7 +159,9 @@ def test_corrupted_checkpoint_is_detected_and_names_the_file(bundled_backbone, t
 def test_checkpoint_of_another_config_and_partition_of_other_data(bundled_backbone, tmp_path):
     run_simulation(tiny(checkpoint_every=1), tmp_path, backbone=bundled_backbone, progress=False)
     with pytest.raises(SimulationError, match="another configuration"):
-        Simulation(tiny(checkpoint_every=1, rounds=3), tmp_path, backbone=bundled_backbone, progress=False).run(resume=True)
+        Simulation(tiny(checkpoint_every=1, rounds=3), tmp_path, backbone=bundled_backbone, progress=False).run(
+            resume=True
+        )
     with pytest.raises(PartitionError, match="partition.json: made from other train data"):
         Simulation(tiny(checkpoint_every=1, train_limit=40), tmp_path, backbone=bundled_backbone, progress=False)
 
@@ -177,12 +220,16 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, where):
     cut = tmp_path / "cut"
     cut.mkdir()
     _drive(cut, where, kill=True)
-    if where == "checkpoint":   # killed while writing round 3: LATEST still names round 2, the half-written folder is a temp
+    if (
+        where == "checkpoint"
+    ):  # killed while writing round 3: LATEST still names round 2, the half-written folder is a temp
         assert (cut / "checkpoints" / "LATEST").read_text() == "round_000002"
     _drive(cut, "resume", kill=False)
-    assert not list((cut / "checkpoints").glob(".tmp_round_*"))     # the torn temporary folder was swept
+    assert not list((cut / "checkpoints").glob(".tmp_round_*"))  # the torn temporary folder was swept
     a, b = load_file(str(tmp_path / "full" / "final.safetensors")), load_file(str(cut / "final.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    rows = lambda p: [{k: r[k] for k in ("round", "clients", "global_metric", "personal_metric", "train_loss", "bytes_up")}
-                      for r in map(json.loads, (p / "results.jsonl").read_text().splitlines())]
+    rows = lambda p: [
+        {k: r[k] for k in ("round", "clients", "global_metric", "personal_metric", "train_loss", "bytes_up")}
+        for r in map(json.loads, (p / "results.jsonl").read_text().splitlines())
+    ]
     assert rows(tmp_path / "full") == rows(cut)

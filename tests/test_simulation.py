@@ -10,8 +10,11 @@ from fedlib.simulation import Simulation, SimulationError, run_simulation
 
 def tiny_cfg(**fed):
     base = dict(task="sst2", num_clients=4, clients_per_round=2, rounds=3, train_limit=48, eval_limit=24, seed=5)
-    return ExperimentConfig(model=ModelConfig(prompt_len=2), train=TrainConfig(batch_size=8, eval_batch_size=32),
-                            fed=FedConfig(**{**base, **fed}))
+    return ExperimentConfig(
+        model=ModelConfig(prompt_len=2),
+        train=TrainConfig(batch_size=8, eval_batch_size=32),
+        fed=FedConfig(**{**base, **fed}),
+    )
 
 
 def _same(a, b):
@@ -31,9 +34,13 @@ def test_accounting_counts_the_tensors_exchanged(bundled_backbone):
     res = run_simulation(tiny_cfg(rounds=1, strategy="scaffold"), backbone=bundled_backbone, progress=False)
     rec = res.history.iloc[0]
     shared = sum(v.numel() * 4 for v in res.server.shared.values())
-    assert rec["bytes_up"] == 2 * 2 * shared            # y_i and dc_i from 2 clients
-    assert rec["bytes_down"] == 2 * 2 * shared          # x and c to 2 clients
-    assert rec["seconds_client"] > 0 and rec["seconds_eval"] > 0 and rec["cum_bytes"] == rec["bytes_up"] + rec["bytes_down"]
+    assert rec["bytes_up"] == 2 * 2 * shared  # y_i and dc_i from 2 clients
+    assert rec["bytes_down"] == 2 * 2 * shared  # x and c to 2 clients
+    assert (
+        rec["seconds_client"] > 0
+        and rec["seconds_eval"] > 0
+        and rec["cum_bytes"] == rec["bytes_up"] + rec["bytes_down"]
+    )
 
 
 class Stop(BaseException):
@@ -41,7 +48,7 @@ class Stop(BaseException):
 
 
 def test_stop_and_resume_equals_uninterrupted(bundled_backbone, tmp_path):
-    cfg = tiny_cfg(rounds=4, checkpoint_every=1, batch_clients="off")   # the kill is injected per client
+    cfg = tiny_cfg(rounds=4, checkpoint_every=1, batch_clients="off")  # the kill is injected per client
     cfg = cfg.replace(model=cfg.model.replace(layer_roles=("shared", "personal") * 3))
     full = run_simulation(cfg, tmp_path / "full", backbone=bundled_backbone, progress=False)
 
@@ -49,9 +56,10 @@ def test_stop_and_resume_equals_uninterrupted(bundled_backbone, tmp_path):
 
     def dies_in_round_3(model, k, *args):
         calls["n"] += 1
-        if calls["n"] == 6:   # the 2nd client of round 3
+        if calls["n"] == 6:  # the 2nd client of round 3
             raise Stop()
         return client_update(model, k, *args)
+
     with pytest.raises(Stop):
         Simulation(cfg, tmp_path / "cut", backbone=bundled_backbone, progress=False, client_fn=dies_in_round_3).run()
     assert (tmp_path / "cut" / "checkpoints" / "LATEST").read_text() == "round_000002"
@@ -71,6 +79,7 @@ def test_non_finite_or_raising_client_is_left_out(bundled_backbone, caplog):
         if k == 1:
             res.shared = {n: torch.full_like(v, float("nan")) for n, v in res.shared.items()}
         return res, state
+
     res = run_simulation(tiny_cfg(rounds=3), backbone=bundled_backbone, progress=False, client_fn=faulty)
     h = res.history
     assert h["failed"].sum() >= 1
@@ -84,9 +93,15 @@ def test_non_finite_or_raising_client_is_left_out(bundled_backbone, caplog):
 def test_every_client_failing_stops_the_run_clearly(bundled_backbone, tmp_path):
     def broken(*a):
         raise ValueError("boom")
+
     with pytest.raises(SimulationError, match="every client failed in 2 rounds in a row"):
-        run_simulation(tiny_cfg(rounds=5, max_failed_rounds=2, checkpoint_every=1), tmp_path, backbone=bundled_backbone,
-                       progress=False, client_fn=broken)
+        run_simulation(
+            tiny_cfg(rounds=5, max_failed_rounds=2, checkpoint_every=1),
+            tmp_path,
+            backbone=bundled_backbone,
+            progress=False,
+            client_fn=broken,
+        )
 
 
 def test_personal_state_persists_across_rounds(bundled_backbone):
@@ -99,19 +114,26 @@ def test_personal_state_persists_across_rounds(bundled_backbone):
         res, new = client_update(model, k, shared, state, *args)
         seen[k].append(new)
         return res, new
+
     sim = Simulation(cfg, backbone=bundled_backbone, progress=False, client_fn=spy)
     sim.run()
     for k in (0, 1):
         first_in, first_out, second_in, _ = seen[k]
-        assert first_in == {}                                                  # first round: initial values
-        _same(first_out, second_in)                                           # round 2 starts from round 1's state
-        assert {n.split("/")[0] for n in first_out} == {"personal", "opt"}   # personal layers + AdamW state
+        assert first_in == {}  # first round: initial values
+        _same(first_out, second_in)  # round 2 starts from round 1's state
+        assert {n.split("/")[0] for n in first_out} == {"personal", "opt"}  # personal layers + AdamW state
         assert "personal/prompt.layer.0" in first_out and "personal/prompt.layer.2" not in first_out
     assert not torch.equal(seen[0][1]["personal/prompt.layer.0"], seen[1][1]["personal/prompt.layer.0"])
 
 
-@pytest.mark.parametrize("field,value,needle", [("clients_per_round", 9, "must be in [1, num_clients=4]"),
-                                                ("rounds", 0, "must be >= 1"), ("strategy", "fedsgd", "one of")])
+@pytest.mark.parametrize(
+    "field,value,needle",
+    [
+        ("clients_per_round", 9, "must be in [1, num_clients=4]"),
+        ("rounds", 0, "must be >= 1"),
+        ("strategy", "fedsgd", "one of"),
+    ],
+)
 def test_invalid_config_fails_before_training(field, value, needle):
     with pytest.raises(ConfigError) as err:
         tiny_cfg(**{field: value})
@@ -121,7 +143,9 @@ def test_invalid_config_fails_before_training(field, value, needle):
 def test_disk_client_state(bundled_backbone, tmp_path):
     cfg = tiny_cfg(rounds=2, client_state="disk")
     cfg = cfg.replace(model=cfg.model.replace(layer_roles=("personal",) + ("shared",) * 5))
-    mem = run_simulation(cfg.replace(fed=cfg.fed.replace(client_state="memory")), backbone=bundled_backbone, progress=False)
+    mem = run_simulation(
+        cfg.replace(fed=cfg.fed.replace(client_state="memory")), backbone=bundled_backbone, progress=False
+    )
     disk = run_simulation(cfg, tmp_path, backbone=bundled_backbone, progress=False)
     assert list((tmp_path / "clients").glob("client_*.safetensors"))
     _same(mem.server.shared, disk.server.shared)

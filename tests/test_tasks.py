@@ -4,9 +4,19 @@ import pytest
 from fedlib.tasks import TASKS, TaskDataError, compute_metric, get_task, load_task
 
 # (task, split) -> rows in the shipped data/ folder (counts from data/README.md)
-SHIPPED = {("sst2", "train"): 67349, ("sst2", "eval"): 872, ("cola", "train"): 8551, ("cola", "eval"): 1043,
-           ("mrpc", "train"): 3668, ("mrpc", "eval"): 408, ("rte", "train"): 2490, ("rte", "eval"): 277,
-           ("mr", "train"): 7662, ("mr", "eval"): 2000, ("qnli", "eval"): 5463}
+SHIPPED = {
+    ("sst2", "train"): 67349,
+    ("sst2", "eval"): 872,
+    ("cola", "train"): 8551,
+    ("cola", "eval"): 1043,
+    ("mrpc", "train"): 3668,
+    ("mrpc", "eval"): 408,
+    ("rte", "train"): 2490,
+    ("rte", "eval"): 277,
+    ("mr", "train"): 7662,
+    ("mr", "eval"): 2000,
+    ("qnli", "eval"): 5463,
+}
 
 
 @pytest.mark.parametrize("task,split", sorted(SHIPPED))
@@ -28,7 +38,10 @@ def test_label_counts_match_the_digest():
 
 
 FIXTURES = {  # task -> (train file content, expected labels)
-    "boolq": ("question\tpassage\tlabel\nis it blue\tthe sky is blue\tTrue\nis it red\tgrass is green\tFalse\n", [1, 0]),
+    "boolq": (
+        "question\tpassage\tlabel\nis it blue\tthe sky is blue\tTrue\nis it red\tgrass is green\tFalse\n",
+        [1, 0],
+    ),
     "mpqa": ("sentence\tlabel\ngood thing\t1\nbad thing\t0\n", [1, 0]),
     "subj": ("sentence\tlabel\ni love it\t0\nit was filmed in 1999\t1\n", [0, 1]),
     "trec": ("question\tlabel\nwho wrote it\tHUM\nwhere is paris\tLOC\nwhat is nasa\tABBR\n", [3, 4, 2]),
@@ -78,14 +91,17 @@ def _write(tmp_path, folder, content: bytes):
     (tmp_path / folder / "train.tsv").write_bytes(content)
 
 
-@pytest.mark.parametrize("content,needle", [
-    (b"text\tlabel\nfine\t1\n", ":1: missing column(s) ['sentence']"),
-    (b"sentence\tlabel\nfine\t1\nbroken row\n", ":3: 1 tab-separated fields, expected 2"),
-    (b"sentence\tlabel\nfine\t1\nodd\t7\n", ":3: label '7' is not one of ['0', '1']"),
-    (b"", "the file has no data rows"),
-    (b"sentence\tlabel\n", "the file has no data rows"),
-    (b"sentence\tlabel\nfine\t1\nbad \xff\xfe bytes\t0\n", ":3: bytes are not valid UTF-8"),
-])
+@pytest.mark.parametrize(
+    "content,needle",
+    [
+        (b"text\tlabel\nfine\t1\n", ":1: missing column(s) ['sentence']"),
+        (b"sentence\tlabel\nfine\t1\nbroken row\n", ":3: 1 tab-separated fields, expected 2"),
+        (b"sentence\tlabel\nfine\t1\nodd\t7\n", ":3: label '7' is not one of ['0', '1']"),
+        (b"", "the file has no data rows"),
+        (b"sentence\tlabel\n", "the file has no data rows"),
+        (b"sentence\tlabel\nfine\t1\nbad \xff\xfe bytes\t0\n", ":3: bytes are not valid UTF-8"),
+    ],
+)
 def test_malformed_tsv_reports_file_line_and_expectation(tmp_path, content, needle):
     _write(tmp_path, "sst-2", content)
     with pytest.raises(TaskDataError) as err:

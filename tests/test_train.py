@@ -13,10 +13,12 @@ def test_centralized_training_learns_sst2_with_the_bundled_model(bundled_backbon
     tok = bundled_backbone.tokenizer
     train = encode_dataset(load_task("sst2", "train", limit=480), tok, model.task, "linear", 64)
     dev = encode_dataset(load_task("sst2", "eval", limit=200), tok, model.task, "linear", 64)
-    hist = train_centralized(model, train, dev, TrainConfig(batch_size=16, max_steps=30), torch.device("cpu"), progress=False)
+    hist = train_centralized(
+        model, train, dev, TrainConfig(batch_size=16, max_steps=30), torch.device("cpu"), progress=False
+    )
     assert hist[-1]["step"] == 30
     assert hist[-1]["loss"] < hist[0]["loss"] - 0.05
-    assert hist[-1]["metric"] > 0.7          # chance is ~0.5; 30 steps reach ~0.8
+    assert hist[-1]["metric"] > 0.7  # chance is ~0.5; 30 steps reach ~0.8
 
 
 def test_same_seed_same_result(bundled_backbone):
@@ -24,14 +26,18 @@ def test_same_seed_same_result(bundled_backbone):
         torch.manual_seed(1)
         model = PromptClassifier(bundled_backbone, get_task("rte"), ModelConfig(prompt_len=2))
         data = encode_dataset(load_task("rte", "train", limit=32), bundled_backbone.tokenizer, model.task, "linear", 64)
-        train_centralized(model, data, data, TrainConfig(batch_size=8, max_steps=4, seed=3), torch.device("cpu"), progress=False)
+        train_centralized(
+            model, data, data, TrainConfig(batch_size=8, max_steps=4, seed=3), torch.device("cpu"), progress=False
+        )
         return model.state()
+
     a, b = run(), run()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_mlm_and_decoder_heads_train_on_tiny_models(tokenizer):
     from fedlib.models import wrap_backbone
+
     from .conftest import make_tiny
 
     for kind in ("roberta-mlm", "gpt2"):
@@ -39,5 +45,7 @@ def test_mlm_and_decoder_heads_train_on_tiny_models(tokenizer):
         model = PromptClassifier(backbone, get_task("sst2"), ModelConfig(prompt_len=4, prompt_dropout=0.0))
         data = encode_dataset(load_task("sst2", "train", limit=16), tokenizer, model.task, model.head_kind, 48)
         before = evaluate(model, data, model.task, 16, torch.device("cpu"))["loss"]
-        train_centralized(model, data, data, TrainConfig(batch_size=16, max_steps=40, lr=0.1), torch.device("cpu"), progress=False)
+        train_centralized(
+            model, data, data, TrainConfig(batch_size=16, max_steps=40, lr=0.1), torch.device("cpu"), progress=False
+        )
         assert evaluate(model, data, model.task, 16, torch.device("cpu"))["loss"] < before

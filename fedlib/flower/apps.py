@@ -13,6 +13,7 @@ steps, loss, seconds). A node maps itself to a partition with ``partition-id`` i
 (``--node-config "partition-id=3 num-partitions=20"``; Flower's simulation sets it). Failed or missing
 replies leave the client out of the round and are counted; the wait for nodes and for replies is bounded.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,7 +21,6 @@ import logging
 import time
 
 import numpy as np
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
@@ -59,8 +59,10 @@ def _workspace(cfg_json: str, selection_json: str) -> Simulation:
 
 def _partition_id(context: Context) -> int:
     if "partition-id" not in context.node_config:
-        raise SimulationError("this SuperNode has no 'partition-id' in its node config: start it with "
-                              "--node-config \"partition-id=<k> num-partitions=<N>\"")
+        raise SimulationError(
+            "this SuperNode has no 'partition-id' in its node config: start it with "
+            '--node-config "partition-id=<k> num-partitions=<N>"'
+        )
     return int(context.node_config["partition-id"])
 
 
@@ -83,12 +85,30 @@ def make_client_app(mods: list | None = None) -> ClientApp:
             raise SimulationError(f"message for partition {k} reached the node of partition {_partition_id(context)}")
         state = _tensors(context.state.get(STATE_KEY))
         data = ws.train.subset(ws.partition.train[k])
-        res, new_state = client_update(ws.model, k, _tensors(msg.content["arrays"]), state, ws.init_personal, data,
-                                       ws.cfg.train, ws.strategy, ws.hp, _tensors(msg.content.get("download")),
-                                       int(conf["seed"]), ws.device)
+        res, new_state = client_update(
+            ws.model,
+            k,
+            _tensors(msg.content["arrays"]),
+            state,
+            ws.init_personal,
+            data,
+            ws.cfg.train,
+            ws.strategy,
+            ws.hp,
+            _tensors(msg.content.get("download")),
+            int(conf["seed"]),
+            ws.device,
+        )
         context.state[STATE_KEY] = _arrays(new_state)
-        metrics = MetricRecord({"num-examples": res.num_examples, "steps": res.steps, "loss": float(res.loss),
-                                "seconds": res.seconds, "partition-id": k})
+        metrics = MetricRecord(
+            {
+                "num-examples": res.num_examples,
+                "steps": res.steps,
+                "loss": float(res.loss),
+                "seconds": res.seconds,
+                "partition-id": k,
+            }
+        )
         content = RecordDict({"arrays": _arrays(res.shared), "metrics": metrics})
         if res.extra:
             content["extra"] = _arrays(res.extra)
@@ -101,10 +121,18 @@ def make_client_app(mods: list | None = None) -> ClientApp:
         k = _partition_id(context)
         state = _tensors(context.state.get(STATE_KEY))
         personal = personal_tensors(state, ws.init_personal)
-        preds = personal_predictions(ws.model, _tensors(msg.content["arrays"]), personal, ws.eval, ws.partition.eval[k],
-                                     ws.cfg.train.eval_batch_size, ws.device)
-        return Message(RecordDict({"metrics": MetricRecord({"partition-id": k, "preds": [int(p) for p in preds]})}),
-                       reply_to=msg)
+        preds = personal_predictions(
+            ws.model,
+            _tensors(msg.content["arrays"]),
+            personal,
+            ws.eval,
+            ws.partition.eval[k],
+            ws.cfg.train.eval_batch_size,
+            ws.device,
+        )
+        return Message(
+            RecordDict({"metrics": MetricRecord({"partition-id": k, "preds": [int(p) for p in preds]})}), reply_to=msg
+        )
 
     return app
 
@@ -113,8 +141,15 @@ def make_client_app(mods: list | None = None) -> ClientApp:
 class FlowerSimulation(Simulation):
     """The simulator driving Flower nodes through a ``Grid`` (see the module docstring)."""
 
-    def __init__(self, cfg: ExperimentConfig, grid: Grid, out_dir=None, node_timeout: float = 120.0,
-                 reply_timeout: float = 600.0, **kwargs) -> None:
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        grid: Grid,
+        out_dir=None,
+        node_timeout: float = 120.0,
+        reply_timeout: float = 600.0,
+        **kwargs,
+    ) -> None:
         super().__init__(cfg, out_dir, **kwargs)
         self.grid, self.reply_timeout = grid, reply_timeout
         self.node_of = self._connect(node_timeout)
@@ -126,8 +161,10 @@ class FlowerSimulation(Simulation):
         nodes = list(self.grid.get_node_ids())
         while len(nodes) < need:
             if time.monotonic() - t0 > timeout:
-                raise SimulationError(f"only {len(nodes)} of {need} Flower nodes connected within {timeout:.0f} s "
-                                      "(FedConfig.num_clients nodes are needed, one per partition)")
+                raise SimulationError(
+                    f"only {len(nodes)} of {need} Flower nodes connected within {timeout:.0f} s "
+                    "(FedConfig.num_clients nodes are needed, one per partition)"
+                )
             time.sleep(0.5)
             nodes = list(self.grid.get_node_ids())
         msgs = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
@@ -141,8 +178,15 @@ class FlowerSimulation(Simulation):
         return node_of
 
     def _config(self, k: int, round_: int) -> ConfigRecord:
-        return ConfigRecord({"experiment": self.cfg.to_json(), "selection": json.dumps(self.selection or {}),
-                             "partition-id": k, "round": round_, "seed": client_seed(self.fed.seed, round_, k)})
+        return ConfigRecord(
+            {
+                "experiment": self.cfg.to_json(),
+                "selection": json.dumps(self.selection or {}),
+                "partition-id": k,
+                "round": round_,
+                "seed": client_seed(self.fed.seed, round_, k),
+            }
+        )
 
     def train_clients(self, round_: int, sampled: list[int], download: dict) -> list[tuple]:
         msgs = []
@@ -155,7 +199,7 @@ class FlowerSimulation(Simulation):
         for reply in self.grid.send_and_receive(msgs, timeout=self.reply_timeout):
             replies[reply.metadata.src_node_id] = reply
         out = []
-        for k in sampled:             # in sampling order, as the in-process loop (the sequential server variant cares)
+        for k in sampled:  # in sampling order, as the in-process loop (the sequential server variant cares)
             reply = replies.get(self.node_of[k])
             if reply is None:
                 out.append((k, None, None, "no reply (node lost or timed out)"))
@@ -163,22 +207,36 @@ class FlowerSimulation(Simulation):
                 out.append((k, None, None, f"client error: {reply.error.reason}"))
             else:
                 m = reply.content["metrics"]
-                res = ClientResult(k, int(m["num-examples"]), int(m["steps"]), float(m["loss"]),
-                                   _tensors(reply.content["arrays"]), _tensors(reply.content.get("extra")),
-                                   float(m["seconds"]))
+                res = ClientResult(
+                    k,
+                    int(m["num-examples"]),
+                    int(m["steps"]),
+                    float(m["loss"]),
+                    _tensors(reply.content["arrays"]),
+                    _tensors(reply.content.get("extra")),
+                    float(m["seconds"]),
+                )
                 out.append((k, res, None, None))
         return out
 
     def evaluate_personal(self) -> dict:
         ks = [k for k, s in enumerate(self.partition.eval) if s]
-        msgs = [Message(RecordDict({"arrays": _arrays(self.server.shared), "config": self._config(k, self.server.round)}),
-                        dst_node_id=self.node_of[k], message_type=MessageType.EVALUATE) for k in ks]
+        msgs = [
+            Message(
+                RecordDict({"arrays": _arrays(self.server.shared), "config": self._config(k, self.server.round)}),
+                dst_node_id=self.node_of[k],
+                message_type=MessageType.EVALUATE,
+            )
+            for k in ks
+        ]
         preds = {}
         for reply in self.grid.send_and_receive(msgs, timeout=self.reply_timeout):
             if not reply.has_error():
                 m = reply.content["metrics"]
                 preds[int(m["partition-id"])] = np.asarray(m["preds"], dtype=np.int64)
-        out = pool_personal(self.model.task, preds, self.eval, [s if k in preds else [] for k, s in enumerate(self.partition.eval)])
+        out = pool_personal(
+            self.model.task, preds, self.eval, [s if k in preds else [] for k, s in enumerate(self.partition.eval)]
+        )
         out["missing"] = len(ks) - len(preds)
         return out
 
@@ -197,17 +255,23 @@ def make_server_app(cfg: ExperimentConfig, out_dir=None, result: dict | None = N
     return app
 
 
-def run_flower_simulation(cfg: ExperimentConfig, out_dir=None, num_cpus: float = 2.0, client_app: ClientApp | None = None,
-                          **kwargs):
+def run_flower_simulation(
+    cfg: ExperimentConfig, out_dir=None, num_cpus: float = 2.0, client_app: ClientApp | None = None, **kwargs
+):
     """Run ``cfg`` on Flower's Simulation Runtime (Ray) in this process, one virtual node per client;
     returns the :class:`~fedlib.simulation.SimulationResult`."""
     from flwr.simulation import run_simulation
 
     holder: dict = {}
-    run_simulation(server_app=make_server_app(cfg, out_dir, holder, **kwargs), client_app=client_app or make_client_app(),
-                   num_supernodes=cfg.fed.num_clients,
-                   backend_config={"client_resources": {"num_cpus": num_cpus, "num_gpus": 0.0},
-                                   "init_args": {"logging_level": logging.WARNING, "log_to_driver": False}})
+    run_simulation(
+        server_app=make_server_app(cfg, out_dir, holder, **kwargs),
+        client_app=client_app or make_client_app(),
+        num_supernodes=cfg.fed.num_clients,
+        backend_config={
+            "client_resources": {"num_cpus": num_cpus, "num_gpus": 0.0},
+            "init_args": {"logging_level": logging.WARNING, "log_to_driver": False},
+        },
+    )
     if "result" not in holder:
         raise SimulationError("the Flower run ended without a result (see the log above)")
     return holder["result"]

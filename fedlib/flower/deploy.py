@@ -16,6 +16,7 @@ the SuperLink through a connection written to ``<workdir>/flwr_home/config.toml`
 the user's own Flower configuration is left alone. :meth:`LocalDeployment.stop` ends every process it
 started, with their children (ServerApp and ClientApp processes).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -55,11 +56,40 @@ def make_certificates(folder: str | Path, host: str = "127.0.0.1") -> dict[str, 
         proc = subprocess.run(["openssl", *args], cwd=d, capture_output=True, text=True)
         if proc.returncode:
             raise RuntimeError(f"openssl {' '.join(args[:2])} failed: {proc.stderr.strip()[-500:]}")
-    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=fedlib-test-ca",
-        "-keyout", "ca.key", "-out", "ca.crt")
+
+    ssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=fedlib-test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    )
     ssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={host}", "-keyout", "server.key", "-out", "server.csr")
-    ssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
-        "-extfile", "san.ext", "-out", "server.pem")
+    ssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.pem",
+    )
     return {"ca": d / "ca.crt", "cert": d / "server.pem", "key": d / "server.key"}
 
 
@@ -72,8 +102,14 @@ class LocalDeployment:
     dependencies).
     """
 
-    def __init__(self, num_nodes: int, workdir: str | Path, tls: bool = False, simulation: bool = False,
-                 startup_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        num_nodes: int,
+        workdir: str | Path,
+        tls: bool = False,
+        simulation: bool = False,
+        startup_timeout: float = 60.0,
+    ) -> None:
         if num_nodes < 1:
             raise ValueError(f"num_nodes must be >= 1, got {num_nodes}")
         self.num_nodes, self.tls, self.simulation, self.startup_timeout = num_nodes, tls, simulation, startup_timeout
@@ -89,8 +125,9 @@ class LocalDeployment:
         logf = open(self.workdir / f"{name}.log", "w")
         cmd = [str(self.bin / args[0]), *args[1:]]
         log.info("starting %s: %s", name, shlex.join(cmd))
-        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=self.workdir, env=self.env,
-                                start_new_session=True)   # own process group: stop() also ends its children
+        proc = subprocess.Popen(
+            cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=self.workdir, env=self.env, start_new_session=True
+        )  # own process group: stop() also ends its children
         logf.close()
         self.procs.append(proc)
         return proc
@@ -99,15 +136,25 @@ class LocalDeployment:
     def env(self) -> dict:
         """This environment's ``bin`` first on PATH (Flower starts ``flower-superexec``, ``flwr-serverapp`` ...
         by name) and a private ``FLWR_HOME``."""
-        return {**os.environ, "PATH": f"{self.bin}{os.pathsep}{os.environ.get('PATH', '')}",
-                "FLWR_HOME": str(self.workdir / "flwr_home"), "FLWR_DISABLE_UPDATE_CHECK": "1"}
+        return {
+            **os.environ,
+            "PATH": f"{self.bin}{os.pathsep}{os.environ.get('PATH', '')}",
+            "FLWR_HOME": str(self.workdir / "flwr_home"),
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+        }
 
     def _security(self, server: bool) -> list[str]:
         if not self.tls:
             return ["--insecure"]
         if server:
-            return ["--ssl-ca-certfile", str(self.certs["ca"]), "--ssl-certfile", str(self.certs["cert"]),
-                    "--ssl-keyfile", str(self.certs["key"])]
+            return [
+                "--ssl-ca-certfile",
+                str(self.certs["ca"]),
+                "--ssl-certfile",
+                str(self.certs["cert"]),
+                "--ssl-keyfile",
+                str(self.certs["key"]),
+            ]
         return ["--root-certificates", str(self.certs["ca"])]
 
     def _wait_listening(self, proc: subprocess.Popen, name: str) -> None:
@@ -127,20 +174,42 @@ class LocalDeployment:
         if self.tls:
             self.certs = make_certificates(self.workdir / "certs")
         self.port = free_port()
-        link = self._spawn("superlink", ["flower-superlink", *self._security(True), "--isolation", "subprocess",
-                                         "--host", "127.0.0.1", "--port", str(self.port),
-                                         "--disable-runtime-dependency-installation",
-                                         *(["--simulation"] if self.simulation else [])])
+        link = self._spawn(
+            "superlink",
+            [
+                "flower-superlink",
+                *self._security(True),
+                "--isolation",
+                "subprocess",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--disable-runtime-dependency-installation",
+                *(["--simulation"] if self.simulation else []),
+            ],
+        )
         self._wait_listening(link, "superlink")
         for k in range(0 if self.simulation else self.num_nodes):
-            self._spawn(f"supernode_{k}", ["flower-supernode", *self._security(False),
-                                           "--superlink", f"127.0.0.1:{self.port}", "--port", str(free_port()),
-                                           "--node-config", f"partition-id={k} num-partitions={self.num_nodes}"])
+            self._spawn(
+                f"supernode_{k}",
+                [
+                    "flower-supernode",
+                    *self._security(False),
+                    "--superlink",
+                    f"127.0.0.1:{self.port}",
+                    "--port",
+                    str(free_port()),
+                    "--node-config",
+                    f"partition-id={k} num-partitions={self.num_nodes}",
+                ],
+            )
         home = self.workdir / "flwr_home"
         home.mkdir(exist_ok=True)
         conn = f'root-certificates = "{self.certs["ca"]}"' if self.tls else "insecure = true"
-        (home / "config.toml").write_text(f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\n'
-                                          f'address = "127.0.0.1:{self.port}"\n{conn}\n')
+        (home / "config.toml").write_text(
+            f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\naddress = "127.0.0.1:{self.port}"\n{conn}\n'
+        )
         return self
 
     def run(self, app_dir: str | Path, run_config: dict | None = None, timeout: float = 600.0) -> str:
@@ -148,8 +217,10 @@ class LocalDeployment:
 
         Raises ``RuntimeError`` (with the output's tail) if the CLI fails or the run does not finish in time.
         """
+
         def toml(v):
             return f"'{v}'" if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else str(v)
+
         cmd = [str(self.bin / "flwr"), "run", str(Path(app_dir).resolve()), "loopback", "--stream"]
         if run_config:
             cmd += ["--run-config", " ".join(f"{k}={toml(v)}" for k, v in run_config.items())]
@@ -197,4 +268,3 @@ class LocalDeployment:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-

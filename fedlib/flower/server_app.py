@@ -5,6 +5,7 @@ ExperimentConfig YAML/JSON; empty: the defaults), ``out-dir``, and overrides ``t
 ``num-server-rounds``, ``num-clients``, ``clients-per-round``, ``train-limit``, ``eval-limit``,
 ``shared-layers``, ``seed``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,9 +17,17 @@ from ..config import ExperimentConfig
 from .apps import FlowerSimulation
 
 app = ServerApp()
-OVERRIDES = {"task": "task", "strategy": "strategy", "num-server-rounds": "rounds", "num-clients": "num_clients",
-             "clients-per-round": "clients_per_round", "train-limit": "train_limit", "eval-limit": "eval_limit",
-             "shared-layers": "shared_layers", "seed": "seed"}
+OVERRIDES = {
+    "task": "task",
+    "strategy": "strategy",
+    "num-server-rounds": "rounds",
+    "num-clients": "num_clients",
+    "clients-per-round": "clients_per_round",
+    "train-limit": "train_limit",
+    "eval-limit": "eval_limit",
+    "shared-layers": "shared_layers",
+    "seed": "seed",
+}
 
 
 def config_from_run_config(run_config: dict) -> ExperimentConfig:
@@ -26,7 +35,11 @@ def config_from_run_config(run_config: dict) -> ExperimentConfig:
     path = str(run_config.get("config-file", "") or "")
     cfg = ExperimentConfig()
     if path:
-        cfg = ExperimentConfig.from_yaml(Path(path)) if path.endswith((".yaml", ".yml")) else ExperimentConfig.from_json(Path(path))
+        cfg = (
+            ExperimentConfig.from_yaml(Path(path))
+            if path.endswith((".yaml", ".yml"))
+            else ExperimentConfig.from_json(Path(path))
+        )
     fed = {field: run_config[key] for key, field in OVERRIDES.items() if key in run_config}
     return cfg.replace(fed=cfg.fed.replace(**fed))
 
