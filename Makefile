@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh clone (see README):
 #   make experiment   run the default experiment offline
-#   make test         run every test: the library's and the notebooks'
+#   make test         run every test: lint, the library's, the notebooks', deployments, benchmark smoke runs
+# The inner loop: make test-fast (library tests only, no notebooks, deployments or subprocess kills).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
@@ -14,7 +15,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export MPLBACKEND ?= Agg
 export PIP_DISABLE_PIP_VERSION_CHECK ?= 1
 
-.PHONY: venv experiment test test-lib lab lock clean
+.PHONY: venv experiment test test-fast lint lab lock clean
 
 venv: $(STAMP)
 
@@ -28,15 +29,21 @@ $(STAMP): pyproject.toml constraints.txt
 experiment: $(STAMP)
 	$(PY) -m fedlib.experiment $(ARGS)
 
-test: $(STAMP)
-	$(PY) -m pytest tests notebooks --nbval-lax -p no:cacheprovider $(PYTEST_ARGS)
+# nbval executes each notebook once (first); tests/test_notebooks.py then checks the summaries those runs wrote.
+test: $(STAMP) lint
+	$(PY) -m pytest notebooks tests --nbval-lax -p no:cacheprovider $(PYTEST_ARGS)
 
-test-lib: $(STAMP)
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+test-fast: $(STAMP)
+	$(PY) -m pytest tests -m "not slow" -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # JupyterLab from the project's environment: its default "python3" kernel is .venv's Python.
+# --allow-root: CI and most containers run as root, where JupyterLab otherwise refuses to start.
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 # Re-resolve the newest versions pyproject.toml allows and record them (then run make test).
 lock:

@@ -50,14 +50,13 @@ def main() -> None:
     data = encode_dataset(load_task("sst2", "train", limit=m * n), backbone.tokenizer, task, model.head_kind, 128)
     shards = [data.subset(range(k * n, (k + 1) * n)) for k in range(m)]
     cfg, strategy = TrainConfig(batch_size=args.batch), get_strategy("fedavg")
-    hp = {"local_epochs": 1, "local_steps": 0}
     shared, personal = model.state("shared"), model.state("personal")
     spaces: list = []
     seeds = list(range(100, 100 + m))
 
     def sequential():
         return [
-            client_update(model, k, shared, {}, personal, shards[k], cfg, strategy, hp, {}, seeds[k], device)
+            client_update(model, k, shared, {}, personal, shards[k], cfg, strategy, {}, seeds[k], device)
             for k in range(m)
         ]
 
@@ -71,7 +70,6 @@ def main() -> None:
             shards,
             cfg,
             strategy,
-            hp,
             {},
             seeds,
             device,

@@ -29,8 +29,17 @@ def main() -> None:
     p.add_argument("--clients-per-round", type=int, default=2)
     p.add_argument("--strategy", default="fedpeptao")
     p.add_argument("--train-limit", type=int, default=400)
+    p.add_argument("--eval-limit", type=int, default=200)
     args = p.parse_args()
-    from fedlib.config import ExperimentConfig, FedConfig, ModelConfig, TrainConfig
+    from fedlib.config import (
+        DataConfig,
+        ExperimentConfig,
+        FedConfig,
+        ModelConfig,
+        RunConfig,
+        SelectionConfig,
+        TrainConfig,
+    )
     from fedlib.flower.apps import run_flower_simulation
     from fedlib.simulation import run_simulation
 
@@ -39,17 +48,15 @@ def main() -> None:
         train=TrainConfig(batch_size=8),
         fed=FedConfig(
             task="sst2",
-            strategy=args.strategy,
             num_clients=args.num_clients,
             clients_per_round=args.clients_per_round,
             rounds=args.rounds,
-            train_limit=args.train_limit,
-            eval_limit=200,
-            shared_layers=3,
             seed=1,
-            batch_clients="off",
         ),
-    )  # each Flower node trains its one client
+        data=DataConfig(train_limit=args.train_limit, eval_limit=args.eval_limit),
+        selection=SelectionConfig(shared_layers=3),
+        run=RunConfig(batch_clients="off"),
+    ).with_strategy(args.strategy)  # a node trains one client
     t0 = time.perf_counter()
     local = run_simulation(cfg, progress=False)
     t_local = time.perf_counter() - t0
@@ -60,7 +67,8 @@ def main() -> None:
     diff = max(float((local.server.shared[k] - flower.server.shared[k]).abs().max()) for k in local.server.shared)
     print(
         f"{args.strategy}, {args.num_clients} clients, {args.clients_per_round}/round, {args.rounds} rounds: "
-        f"in-process {t_local:.1f} s, Flower {t_flower:.1f} s; final metric {local.history['personal_metric'].iloc[-1]:.4f} "
+        f"in-process {t_local:.1f} s, Flower {t_flower:.1f} s; "
+        f"final metric {local.history['personal_metric'].iloc[-1]:.4f} "
         f"vs {flower.history['personal_metric'].iloc[-1]:.4f}"
     )
 

@@ -23,10 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 from fedlib.benchmark import fedpeptao_deltas, mean_table, plot_grid, run_grid
 from fedlib.config import ExperimentConfig
+from fedlib.configbase import yaml_load
 from fedlib.report import markdown_table
 
 
@@ -71,11 +70,14 @@ def results_section(name: str, proto: dict, table, prov: dict, figures: list[str
         "",
         markdown_table(mean_table(table)),
         "",
-        "FedPepTAO against FedAvg on all layers and against the best other strategy (means over seeds):",
-        "",
-        markdown_table(fedpeptao_deltas(table)),
-        "",
     ]
+    if {"fedpeptao", "fedavg"} <= set(table["strategy"]):
+        lines += [
+            "FedPepTAO against FedAvg on all layers and against the best other strategy (means over seeds):",
+            "",
+            markdown_table(fedpeptao_deltas(table)),
+            "",
+        ]
     lines += [f"![{Path(f).stem}]({f})" for f in figures]
     return "\n".join(lines) + "\n"
 
@@ -91,7 +93,11 @@ def replace_marked(readme: Path, name: str, body: str) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("protocol", help="YAML with tasks, strategies, seeds and an 'experiment' ExperimentConfig")
+    p.add_argument(
+        "protocol",
+        help="YAML with tasks, strategies, seeds, an 'experiment' ExperimentConfig and optional "
+        "'params' (per strategy, hyper-parameters overriding its defaults)",
+    )
     p.add_argument("--out", required=True)
     p.add_argument("--data-dir", help="folder holding <task>/ TSV folders (default: $FEDLIB_DATA or data/)")
     p.add_argument("--device")
@@ -99,13 +105,13 @@ def main() -> None:
     p.add_argument("--readme", help="rewrite this README's marked results section")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    proto = yaml.safe_load(Path(args.protocol).read_text())
+    proto = yaml_load(Path(args.protocol).read_text())
     name = Path(args.protocol).stem
     base = ExperimentConfig.from_dict(proto["experiment"])
     if args.data_dir:
-        base = base.replace(fed=base.fed.replace(data_dir=args.data_dir))
+        base = base.replace(data=base.data.replace(data_dir=args.data_dir))
     if args.device:
-        base = base.replace(train=base.train.replace(device=args.device))
+        base = base.replace(run=base.run.replace(device=args.device))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     csv, expected = out / "results.csv", len(proto["tasks"]) * len(proto["strategies"]) * len(proto["seeds"])
@@ -115,7 +121,7 @@ def main() -> None:
         prov = record_provenance(out, "python " + shlex.join(sys.argv))
     else:  # a finished grid is only re-rendered
         prov = json.loads(prov_path.read_text())
-    table = run_grid(base, proto["tasks"], proto["strategies"], proto["seeds"], out)
+    table = run_grid(base, proto["tasks"], proto["strategies"], proto["seeds"], out, params=proto.get("params"))
     figures = []
     for task in proto["tasks"]:
         fig = plot_grid(out, task, proto["seeds"])
@@ -123,7 +129,8 @@ def main() -> None:
         figures.append(out / f"{task}.png")
     (out / "results.md").write_text(markdown_table(mean_table(table)) + "\n")
     print(markdown_table(mean_table(table)))
-    print(markdown_table(fedpeptao_deltas(table)))
+    if {"fedpeptao", "fedavg"} <= set(table["strategy"]):
+        print(markdown_table(fedpeptao_deltas(table)))
     if args.results:
         res = Path(args.results)
         res.mkdir(parents=True, exist_ok=True)

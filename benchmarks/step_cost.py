@@ -9,7 +9,8 @@ Prints, as its last line, ``step_cost floor_ratio=<x> peft_ratio=<y> peak_mem_ra
   a config (6 layers, hidden 384; PEFT refuses BERT-family classifiers), same batch, same P, both with a
   linear classification head on the same transformer. Goal <= 1.0.
 - peak_mem_ratio: fedlib's peak resident memory during steps / PEFT's, each measured in its own
-  subprocess, median of --mem-reps processes (Linux: peak RSS reset through /proc/self/clear_refs, read from VmHWM; CUDA: max allocated).
+  subprocess, median of --mem-reps processes (Linux: peak RSS reset through /proc/self/clear_refs, read from
+  VmHWM; CUDA: max allocated).
 
 Times are medians over interleaved repetitions (A B A B ...), so drift hits both sides alike.
 Usage: python benchmarks/step_cost.py [--batch 16] [--prompt-len 8] [--reps 30] [--mem-reps 5]
@@ -85,11 +86,17 @@ def gpt2_models(prompt_len: int, vocab: int):
     from fedlib.models import bundled_model_path, wrap_backbone
     from fedlib.tasks import get_task
 
-    def make():
+    class PeftGPT2(GPT2ForSequenceClassification):
+        """transformers >= 5.24 names the cache argument ``cache``; PEFT 0.21.2's PrefixTuning looks for a
+        ``past_key_values`` parameter ("Model does not support past key values") and passes its prefixes under that
+        name. This signature forwards them to ``cache``: the same computation, under the pinned versions."""
+
+        def forward(self, input_ids=None, attention_mask=None, past_key_values=None, **kwargs):
+            return super().forward(input_ids=input_ids, attention_mask=attention_mask, cache=past_key_values, **kwargs)
+
+    def make(cls=GPT2ForSequenceClassification):
         torch.manual_seed(0)
-        return GPT2ForSequenceClassification(
-            GPT2Config(n_embd=384, n_head=12, n_layer=6, vocab_size=vocab, num_labels=2, pad_token_id=0)
-        )
+        return cls(GPT2Config(n_embd=384, n_head=12, n_layer=6, vocab_size=vocab, num_labels=2, pad_token_id=0))
 
     tok = AutoTokenizer.from_pretrained(bundled_model_path())
     ours = PromptClassifier(
@@ -97,7 +104,7 @@ def gpt2_models(prompt_len: int, vocab: int):
         get_task("sst2"),
         ModelConfig(prompt_len=prompt_len, head="linear", pooling="mean"),
     )
-    peft = get_peft_model(make(), PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=prompt_len))
+    peft = get_peft_model(make(PeftGPT2), PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=prompt_len))
     return tok, ours, peft
 
 
@@ -182,6 +189,9 @@ def main() -> None:
     enc, labels = sst2_batch(tok, args.batch)
     t_ours2, t_peft = timed_pair(fedlib_step(ours, enc, labels), peft_step(peft, enc, labels), args.reps)
     print(f"GPT-2 6x384 decoder: fedlib step {t_ours2 * 1e3:.1f} ms, PEFT PrefixTuning step {t_peft * 1e3:.1f} ms")
+    prefix = [p for n, p in peft.named_parameters() if p.requires_grad and "prompt_encoder" in n]
+    if not prefix or not all(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in prefix):
+        raise SystemExit("PEFT's prefix got no gradient: its prompts did not reach the model, the timing is void")
 
     samples = {"fedlib": [], "peft": []}
     for _ in range(args.mem_reps):  # interleaved fresh processes; RSS peaks vary by a few MiB

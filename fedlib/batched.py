@@ -89,18 +89,12 @@ def _joint_chunk_loss(
 
 
 def batched_local_train(
-    runs: list[LocalRun],
-    datas: list[Encoded],
-    device: torch.device,
-    generators: list[torch.Generator],
-    epochs: int | None = None,
-    max_steps: int | None = None,
-    chunk: int = 0,
+    runs: list[LocalRun], datas: list[Encoded], device: torch.device, generators: list[torch.Generator], chunk: int = 0
 ) -> list[dict]:
     """:func:`fedlib.train.local_train` for several clients at once; one ``{"loss", "steps"}`` per client."""
     cfg = runs[0].cfg
     chunk = chunk or default_chunk(device, len(runs), cfg.batch_size)
-    plans = [step_plan(len(d), cfg, g, epochs, max_steps) for d, g in zip(datas, generators)]
+    plans = [step_plan(len(d), cfg, g) for d, g in zip(datas, generators)]
     for run in runs:
         run.model.train()
     params = [list(run.model.trainable().values()) for run in runs]
@@ -140,7 +134,6 @@ def client_updates_batched(
     datas: list[Encoded],
     cfg,
     strategy,
-    hp: dict,
     download: dict,
     seeds: list[int],
     device: torch.device,
@@ -149,10 +142,10 @@ def client_updates_batched(
     """:func:`fedlib.client.client_update` for ``clients`` at once (``models`` from :func:`workspaces`):
     one ``(ClientResult, new state)`` per client, in order."""
     runs = [
-        prepare_client(model, global_shared, state, init_personal, cfg, strategy, hp, download, device)
+        prepare_client(model, global_shared, state, init_personal, cfg, strategy, download, device)
         for model, state in zip(models, states)
     ]
     torch.manual_seed(seeds[0])
     gens = [torch.Generator().manual_seed(s) for s in seeds]
-    stats = batched_local_train(runs, datas, device, gens, hp.get("local_epochs"), hp.get("local_steps") or None, chunk)
-    return [finish_client(run, k, len(d), st) for run, k, d, st in zip(runs, clients, datas, stats)]
+    stats = batched_local_train(runs, datas, device, gens, chunk)
+    return [finish_client(run, k, len(d), st, strategy) for run, k, d, st in zip(runs, clients, datas, stats)]

@@ -19,8 +19,8 @@ from pathlib import Path
 import pandas as pd
 
 from .config import ExperimentConfig
-from .models import load_backbone
-from .report import headline, plot_curves, rounds_to_target, summarize
+from .models import backbone_for
+from .report import headline, plot_curves, rounds_to_target, shared_layer_count, summarize
 from .simulation import run_simulation
 
 __all__ = ["run_grid", "plot_grid", "mean_table", "fedpeptao_deltas", "COLUMNS"]
@@ -57,8 +57,13 @@ def run_grid(
     out_dir: str | Path,
     target_strategy: str = "fedavg",
     progress: bool | None = None,
+    params: dict[str, dict] | None = None,
 ) -> pd.DataFrame:
-    """Run the grid (``target_strategy`` first for each task and seed) and return the results table."""
+    """Run the grid (``target_strategy`` first for each task and seed) and return the results table.
+
+    ``params``: per strategy name, hyper-parameters overriding its defaults (e.g. ``{"fedprox": {"mu": 0.1}}``).
+    """
+    params = params or {}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     csv = out / "results.csv"
@@ -68,10 +73,12 @@ def run_grid(
         if target_strategy in strategies
         else strategies
     )
-    for name in order:  # validate every combination before any training
-        for task in tasks:
-            base.fed.replace(strategy=name, task=task)
-    backbone = load_backbone(base.model.name, head="linear" if base.model.head == "linear" else base.model.head)
+    configs = {
+        (task, name): base.replace(fed=base.fed.replace(task=task)).with_strategy(name, **params.get(name, {}))
+        for name in order
+        for task in tasks
+    }  # every combination validated before any training
+    backbone = backbone_for(base.model)
     rows = done.to_dict("records")
     for task in tasks:
         for seed in seeds:
@@ -83,15 +90,12 @@ def run_grid(
                 if prev and hist_path.exists():
                     history = pd.read_json(hist_path, lines=True)
                 else:
-                    cfg = base.replace(fed=base.fed.replace(task=task, strategy=name, seed=seed))
+                    cfg = configs[task, name]
+                    cfg = cfg.replace(fed=cfg.fed.replace(seed=seed))
                     t0 = time.perf_counter()
                     res = run_simulation(cfg, run_dir, backbone=backbone, progress=progress)
                     history = res.history
-                    shared = (
-                        sum(r == "shared" for r in res.roles)
-                        if cfg.model.prompt_mode == "deep" and res.roles and name not in ("shallow", "lora")
-                        else 0
-                    )
+                    shared = shared_layer_count(res)
                     wall = time.perf_counter() - t0
                     log.info("%s/%s/seed %d: %.1f s", task, name, seed, wall)
                     rows = [r for r in rows if (r["task"], r["strategy"], int(r["seed"])) != (task, name, seed)]
@@ -121,6 +125,7 @@ def run_grid(
                 "strategies": strategies,
                 "seeds": seeds,
                 "target_strategy": target_strategy,
+                "params": params,
                 "config": base.to_dict(),
             },
             indent=2,

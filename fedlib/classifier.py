@@ -14,8 +14,8 @@ from torch import nn
 
 from .config import ModelConfig
 from .heads import LinearHead, VerbalizerHead, label_token_ids
-from .models import Backbone, load_backbone
-from .prompts import DeepPrompt, InputPrompt, use_prefix_attention
+from .models import Backbone, auto_head, backbone_for
+from .prompts import ROLES, DeepPrompt, InputPrompt, use_prefix_attention
 from .tasks import TaskSpec, get_task
 
 __all__ = ["PromptClassifier", "build_classifier", "resolve_head"]
@@ -29,9 +29,7 @@ def resolve_head(backbone: Backbone, head: str) -> str:
         if head == "mlm" and (backbone.kind != "encoder" or not backbone.has_lm_head):
             raise ValueError(f"head='mlm' needs an encoder loaded with its MLM head; {backbone.name!r} has none")
         return head
-    if backbone.kind == "decoder":
-        return "lm"
-    return "mlm" if backbone.has_lm_head else "linear"
+    return auto_head(backbone.kind == "decoder", backbone.has_lm_head)
 
 
 class PromptClassifier(nn.Module):
@@ -227,9 +225,7 @@ def build_classifier(
     cfg = cfg or ModelConfig()
     task = task if isinstance(task, TaskSpec) else get_task(task)
     if backbone is None:
-        backbone = load_backbone(
-            cfg.name, head="linear" if cfg.head == "linear" else cfg.head, attn_implementation=cfg.attn_implementation
-        )
+        backbone = backbone_for(cfg)
     model = PromptClassifier(backbone, task, cfg)
     return model.to(device) if device is not None else model
 
@@ -241,7 +237,7 @@ def role_report(model: PromptClassifier, roles: tuple[str, ...] | None = None) -
     dtype-aware. ``report["shared"]["bytes"]`` is what one client uploads per round (and downloads).
     """
     roles = tuple(roles) if roles is not None else model.prompt.roles
-    out = {r: {"params": 0, "bytes": 0} for r in ("shared", "personal", "off")}
+    out = {r: {"params": 0, "bytes": 0} for r in ROLES}
     prompt = model.prompt
     elem = next(iter(model.backbone.parameters())).element_size()
     per_layer = prompt.prompt_len * prompt.in_dim

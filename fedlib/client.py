@@ -4,9 +4,9 @@
 client's own state (a flat dict of tensors: ``personal/<name>``, ``opt/<name>/<key>``, ``control/<name>``)
 and its data. The in-process simulator and the Flower ClientApp both call it.
 
-Client rules (digest 1.5 step 2 and :mod:`fedlib.strategies`): plain AdamW; FedProx's proximal term;
-SCAFFOLD's gradient correction ``g + c - c_i`` and control update
-``c_i+ = c_i - c + (x - y_i) / (K * lr)`` (Karimireddy et al. 2020, option II).
+The local step is AdamW with state kept across rounds (``docs/method.md``, "The round"); what a strategy
+changes on the client (FedProx's proximal term, SCAFFOLD's gradient correction and control update) are its
+hooks, :meth:`fedlib.strategies.Strategy.client_setup` and :meth:`~fedlib.strategies.Strategy.client_report`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import torch
 
 from .config import TrainConfig
 from .encode import Encoded
-from .strategies import Strategy
 from .train import local_train, make_optimizer
 
 __all__ = [
@@ -45,7 +44,8 @@ Tensors = dict[str, torch.Tensor]
 @dataclass
 class ClientResult:
     """What a client sends back: its shared tensors ``y_i`` (``shared``), extra uploads (SCAFFOLD ``dc_i``),
-    its example count ``n_i``, local steps ``K_i``, mean training loss and wall seconds."""
+    its example count ``n_i``, local steps ``K_i``, mean training loss, wall seconds, and ``lrs``: the local
+    learning rate each shared tensor was trained at (what control variates divide by)."""
 
     client: int
     num_examples: int
@@ -54,6 +54,7 @@ class ClientResult:
     shared: Tensors
     extra: Tensors = field(default_factory=dict)
     seconds: float = 0.0
+    lrs: dict[str, float] = field(default_factory=dict)
 
     def finite(self) -> bool:
         return math.isfinite(self.loss) and all(
@@ -68,7 +69,7 @@ def personal_tensors(state: Tensors, init_personal: Tensors) -> Tensors:
 
 def client_seed(seed: int, round_: int, client: int, stream: int = 0) -> int:
     """Seed for client ``client``'s work in round ``round_``: derived, so a resumed run redraws the same.
-    ``stream`` separates uses (0: training; FedPepTAO's warm-up and Hessian probes use others)."""
+    ``stream`` separates uses (0: training; layer selection's warm-up and Hessian probes use others)."""
     return int(np.random.SeedSequence([seed, round_, client, stream]).generate_state(1)[0])
 
 
@@ -109,6 +110,11 @@ class LocalRun:
     controls: tuple[Tensors, Tensors] | None = None  # SCAFFOLD (c, c_i)
     t0: float = 0.0
 
+    def lrs(self) -> dict[str, float]:
+        """The learning rate of each trainable tensor, as the optimiser's parameter groups set it."""
+        group_lr = {id(p): g["lr"] for g in self.opt.param_groups for p in g["params"]}
+        return {name: float(group_lr[id(p)]) for name, p in self.model.trainable().items()}
+
 
 def prepare_client(
     model,
@@ -116,59 +122,36 @@ def prepare_client(
     state: Tensors,
     init_personal: Tensors,
     cfg: TrainConfig,
-    strategy: Strategy,
-    hp: dict,
+    strategy,
     download: Tensors,
     device: torch.device,
 ) -> LocalRun:
-    """Load (global shared, own personal) into ``model``, build AdamW with the client's saved state and the
-    strategy's client rule (FedProx term, SCAFFOLD correction). Digest 1.5 steps 1-2."""
+    """Load (global shared, own personal) into ``model``, build AdamW with the client's saved state, and let the
+    strategy set its client rule (:meth:`fedlib.strategies.Strategy.client_setup`)."""
     t0 = time.perf_counter()
     model.load_state({k: v.to(device) for k, v in global_shared.items()})
     model.load_state({k: v.to(device) for k, v in personal_tensors(state, init_personal).items()})
-    train_cfg = cfg.replace(lr=hp["lr"]) if "lr" in hp else cfg
+    train_cfg = cfg.replace(lr=strategy.client_lr(cfg.lr))
     opt = make_optimizer(model, train_cfg)
     import_optimizer(opt, model, state)
-    params = model.trainable()
     run = LocalRun(model, opt, train_cfg, {k: v.to(device) for k, v in global_shared.items()}, t0=t0)
-    if strategy.client == "prox":
-        mu, x = hp.get("prox_mu", 0.01), run.x
-
-        def extra_loss(m):
-            return 0.5 * mu * sum(((params[k] - x[k]) ** 2).sum() for k in x)
-
-        run.extra_loss = extra_loss
-    elif strategy.client == "scaffold":
-        c = {k: v.to(device) for k, v in download.items()}
-        c_i = {k: state.get(f"control/{k}", torch.zeros_like(v)).to(device) for k, v in c.items()}
-
-        def after_backward(m):
-            for k in c:
-                if params[k].grad is not None:
-                    params[k].grad.add_(c[k] - c_i[k])
-
-        run.after_backward, run.controls = after_backward, (c, c_i)
+    strategy.client_setup(run, state, download)
     return run
 
 
-def finish_client(run: LocalRun, client: int, num_examples: int, stats: dict) -> tuple[ClientResult, Tensors]:
-    """The report ``y_i`` (shared tensors; SCAFFOLD's ``dc_i``) and the client's new state (personal tensors,
-    AdamW state, SCAFFOLD's ``c_i``) after local training."""
+def finish_client(run: LocalRun, client: int, num_examples: int, stats: dict, strategy) -> tuple[ClientResult, Tensors]:
+    """The report ``y_i`` (shared tensors, the strategy's extra uploads, each tensor's learning rate) and the
+    client's new state (personal tensors, AdamW state, what the strategy keeps) after local training."""
     model = run.model
     shared = {k: v.cpu() for k, v in model.state("shared").items()}
     new_state = {f"personal/{k}": v.cpu() for k, v in model.state("personal").items()}
     new_state.update(export_optimizer(run.opt, model))
-    extra = {}
-    if run.controls is not None and stats["steps"] > 0:
-        c, c_i = run.controls
-        params = model.trainable()
-        scale = 1.0 / (stats["steps"] * run.cfg.lr)
-        for k in c:
-            new_c = c_i[k] - c[k] + (run.x[k] - params[k].detach()) * scale
-            extra[k] = (new_c - c_i[k]).cpu()
-            new_state[f"control/{k}"] = new_c.cpu()
+    extra = strategy.client_report(run, stats["steps"], new_state)
+    lrs = run.lrs()
     seconds = time.perf_counter() - run.t0
-    return ClientResult(client, num_examples, stats["steps"], stats["loss"], shared, extra, seconds), new_state
+    return ClientResult(
+        client, num_examples, stats["steps"], stats["loss"], shared, extra, seconds, {k: lrs[k] for k in shared}
+    ), new_state
 
 
 def client_update(
@@ -179,8 +162,7 @@ def client_update(
     init_personal: Tensors,
     data: Encoded,
     cfg: TrainConfig,
-    strategy: Strategy,
-    hp: dict,
+    strategy,
     download: Tensors,
     seed: int,
     device: torch.device,
@@ -188,24 +170,16 @@ def client_update(
     """Train client ``client`` from (global shared, own personal) and return ``(result, new state)``.
 
     ``init_personal``: personal tensors for a client's first round (the initial model's values).
-    ``download``: extra tensors from the server (SCAFFOLD's global control ``c``).
+    ``download``: extra tensors from the server (SCAFFOLD's global control ``c``). ``cfg.epochs`` passes
+    (at most ``cfg.max_steps`` steps) of :func:`fedlib.train.local_train`.
     """
-    run = prepare_client(model, global_shared, state, init_personal, cfg, strategy, hp, download, device)
+    run = prepare_client(model, global_shared, state, init_personal, cfg, strategy, download, device)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     stats = local_train(
-        model,
-        run.opt,
-        data,
-        run.cfg,
-        device,
-        gen,
-        epochs=hp.get("local_epochs"),
-        max_steps=hp.get("local_steps") or None,
-        extra_loss=run.extra_loss,
-        after_backward=run.after_backward,
+        model, run.opt, data, run.cfg, device, gen, extra_loss=run.extra_loss, after_backward=run.after_backward
     )
-    return finish_client(run, client, len(data), stats)
+    return finish_client(run, client, len(data), stats, strategy)
 
 
 class ClientStore:

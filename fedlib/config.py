@@ -1,215 +1,86 @@
-"""Typed, self-validating configuration dataclasses.
+"""The experiment's configuration: typed sections, each validating itself, every field with a help text.
 
-Every config validates itself on construction and raises :class:`ConfigError` naming the field,
-the value and what is allowed. Configs round-trip through dicts, JSON and YAML; unknown keys are
-errors (a typo must not be silently ignored).
+:class:`ExperimentConfig` nests one section per concern::
+
+    model      the frozen backbone, its prompts and head          (ModelConfig)
+    train      the device side: AdamW, batch, local epochs/steps  (TrainConfig)
+    fed        the federation: task, clients, rounds, seed        (FedConfig)
+    data       where the data comes from and how much             (DataConfig)
+    partition  how the training data is split over clients        (PartitionConfig)
+    strategy   the federated algorithm and its hyper-parameters   (a StrategyConfig of fedlib.strategies)
+    selection  which prompt layers are shared (FedPepTAO)         (SelectionConfig)
+    run        device, checkpoints, faults, client storage, speed (RunConfig)
+
+In YAML, a section is a mapping; ``strategy`` is ``{name: fedadam, server_lr: 0.01, ...}`` with the named
+strategy's own fields. On the command line every field is ``--section.field`` (:mod:`fedlib.cli`);
+``docs/config.md`` lists them all (:func:`config_reference`). The machinery is :mod:`fedlib.configbase`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import types
 import typing
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar
 
-import yaml
+from . import fedpeptao as _fedpeptao  # noqa: F401  (registers the fedpeptao strategy)
+from .configbase import Config, ConfigError, check, describe, setting
+from .partition import METHODS
+from .prompts import ROLES
+from .strategies import STRATEGIES, StrategyConfig, strategy_config
+from .tasks import ALIASES, TASKS
 
-__all__ = ["ConfigError", "Config", "ModelConfig", "TrainConfig", "FedConfig", "ExperimentConfig"]
-
-ROLES = ("shared", "personal", "off")
-
-
-class ConfigError(ValueError):
-    """An invalid configuration value; the message names the field, the value and what is allowed."""
-
-
-def check(ok: bool, owner: str, name: str, value: Any, allowed: str) -> None:
-    """Raise :class:`ConfigError` ``"<owner>.<name>=<value!r>: <allowed>"`` unless ``ok``."""
-    if not ok:
-        raise ConfigError(f"{owner}.{name}={value!r} is invalid: {allowed}")
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
-
-
-class Config:
-    """Mixin for dataclass configs: type checks, ``validate()``, dict/JSON/YAML round trips."""
-
-    def __post_init__(self) -> None:
-        self._check_types()
-        self.validate()
-
-    def validate(self) -> None:  # overridden by subclasses
-        pass
-
-    def _check_types(self) -> None:
-        owner = type(self).__name__
-        hints = typing.get_type_hints(type(self))
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            want = hints[f.name]
-            if not _matches(value, want):
-                check(False, owner, f.name, value, f"expected {_type_name(want)}")
-
-    # ---- round trips -------------------------------------------------------------------------
-    def to_dict(self) -> dict:
-        return {f.name: _to_plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "Config":
-        if not isinstance(data, dict):
-            raise ConfigError(f"{cls.__name__}: expected a mapping of fields, got {type(data).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(f"{cls.__name__}: unknown field(s) {unknown}; valid fields are {sorted(names)}")
-        hints = typing.get_type_hints(cls)
-        kwargs = {}
-        for key, value in data.items():
-            sub = _dataclass_in(hints[key])
-            if sub is not None and isinstance(value, dict):
-                value = sub.from_dict(value)
-            elif isinstance(value, list) and _wants_tuple(hints[key]):
-                value = tuple(value)
-            kwargs[key] = value
-        return cls(**kwargs)
-
-    def to_json(self, path: str | Path | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=2)
-        if path is not None:
-            Path(path).write_text(text)
-        return text
-
-    @classmethod
-    def from_json(cls, text_or_path: str | Path) -> "Config":
-        text = _read(text_or_path)
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{cls.__name__}: not valid JSON ({err})") from err
-        return cls.from_dict(data)
-
-    def to_yaml(self, path: str | Path | None = None) -> str:
-        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
-        if path is not None:
-            Path(path).write_text(text)
-        return text
-
-    @classmethod
-    def from_yaml(cls, text_or_path: str | Path) -> "Config":
-        try:
-            data = yaml.safe_load(_read(text_or_path))
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{cls.__name__}: not valid YAML ({err})") from err
-        return cls.from_dict(data or {})
-
-    def replace(self, **changes: Any) -> "Config":
-        """A copy with some fields changed (validated again)."""
-        return dataclasses.replace(self, **changes)
-
-
-def _read(text_or_path: str | Path) -> str:
-    if isinstance(text_or_path, Path) or (
-        isinstance(text_or_path, str) and "\n" not in text_or_path and text_or_path.endswith((".json", ".yaml", ".yml"))
-    ):
-        path = Path(text_or_path)
-        try:
-            return path.read_text()
-        except (OSError, UnicodeDecodeError) as err:
-            raise ConfigError(f"cannot read config file {str(path)!r}: {err}") from err
-    return str(text_or_path)
-
-
-def _to_plain(value: Any) -> Any:
-    if isinstance(value, Config):
-        return value.to_dict()
-    if isinstance(value, tuple):
-        return [_to_plain(v) for v in value]
-    return value
-
-
-def _dataclass_in(tp: Any) -> type | None:
-    for t in (tp, *typing.get_args(tp)):
-        if isinstance(t, type) and dataclasses.is_dataclass(t):
-            return t
-    return None
-
-
-def _wants_tuple(tp: Any) -> bool:
-    return typing.get_origin(tp) is tuple or any(typing.get_origin(a) is tuple for a in typing.get_args(tp))
-
-
-def _matches(value: Any, tp: Any) -> bool:
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, a) for a in typing.get_args(tp))
-    if tp is type(None):
-        return value is None
-    if tp is float:
-        return _is_num(value)
-    if tp is int:
-        return _is_int(value)
-    if tp is bool:
-        return isinstance(value, bool)
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, tuple):
-            return False
-        if len(args) == 2 and args[1] is Ellipsis:
-            return all(_matches(v, args[0]) for v in value)
-        return len(args) == len(value) and all(_matches(v, a) for v, a in zip(value, args))
-    if origin is typing.Literal:
-        return value in typing.get_args(tp)
-    if isinstance(tp, type):
-        return isinstance(value, tp)
-    return True
-
-
-def _type_name(tp: Any) -> str:
-    if typing.get_origin(tp) is typing.Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+__all__ = [
+    "ConfigError",
+    "ModelConfig",
+    "TrainConfig",
+    "FedConfig",
+    "DataConfig",
+    "PartitionConfig",
+    "SelectionConfig",
+    "RunConfig",
+    "ExperimentConfig",
+    "StrategyConfig",
+    "strategy_config",
+    "config_reference",
+]
 
 
 @dataclass
 class ModelConfig(Config):
-    """The frozen backbone, its deep prompts and its classification head (paper Sec. 3.1; digest 1.1).
+    """The frozen backbone, its deep prompts and its classification head.
 
-    ``name``: ``"bundled"`` (the offline default, all-MiniLM-L6-v2), a Hugging Face hub id, or a local folder.
-    ``prompt_mode``: ``"deep"`` (P-tuning v2 prefixes per layer), ``"shallow"`` (P soft input tokens,
-    Lester et al. 2021) or ``"lora"`` (no prompt; LoRA adapters of rank ``lora_r`` through PEFT).
-    ``prompt_len``: P, prompt tokens per layer. ``head``: ``"auto"`` picks ``"mlm"`` for encoders with an MLM
-    head, ``"lm"`` for decoders, ``"linear"`` otherwise. ``layer_roles``: one of ``"shared"``, ``"personal"``,
-    ``"off"`` per layer, or ``None`` for all shared.
+    See ``docs/method.md``, "Partial prompt tuning".
     """
 
-    name: str = "bundled"
-    prompt_mode: typing.Literal["deep", "shallow", "lora"] = "deep"
-    prompt_len: int = 8
-    head: typing.Literal["auto", "linear", "mlm", "lm"] = "auto"
-    pooling: typing.Literal["mean", "cls"] = "mean"
-    head_role: typing.Literal["shared", "personal"] = "shared"
-    layer_roles: tuple[str, ...] | None = None
-    reparam_hidden: int = 0
-    prompt_dropout: float = 0.1
-    init_std: float = 0.02
-    max_length: int = 128
-    attn_implementation: str | None = None
-    lora_r: int = 8
-    lora_alpha: int = 16
+    SECTION: ClassVar[str] = "model"
+
+    name: str = setting(
+        "bundled", "'bundled' (the offline default, all-MiniLM-L6-v2), a Hugging Face hub id, or a local model folder"
+    )
+    prompt_mode: typing.Literal["deep", "shallow", "lora"] = setting(
+        "deep",
+        "'deep': P-tuning v2 prefixes per layer; 'shallow': P soft input tokens; 'lora': LoRA adapters "
+        "(set by the strategy)",
+    )
+    prompt_len: int = setting(8, "P, prompt tokens per layer")
+    head: typing.Literal["auto", "linear", "mlm", "lm"] = setting(
+        "auto", "'auto': 'lm' for decoders, 'mlm' for encoders with an MLM head, else 'linear'"
+    )
+    pooling: typing.Literal["mean", "cls"] = setting("mean", "how the linear head pools the last hidden states")
+    head_role: typing.Literal["shared", "personal"] = setting("shared", "whether the linear head travels or stays")
+    layer_roles: tuple[str, ...] | None = setting(
+        None, f"one of {ROLES} per layer; None: every layer shared (FedPepTAO's selection sets them)"
+    )
+    reparam_hidden: int = setting(0, "hidden size of P-tuning v2's prompt MLP (0: no MLP)")
+    prompt_dropout: float = setting(0.1, "dropout on the prompts during training")
+    init_std: float = setting(0.02, "standard deviation of the prompts' normal initialisation")
+    max_length: int = setting(128, "maximum tokens per example (longer ones are truncated)")
+    attn_implementation: str | None = setting(None, "transformers' attention ('sdpa', 'eager'); None: its default")
+    lora_r: int = setting(8, "LoRA rank (strategy lora)")
+    lora_alpha: int = setting(16, "LoRA scaling alpha (strategy lora)")
 
     def validate(self) -> None:
-        o = "ModelConfig"
+        o = "model"
         check(self.lora_r >= 1, o, "lora_r", self.lora_r, "must be >= 1")
         check(bool(self.name.strip()), o, "name", self.name, "give 'bundled', a hub id or a local folder")
         check(0 <= self.prompt_len <= 512, o, "prompt_len", self.prompt_len, "must be in [0, 512]")
@@ -230,26 +101,26 @@ class ModelConfig(Config):
 
 @dataclass
 class TrainConfig(Config):
-    """Local (device-side) optimisation: AdamW with weight decay and clipping (digest 1.5 step 2).
+    """The device side: AdamW with weight decay and clipping, for ``epochs`` passes (or ``max_steps`` steps) a round.
 
-    Defaults follow the reference scripts (lr 4e-2, weight decay 0.1, clip 1.0, batch 8), except
-    ``head_lr``: the linear head (absent in the reference) learns at a smaller rate.
+    Defaults follow the reference scripts (lr 4e-2, weight decay 0.1, clip 1.0, batch 8), except ``head_lr``:
+    the linear head (absent in the reference) learns at a smaller rate.
     """
 
-    lr: float = 4e-2
-    head_lr: float = 5e-3
-    weight_decay: float = 0.1
-    max_grad_norm: float = 1.0
-    batch_size: int = 8
-    eval_batch_size: int = 64
-    epochs: int = 1
-    max_steps: int = 0
-    optimizer: typing.Literal["adamw", "sgd"] = "adamw"
-    seed: int = 42
-    device: str = "auto"
+    SECTION: ClassVar[str] = "train"
+
+    lr: float = setting(4e-2, "local learning rate of the prompts (eta_l)")
+    head_lr: float = setting(5e-3, "local learning rate of the linear head")
+    weight_decay: float = setting(0.1, "AdamW weight decay of the prompts")
+    max_grad_norm: float = setting(1.0, "gradient clipping norm (0: no clipping)")
+    batch_size: int = setting(8, "local minibatch size")
+    eval_batch_size: int = setting(64, "batch size of evaluation")
+    epochs: int = setting(1, "local epochs per round (passes over the client's data)")
+    max_steps: int = setting(0, "at most this many local steps per round (0: no limit, epochs decide)")
+    optimizer: typing.Literal["adamw", "sgd"] = setting("adamw", "the local optimiser")
 
     def validate(self) -> None:
-        o = "TrainConfig"
+        o = "train"
         check(self.lr > 0, o, "lr", self.lr, "must be > 0")
         check(self.head_lr > 0, o, "head_lr", self.head_lr, "must be > 0")
         check(self.weight_decay >= 0, o, "weight_decay", self.weight_decay, "must be >= 0")
@@ -258,85 +129,30 @@ class TrainConfig(Config):
         check(self.eval_batch_size >= 1, o, "eval_batch_size", self.eval_batch_size, "must be >= 1")
         check(self.epochs >= 1, o, "epochs", self.epochs, "must be >= 1")
         check(self.max_steps >= 0, o, "max_steps", self.max_steps, "must be >= 0 (0: no limit)")
-        check(self.seed >= 0, o, "seed", self.seed, "must be >= 0")
-
-
-STRATEGY_NAMES = (
-    "fedavg",
-    "fedprox",
-    "scaffold",
-    "fedavgm",
-    "fedadam",
-    "fedyogi",
-    "fedadagrad",
-    "shallow",
-    "lora",
-    "fedavg_selected",
-    "fedpeptao",
-)
-PARTITIONS = ("iid", "dirichlet", "quantity", "reference")
 
 
 @dataclass
 class FedConfig(Config):
-    """The federated run: task, strategy, clients, rounds, partition, evaluation, checkpoints.
+    """The federation: task, clients, rounds, evaluation schedule and the seed of everything random.
 
-    Paper settings (digest 3.1): 100 clients, 10 per round, 2 local epochs, 100 rounds, reference
-    partition with alpha 1. The defaults here are a small CPU run. ``server_*``/``prox_mu`` left at
-    ``None`` take the strategy's defaults (:mod:`fedlib.strategies`). FedPepTAO: ``shared_layers``
-    (0: chosen by the Hessian criterion) or ``share_ratio``; ``nonselected`` layers ``"personal"``, ``"off"`` or ``"auto"`` (personal for encoders, off
-    for decoders, as the reference);
-    ``server_variant`` ``"parallel"`` (default) or ``"sequential"`` (reference-faithful).
-    ``batch_clients``: train the sampled clients as joint batches (:mod:`fedlib.batched`) when the strategy
-    allows it (deep prompts; ``"auto"`` and ``"on"`` alike), or one by one (``"off"``); ``batch_chunk``
-    examples per joint forward (0: by device, all of them on an accelerator, one minibatch on a CPU).
+    The paper's setting: 100 clients, 10 per round, 2 local epochs, 100 rounds. The defaults are a small CPU run.
     """
 
-    task: str = "sst2"
-    strategy: str = "fedavg"
-    num_clients: int = 20
-    clients_per_round: int = 5
-    rounds: int = 10
-    local_epochs: int = 1
-    local_steps: int = 0
-    partition: typing.Literal["iid", "dirichlet", "quantity", "reference"] = "reference"
-    alpha: float = 1.0
-    beta: float = 1.0
-    size_concentration: float = 5.0
-    train_limit: int = 0
-    eval_limit: int = 0
-    eval_every: int = 1
-    personal_eval: bool = True
-    checkpoint_every: int = 0
-    max_failed_rounds: int = 3
-    max_update_norm: float = 1e4
-    client_state: typing.Literal["memory", "disk"] = "memory"
-    batch_clients: typing.Literal["auto", "on", "off"] = "auto"
-    batch_chunk: int = 0
-    data_dir: str | None = None
-    server_lr: float | None = None
-    server_momentum: float | None = None
-    server_tau: float | None = None
-    prox_mu: float | None = None
-    shared_layers: int = 0
-    share_ratio: float = 0.0
-    nonselected: typing.Literal["auto", "personal", "off"] = "auto"
-    server_variant: typing.Literal["parallel", "sequential"] = "parallel"
-    control_variates: bool = True
-    score_batch: int = 8
-    hessian_warmup_rounds: int = 2
-    hessian_iters: int = 20
-    hessian_relative: bool = False
-    seed: int = 42
+    SECTION: ClassVar[str] = "fed"
+
+    task: str = setting("sst2", f"the task: one of {sorted(TASKS)}")
+    num_clients: int = setting(20, "N, the number of clients")
+    clients_per_round: int = setting(5, "m, clients sampled per round")
+    rounds: int = setting(10, "T, communication rounds")
+    eval_every: int = setting(1, "evaluate every this many rounds (0: only after the last round)")
+    personal_eval: bool = setting(True, "also evaluate each client's personalised model on its eval shard")
+    seed: int = setting(42, "seed of the partition, initial prompts, client sampling and local shuffles")
 
     def validate(self) -> None:
-        o = "FedConfig"
-        from .tasks import ALIASES, TASKS
-
+        o = "fed"
         check(
             self.task.lower() in TASKS or self.task.lower() in ALIASES, o, "task", self.task, f"one of {sorted(TASKS)}"
         )
-        check(self.strategy in STRATEGY_NAMES, o, "strategy", self.strategy, f"one of {list(STRATEGY_NAMES)}")
         check(self.num_clients >= 1, o, "num_clients", self.num_clients, "must be >= 1")
         check(
             1 <= self.clients_per_round <= self.num_clients,
@@ -346,32 +162,152 @@ class FedConfig(Config):
             f"must be in [1, num_clients={self.num_clients}]",
         )
         check(self.rounds >= 1, o, "rounds", self.rounds, "must be >= 1")
-        check(self.local_epochs >= 1, o, "local_epochs", self.local_epochs, "must be >= 1")
-        check(self.local_steps >= 0, o, "local_steps", self.local_steps, "must be >= 0 (0: use local_epochs)")
-        check(self.alpha > 0, o, "alpha", self.alpha, "must be > 0")
-        check(self.beta > 0, o, "beta", self.beta, "must be > 0")
-        check(self.size_concentration > 0, o, "size_concentration", self.size_concentration, "must be > 0")
-        check(self.train_limit >= 0, o, "train_limit", self.train_limit, "must be >= 0 (0: all)")
-        check(self.eval_limit >= 0, o, "eval_limit", self.eval_limit, "must be >= 0 (0: all)")
         check(self.eval_every >= 0, o, "eval_every", self.eval_every, "must be >= 0 (0: only after the last round)")
-        check(self.checkpoint_every >= 0, o, "checkpoint_every", self.checkpoint_every, "must be >= 0 (0: never)")
-        check(self.max_failed_rounds >= 1, o, "max_failed_rounds", self.max_failed_rounds, "must be >= 1")
-        check(self.max_update_norm > 0, o, "max_update_norm", self.max_update_norm, "must be > 0")
-        check(self.batch_chunk >= 0, o, "batch_chunk", self.batch_chunk, "must be >= 0 (0: by device)")
-        for name in ("server_lr", "server_momentum", "server_tau", "prox_mu"):
-            v = getattr(self, name)
-            check(v is None or v >= 0, o, name, v, "must be >= 0 or None (strategy default)")
+        check(self.seed >= 0, o, "seed", self.seed, "must be >= 0")
+
+
+@dataclass
+class DataConfig(Config):
+    """Where the task's data is read from, and how much of it."""
+
+    SECTION: ClassVar[str] = "data"
+
+    data_dir: str | None = setting(
+        None, "folder of the GLUE-format data (None: $FEDLIB_DATA, else the project's data/)"
+    )
+    train_limit: int = setting(0, "use the first N training examples (0: all)")
+    eval_limit: int = setting(0, "use the first N evaluation examples (0: all)")
+
+    def validate(self) -> None:
+        check(self.train_limit >= 0, "data", "train_limit", self.train_limit, "must be >= 0 (0: all)")
+        check(self.eval_limit >= 0, "data", "eval_limit", self.eval_limit, "must be >= 0 (0: all)")
+
+
+@dataclass
+class PartitionConfig(Config):
+    """How the training data is split over the clients (``docs/method.md``, "Non-IID data")."""
+
+    SECTION: ClassVar[str] = "partition"
+
+    method: typing.Literal[METHODS] = setting(
+        "reference",
+        "'iid', 'dirichlet' (label skew), 'quantity' (size skew) or 'reference' (the paper's two-level "
+        "size and label skew)",
+    )
+    alpha: float = setting(1.0, "Dirichlet concentration of the label skew (smaller: more skewed)")
+    beta: float = setting(1.0, "Dirichlet concentration of the size skew ('quantity')")
+    size_concentration: float = setting(5.0, "concentration of the client sizes ('reference')")
+
+    def validate(self) -> None:
+        for name in ("alpha", "beta", "size_concentration"):
+            check(getattr(self, name) > 0, "partition", name, getattr(self, name), "must be > 0")
+
+
+@dataclass
+class SelectionConfig(Config):
+    """Which prompt layers are shared, for strategies that select them (``docs/method.md``, "Layer selection").
+
+    The k best-scored layers are shared; k is ``shared_layers``, else ``share_ratio`` of the layers, else
+    the Hessian criterion after ``hessian_warmup_rounds`` of FedAvg on all layers.
+    """
+
+    SECTION: ClassVar[str] = "selection"
+
+    shared_layers: int = setting(0, "share this many layers (0: automatic)")
+    share_ratio: float = setting(0.0, "share this fraction of the layers (0: automatic)")
+    nonselected: typing.Literal["auto", "personal", "off"] = setting(
+        "auto", "the role of the other layers; 'auto': personal for encoders, off for decoders (as the reference)"
+    )
+    score_batch: int = setting(8, "B, examples per client in the scoring batch (a B x B similarity matrix)")
+    hessian_warmup_rounds: int = setting(2, "rounds of FedAvg on all layers before the Hessian is measured")
+    hessian_iters: int = setting(20, "Lanczos iterations of the Hessian eigenvalue density")
+    hessian_relative: bool = setting(False, "measure eigenvalues relative to the largest one (scale-free)")
+
+    def validate(self) -> None:
+        o = "selection"
         check(self.shared_layers >= 0, o, "shared_layers", self.shared_layers, "must be >= 0 (0: automatic)")
         check(0.0 <= self.share_ratio <= 1.0, o, "share_ratio", self.share_ratio, "must be in [0, 1] (0: automatic)")
         check(self.score_batch >= 2, o, "score_batch", self.score_batch, "must be >= 2 (a B x B similarity matrix)")
         check(self.hessian_iters >= 2, o, "hessian_iters", self.hessian_iters, "must be >= 2")
         check(self.hessian_warmup_rounds >= 0, o, "hessian_warmup_rounds", self.hessian_warmup_rounds, "must be >= 0")
 
+    @property
+    def automatic(self) -> bool:
+        """Whether k comes from the Hessian criterion (no fixed count or ratio)."""
+        return not self.shared_layers and not self.share_ratio
+
+
+@dataclass
+class RunConfig(Config):
+    """How the run executes: device, checkpoints, fault handling, where client state lives, batching."""
+
+    SECTION: ClassVar[str] = "run"
+
+    device: str = setting("auto", "'auto' (cuda, then mps, then cpu; $FEDLIB_DEVICE overrides), 'cpu', 'cuda', ...")
+    checkpoint_every: int = setting(0, "checkpoint the whole run every this many rounds (0: never)")
+    max_failed_rounds: int = setting(3, "stop after this many rounds in a row in which every client failed")
+    max_update_norm: float = setting(1e4, "leave out a client whose update norm exceeds this (divergence)")
+    client_state: typing.Literal["memory", "disk"] = setting(
+        "memory", "where clients' personal state lives between rounds ('disk': safetensors under out_dir)"
+    )
+    batch_clients: typing.Literal["auto", "on", "off"] = setting(
+        "auto",
+        "train the sampled clients as joint batches when the strategy allows it ('auto' and 'on'), or one "
+        "by one ('off')",
+    )
+    batch_chunk: int = setting(
+        0, "examples per joint forward (0: by device: all on an accelerator, one minibatch on CPU)"
+    )
+
+    def validate(self) -> None:
+        o = "run"
+        check(self.checkpoint_every >= 0, o, "checkpoint_every", self.checkpoint_every, "must be >= 0 (0: never)")
+        check(self.max_failed_rounds >= 1, o, "max_failed_rounds", self.max_failed_rounds, "must be >= 1")
+        check(self.max_update_norm > 0, o, "max_update_norm", self.max_update_norm, "must be > 0")
+        check(self.batch_chunk >= 0, o, "batch_chunk", self.batch_chunk, "must be >= 0 (0: by device)")
+
 
 @dataclass
 class ExperimentConfig(Config):
-    """Everything one federated run needs: ``model``, local ``train`` settings and the ``fed`` run."""
+    """Everything one federated run needs, one section per concern (module docstring)."""
 
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    fed: FedConfig = field(default_factory=FedConfig)
+    model: ModelConfig = setting(factory=ModelConfig, help="the backbone, prompts and head")
+    train: TrainConfig = setting(factory=TrainConfig, help="local (device) training")
+    fed: FedConfig = setting(factory=FedConfig, help="the federation")
+    data: DataConfig = setting(factory=DataConfig, help="the data")
+    partition: PartitionConfig = setting(factory=PartitionConfig, help="the non-IID partition")
+    strategy: StrategyConfig = setting(factory=lambda: strategy_config("fedavg"), help="the federated strategy")
+    selection: SelectionConfig = setting(factory=SelectionConfig, help="layer selection")
+    run: RunConfig = setting(factory=RunConfig, help="execution")
+
+    def with_strategy(self, name: str, **params) -> "ExperimentConfig":
+        """A copy running strategy ``name`` with ``params`` (its defaults for the rest)."""
+        return self.replace(strategy=strategy_config(name, **params))
+
+
+def config_reference() -> str:
+    """Every config field as a markdown table per section (``docs/config.md`` is this text)."""
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from `fedlib.config` by `python -m fedlib.cli docs` (a test checks it is current).",
+        "Every field is settable in YAML (`section: {field: value}`) and on the command line "
+        "(`--section.field value`).",
+        "",
+    ]
+    sections: dict[str, list] = {}
+    for name, tp, default, help_ in describe(ExperimentConfig):
+        sections.setdefault(name.split(".")[0], []).append((name, tp, default, help_))
+    for section, rows in sections.items():
+        lines += [f"## `{section}`", "", "| field | type | default | meaning |", "|---|---|---|---|"]
+        lines += [f"| `{n}` | {t} | `{d!r}` | {h} |" for n, t, d, h in rows if n != "strategy.name"]
+        if section == "strategy":
+            lines += [f"| `strategy.name` | str | `'fedavg'` | one of {', '.join(STRATEGIES)} |", ""]
+            for sname, cls in STRATEGIES.items():
+                lines += [f"### `{sname}`: {cls.doc}", "", "| field | type | default | meaning |", "|---|---|---|---|"]
+                lines += [
+                    f"| `strategy.{n}` | {t} | `{d!r}` | {h} |" for n, t, d, h in describe(cls.Config) if n != "name"
+                ] or ["| (none) | | | |"]
+                lines.append("")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Encoded", "encode_dataset", "collate", "batches", "batch_indices"]
+__all__ = ["Encoded", "encode_dataset", "collate", "batch_indices"]
 
 
 @dataclass
@@ -100,16 +100,8 @@ def collate(data: Encoded, idx, pad_id: int) -> dict[str, torch.Tensor]:
     return batch
 
 
-def batches(
-    data: Encoded, batch_size: int, pad_id: int, shuffle: bool = False, generator: torch.Generator | None = None
-):
-    """Yield padded batches; shuffled with ``generator`` (seeded by the caller) when ``shuffle``."""
-    for idx in batch_indices(len(data), batch_size, shuffle, generator):
-        yield collate(data, idx, pad_id)
-
-
 def batch_indices(n: int, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None):
-    """Yield the example indices of each batch of one pass (what :func:`batches` collates)."""
+    """Yield the example indices of each batch of one pass (shuffled with the caller's ``generator``)."""
     order = torch.randperm(n, generator=generator).tolist() if shuffle else list(range(n))
     for start in range(0, n, batch_size):
         yield order[start : start + batch_size]

@@ -17,17 +17,20 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .config import STRATEGY_NAMES, ExperimentConfig, FedConfig, ModelConfig, TrainConfig
-from .models import load_backbone
-from .report import markdown_table, plot_curves, summarize
+from .cli import add_config_arguments, config_from_args
+from .config import DataConfig, ExperimentConfig, FedConfig, ModelConfig, TrainConfig
+from .models import backbone_for
+from .report import markdown_table, plot_curves, shared_layer_count, summarize
 from .simulation import run_simulation
+from .strategies import STRATEGIES
 
 log = logging.getLogger("fedlib.experiment")
 
 DEFAULT = ExperimentConfig(
     model=ModelConfig(prompt_len=8),
     train=TrainConfig(batch_size=16),
-    fed=FedConfig(task="sst2", num_clients=20, clients_per_round=5, rounds=12, train_limit=2000, eval_every=2),
+    fed=FedConfig(task="sst2", num_clients=20, clients_per_round=5, rounds=12, eval_every=2),
+    data=DataConfig(train_limit=2000),
 )
 
 
@@ -35,45 +38,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m fedlib.experiment", description=__doc__.splitlines()[0])
     p.add_argument("--config", help="ExperimentConfig as YAML or JSON (defaults: a small SST-2 run)")
     p.add_argument(
-        "--strategies", default="fedavg,fedpeptao", help=f"comma-separated, or 'all': {', '.join(STRATEGY_NAMES)}"
+        "--strategies", default="fedavg,fedpeptao", help=f"comma-separated, or 'all': {', '.join(STRATEGIES)}"
     )
-    p.add_argument("--task")
-    p.add_argument("--model", help="'bundled' (offline default), a hub id or a local folder")
-    p.add_argument("--rounds", type=int)
-    p.add_argument("--num-clients", type=int)
-    p.add_argument("--clients-per-round", type=int)
-    p.add_argument("--train-limit", type=int, help="first N training examples (0: all)")
-    p.add_argument("--eval-limit", type=int, help="first N eval examples (0: all)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device")
     p.add_argument("--out", default="runs/experiment")
+    add_config_arguments(p)
     return p.parse_args(argv)
 
 
 def build_config(args) -> ExperimentConfig:
-    cfg = DEFAULT
-    if args.config:
-        cfg = (
-            ExperimentConfig.from_yaml(Path(args.config))
-            if args.config.endswith((".yaml", ".yml"))
-            else ExperimentConfig.from_json(Path(args.config))
-        )
-    fed = {
-        k: v
-        for k, v in {
-            "task": args.task,
-            "rounds": args.rounds,
-            "num_clients": args.num_clients,
-            "clients_per_round": args.clients_per_round,
-            "train_limit": args.train_limit,
-            "eval_limit": args.eval_limit,
-            "seed": args.seed,
-        }.items()
-        if v is not None
-    }
-    model = {"name": args.model} if args.model else {}
-    train = {"device": args.device} if args.device else {}
-    return cfg.replace(fed=cfg.fed.replace(**fed), model=cfg.model.replace(**model), train=cfg.train.replace(**train))
+    return config_from_args(args, DEFAULT)
 
 
 def main(argv=None) -> pd.DataFrame:
@@ -82,22 +55,20 @@ def main(argv=None) -> pd.DataFrame:
     for noisy in ("httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     cfg = build_config(args)
-    names = list(STRATEGY_NAMES) if args.strategies == "all" else [s.strip() for s in args.strategies.split(",")]
-    for name in names:  # validate every name before any training
-        cfg.fed.replace(strategy=name)
+    names = list(STRATEGIES) if args.strategies == "all" else [s.strip() for s in args.strategies.split(",")]
+    configs = {name: cfg if name == cfg.strategy.name else cfg.with_strategy(name) for name in names}  # validated
     out = Path(args.out)
-    backbone = load_backbone(cfg.model.name, head="linear" if cfg.model.head == "linear" else cfg.model.head)
+    backbone = backbone_for(cfg.model)
     rows, histories = [], {}
     for name in names:
-        run_cfg = cfg.replace(fed=cfg.fed.replace(strategy=name))
         t0 = time.perf_counter()
-        res = run_simulation(run_cfg, out / name, backbone=backbone)
+        res = run_simulation(configs[name], out / name, backbone=backbone)
         histories[name] = res.history
         row = {
             "strategy": name,
             **summarize(res.history),
             "wall_seconds": time.perf_counter() - t0,
-            "shared_layers": sum(r == "shared" for r in res.roles) if run_cfg.model.prompt_mode == "deep" else 0,
+            "shared_layers": shared_layer_count(res),
         }
         rows.append(row)
         log.info(

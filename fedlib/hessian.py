@@ -35,7 +35,7 @@ def lanczos(
     v = (torch.randint(0, 2, (dim,), generator=generator).to(dtype) * 2 - 1).to(device)  # Rademacher
     v = v / v.norm()
     basis, alphas, betas = [v], [], []
-    w_prev, beta = None, 0.0
+    beta = 0.0
     for i in range(min(iters, dim)):
         w = hvp(basis[-1]).to(dtype)
         alpha = torch.dot(w, basis[-1])

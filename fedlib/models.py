@@ -10,14 +10,23 @@ from __future__ import annotations
 import importlib.resources
 import inspect
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-__all__ = ["Backbone", "ModelNotFoundError", "load_backbone", "wrap_backbone", "bundled_model_path"]
+from .runtime import offline
+
+__all__ = [
+    "Backbone",
+    "ModelNotFoundError",
+    "load_backbone",
+    "backbone_for",
+    "auto_head",
+    "wrap_backbone",
+    "bundled_model_path",
+]
 
 log = logging.getLogger(__name__)
 BUNDLED = "bundled"
@@ -103,6 +112,12 @@ def _has_mlm(config) -> bool:
     return "MaskedLM" in archs or "ForPreTraining" in archs
 
 
+def auto_head(decoder: bool, has_lm_head: bool) -> str:
+    """The one rule for ``head="auto"``: ``"lm"`` for decoders, ``"mlm"`` for encoders with an MLM head, else
+    ``"linear"`` (used both to choose what :func:`load_backbone` loads and the head the classifier builds)."""
+    return "lm" if decoder else ("mlm" if has_lm_head else "linear")
+
+
 def wrap_backbone(model: nn.Module, tokenizer, name: str = "custom") -> Backbone:
     """Describe (and freeze) an already-built HF model, e.g. a tiny random one made from a config."""
     cfg = model.config
@@ -132,6 +147,11 @@ def wrap_backbone(model: nn.Module, tokenizer, name: str = "custom") -> Backbone
     )
 
 
+def backbone_for(model_cfg) -> "Backbone":
+    """The backbone a :class:`~fedlib.config.ModelConfig` names, with its head and attention implementation."""
+    return load_backbone(model_cfg.name, head=model_cfg.head, attn_implementation=model_cfg.attn_implementation)
+
+
 def load_backbone(
     name: str = BUNDLED, head: str = "auto", attn_implementation: str | None = None, dtype: torch.dtype | None = None
 ) -> Backbone:
@@ -150,10 +170,9 @@ def load_backbone(
         path = str(Path(name).expanduser())
         tried.append(f"the local folder {path}")
     else:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
         tried.append(
             f"the hub id {name!r}"
-            + (" (offline: HF_HUB_OFFLINE is set, only the local cache was searched)" if offline else "")
+            + (" (offline: HF_HUB_OFFLINE is set, only the local cache was searched)" if offline() else "")
         )
     try:
         config = AutoConfig.from_pretrained(path)
@@ -166,7 +185,7 @@ def load_backbone(
         ) from err
     decoder = _is_decoder(config)
     if head == "auto":
-        head = "lm" if decoder else ("mlm" if _has_mlm(config) else "linear")
+        head = auto_head(decoder, _has_mlm(config))
     if head == "mlm" and decoder:
         raise ValueError(f"head='mlm' needs an encoder with an MLM head; {name!r} is a decoder (use head='lm')")
     if head == "lm" and not decoder:

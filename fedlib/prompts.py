@@ -1,8 +1,8 @@
 """Deep (P-tuning v2) prompts with per-layer roles: shared, personal or off (digest 1.1-1.2).
 
 For an L-layer model with P prompt tokens, layer ``l`` whose role is not ``"off"`` owns a parameter
-``prompt.layer.<l>`` of shape ``[P, 2 * kv_dim]`` (key then value, the reference's row layout). They reach the model through
-its own attention cache (``transformers.DynamicCache``) with the attention mask extended by P
+``prompt.layer.<l>`` of shape ``[P, 2 * kv_dim]`` (key then value, the reference's row layout). They reach the model
+through its own attention cache (``transformers.DynamicCache``) with the attention mask extended by P
 columns, so any HF encoder or decoder that accepts ``past_key_values`` works unpatched.
 
 Off layers hold no parameter. When some layers are off and others on, the cache carries zeros for the
@@ -21,7 +21,7 @@ from torch import nn
 
 __all__ = ["DeepPrompt", "InputPrompt", "use_prefix_attention", "eager_attention", "ROLES", "OFF_KWARG"]
 
-ROLES = ("shared", "personal", "off")
+ROLES = ("shared", "personal", "off")  # the one list of layer roles
 OFF_KWARG = "fedlib_off_layers"
 
 
@@ -187,31 +187,31 @@ def use_prefix_attention(model: nn.Module) -> None:
     Registers the wrapper and its mask function with transformers' ``AttentionInterface`` and
     ``AttentionMaskInterface`` on first use (not at import).
     """
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
-
     base = model.config._attn_implementation
     if base.startswith("fedlib_"):
         return
     if base not in ("sdpa", "eager"):
         raise ValueError(f"deep prompts with off layers need 'sdpa' or 'eager' attention, the model uses {base!r}")
+    model.set_attn_implementation(_register(base))
+
+
+def _register(base: str) -> str:
+    """Register ``fedlib_<base>`` (the wrapper and ``base``'s mask function) with transformers; its name."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
     name = f"fedlib_{base}"
     AttentionInterface.register(name, _make_wrapper(base))
     AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[base])
-    model.set_attn_implementation(name)
+    return name
 
 
 @contextlib.contextmanager
 def eager_attention(model: nn.Module):
     """Within the block the model uses its eager attention (with off-layer masking), e.g. for the
     double backward of Hessian-vector products, which fused CPU attention does not implement."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
-
     saved = model.config._attn_implementation
-    AttentionInterface.register("fedlib_eager", _make_wrapper("eager"))
-    AttentionMaskInterface.register("fedlib_eager", ALL_MASK_ATTENTION_FUNCTIONS["eager"])
-    model.set_attn_implementation("fedlib_eager")
+    model.set_attn_implementation(_register("eager"))
     try:
         yield model
     finally:

@@ -12,7 +12,12 @@ import math
 import numpy as np
 import pandas as pd
 
-__all__ = ["headline", "summarize", "rounds_to_target", "markdown_table", "plot_curves"]
+__all__ = ["headline", "summarize", "rounds_to_target", "markdown_table", "plot_curves", "shared_layer_count"]
+
+
+def shared_layer_count(result) -> int:
+    """Deep-prompt layers a run shares (0 for shallow prompts and LoRA, whose layer prompts are all off)."""
+    return sum(r == "shared" for r in result.roles)
 
 
 def headline(history: pd.DataFrame) -> pd.Series:
@@ -73,9 +78,15 @@ def markdown_table(df: pd.DataFrame, floatfmt: str = ".4f") -> str:
 
 
 def plot_curves(
-    histories: dict[str, pd.DataFrame], x: str = "round", ax=None, title: str | None = None, ylabel: str = "metric"
+    histories: dict[str, pd.DataFrame],
+    x: str = "round",
+    ax=None,
+    title: str | None = None,
+    ylabel: str = "metric",
+    highlight: tuple[str, ...] = ("fedpeptao",),
 ):
-    """Metric per round (``x="round"``) or per cumulative byte (``x="cum_bytes"``), one line per run."""
+    """Metric per round (``x="round"``) or per cumulative byte (``x="cum_bytes"``), one line per run; the runs
+    named in ``highlight`` drawn thicker."""
     import matplotlib.pyplot as plt
 
     ax = ax or plt.subplots(figsize=(6.5, 4))[1]
@@ -91,7 +102,7 @@ def plot_curves(
             label=name,
             color=f"C{i % 10}",
             ls="-" if i < 10 else "--",
-            lw=2.5 if name == "fedpeptao" else 1.5,
+            lw=2.5 if name in highlight else 1.5,
         )
     ax.set_xlabel(
         {"round": "round", "cum_bytes": "cumulative MB exchanged", "cum_seconds": "cumulative seconds"}.get(x, x)

@@ -1,4 +1,4 @@
-"""Device choice and seeding: the one place where both are decided.
+"""Device choice, seeding and the offline rule: the one place where each is decided.
 
 Every other module takes a ``torch.device`` (or a seed) as an argument; nothing else in ``fedlib``
 names ``cuda`` or touches the global RNGs.
@@ -12,7 +12,7 @@ import random
 import numpy as np
 import torch
 
-__all__ = ["resolve_device", "seed_everything", "rng_state", "set_rng_state"]
+__all__ = ["resolve_device", "seed_everything", "offline"]
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -45,18 +45,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rng_state() -> dict:
-    """The global RNG states (Python, NumPy, torch CPU and CUDA), for checkpoints."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    """Restore what :func:`rng_state` returned."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def offline() -> bool:
+    """Whether the Hugging Face hub is off limits (``HF_HUB_OFFLINE`` or ``HF_DATASETS_OFFLINE`` set to 1/true/yes):
+    the one rule for models (:mod:`fedlib.models`) and data (:mod:`fedlib.tasks`)."""
+    return any(
+        os.environ.get(v, "0").strip().lower() in ("1", "true", "yes", "on")
+        for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )

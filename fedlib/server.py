@@ -1,8 +1,10 @@
-"""One server update: aggregate the clients' shared tensors and apply the strategy's server rule.
+"""One server update: aggregate the clients' shared tensors and delegate the step to the strategy.
 
 :class:`ServerState` is plain data (tensors and numbers) and :func:`server_update` a pure function of
 it and the round's client results, so the in-process simulator and the Flower ServerApp run the same
-code. Aggregation weights are ``p_i = n_i / sum_j n_j`` over the clients that reported (digest 1.5 step 3).
+code. Aggregation weights are ``p_i = n_i / sum_j n_j`` over the clients that reported
+(``docs/method.md``, "The round"); what the server does with the average is the strategy's
+(:meth:`fedlib.strategies.Strategy.server_step`).
 """
 
 from __future__ import annotations
@@ -12,9 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .strategies import Strategy, server_rule, weighted_mean
-
-__all__ = ["ServerState", "init_server", "server_update", "tensor_bytes"]
+__all__ = ["ServerState", "server_update", "tensor_bytes", "weighted_mean"]
 
 log = logging.getLogger(__name__)
 Tensors = dict[str, torch.Tensor]
@@ -59,34 +59,23 @@ class ServerState:
         return state
 
 
-def init_server(strategy: Strategy, shared: Tensors, hp: dict) -> ServerState:
-    """Round-0 server state: global = the initial shared tensors; zero control variates where used."""
-    # only FedPepTAO's rate changes over rounds (x0.99 per step), so only it lives in the state
-    scalars = {"server_lr": hp.get("server_lr", 0.05)} if strategy.server == "fedpeptao" else {}
-    state = ServerState(0, {k: v.detach().clone() for k, v in shared.items()}, scalars=scalars)
-    if strategy.server == "scaffold":
-        state.controls["c"] = {k: torch.zeros_like(v) for k, v in shared.items()}
-    return state
+def weighted_mean(states: list[Tensors], weights: list[float]) -> Tensors:
+    """``sum_i w_i s_i / sum_i w_i`` per tensor name (float64 accumulation, cast back)."""
+    total = float(sum(weights))
+    out = {}
+    for name in states[0]:
+        acc = sum(s[name].double() * (w / total) for s, w in zip(states, weights))
+        out[name] = acc.to(states[0][name].dtype)
+    return out
 
 
-def server_update(state: ServerState, results: list, strategy: Strategy, hp: dict, num_clients: int) -> ServerState:
-    """Aggregate ``results`` (client results with ``.shared``, ``.num_examples``, ``.extra``) into a new state.
+def server_update(state: ServerState, results: list, strategy, num_clients: int) -> ServerState:
+    """Aggregate ``results`` (client results with ``.shared``, ``.num_examples``) and apply ``strategy``'s step.
 
     With no results the state is returned unchanged except for the round counter.
     """
     if not results:
         return ServerState(state.round + 1, state.shared, state.opt, state.controls, dict(state.scalars))
-    weights = [float(r.num_examples) for r in results]
-    avg = weighted_mean([r.shared for r in results], weights)
+    avg = weighted_mean([r.shared for r in results], [float(r.num_examples) for r in results])
     delta = {k: avg[k] - state.shared[k] for k in state.shared}
-    if strategy.server == "fedpeptao":
-        from .fedpeptao import fedpeptao_server_step
-
-        return fedpeptao_server_step(state, results, avg, delta, hp, num_clients)
-    new_x, new_opt = server_rule(strategy.server, state.shared, delta, state.opt, {**hp, **state.scalars})
-    controls = state.controls
-    if strategy.server == "scaffold":
-        dc = weighted_mean([r.extra for r in results], [1.0] * len(results))  # mean over sampled clients
-        frac = len(results) / num_clients
-        controls = {"c": {k: v + frac * dc[k] for k, v in state.controls["c"].items()}}
-    return ServerState(state.round + 1, new_x, new_opt, controls, dict(state.scalars))
+    return strategy.server_step(state, results, avg, delta, num_clients)

@@ -1,9 +1,11 @@
-"""Federated strategies as update rules: what the client does differently, what the server does.
+"""Federated strategies as objects, registered by name, each with typed hyper-parameters.
 
-Each :class:`Strategy` names its client rule, its prompt mode and its server rule. Server rules are
-pure functions over dicts of tensors (``name -> tensor``): ``x`` is the global shared state, ``delta``
-the weighted mean of client changes (Reddi et al. 2021's pseudo-gradient, ``sum_i p_i y_i - x`` with
-``p_i = n_i / sum_j n_j``), ``opt`` the server optimiser state. Equations (all elementwise):
+A :class:`Strategy` holds its configuration (a :class:`StrategyConfig` subclass: every hyper-parameter a typed,
+validated field with a help text) and its hooks: on the client, :meth:`~Strategy.client_setup` (FedProx's
+term, SCAFFOLD's gradient correction) and :meth:`~Strategy.client_report` (SCAFFOLD's ``dc_i``); on the
+server, :meth:`~Strategy.init_server`, :meth:`~Strategy.download` and :meth:`~Strategy.server_step`. The
+server step receives ``delta``, the size-weighted mean client change (Reddi et al. 2021's pseudo-gradient,
+``sum_i p_i y_i - x`` with ``p_i = n_i / sum_j n_j``). Equations (all elementwise, per tensor):
 
 - ``fedavg``  (McMahan et al. 2017):       x <- x + eta * delta                         (eta = 1)
 - ``fedavgm`` (Hsu et al. 2019):           m <- beta m + delta;  x <- x + eta * m
@@ -17,127 +19,389 @@ the weighted mean of client changes (Reddi et al. 2021's pseudo-gradient, ``sum_
 - ``shallow`` (Lester et al. 2021): FedAvg of P soft input tokens only.
 - ``lora`` (Hu et al. 2022, through PEFT): FedAvg of LoRA adapters, no prompt.
 - ``fedavg_selected``: FedAvg on the layers FedPepTAO selects (no adaptive optimisation): the ablation.
-- ``fedpeptao`` (Che et al. 2023): see :mod:`fedlib.fedpeptao`.
+- ``fedpeptao`` (Che et al. 2023): :mod:`fedlib.fedpeptao` (registered there).
 
 Defaults for eta, beta, tau follow Flower's strategies (``flwr.serverapp.strategy``) so that Flower users
 recognise them: FedAvgM eta 1, beta 0.9; FedAdam eta 0.1, tau 1e-9; FedYogi eta 0.01, tau 1e-3;
 FedAdagrad eta 0.1, tau 1e-9; b1 0.9, b2 0.99.
+
+A new strategy: subclass :class:`StrategyConfig` (``name`` defaulting to the strategy's name) and
+:class:`Strategy`, decorate the latter with :func:`register`, and import the module before building configs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-__all__ = ["Strategy", "STRATEGIES", "get_strategy", "weighted_mean", "server_rule"]
+from .configbase import Config, ConfigError, check, setting
+from .server import ServerState, Tensors, weighted_mean
 
-Tensors = dict[str, torch.Tensor]
+__all__ = [
+    "StrategyConfig",
+    "Strategy",
+    "register",
+    "get_strategy",
+    "strategy_config",
+    "strategy_names",
+    "STRATEGIES",
+    "ServerOptimizer",
+]
+
+STRATEGIES: dict[str, type["Strategy"]] = {}
 
 
-@dataclass(frozen=True)
+@dataclass
+class StrategyConfig(Config):
+    """The strategy section: ``name`` and the hyper-parameters of that strategy (see each strategy's fields)."""
+
+    SECTION: ClassVar[str] = "strategy"
+    name: str = setting("fedavg", "the federated strategy (one of the registered names)")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "StrategyConfig":
+        """``{"name": ..., <hyper-parameters>}`` -> the named strategy's own config class."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"strategy: expected a mapping with a 'name', got {type(data).__name__}")
+        data = dict(data)
+        name = data.pop("name", "fedavg")
+        return strategy_config(name, **data)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, **{k: v for k, v in super().to_dict().items() if k != "name"}}
+
+    def validate(self) -> None:
+        want = STRATEGIES[self.name].Config if self.name in STRATEGIES else None
+        check(want is not None, "strategy", "name", self.name, f"one of {strategy_names()}")
+        check(
+            type(self) is want,
+            "strategy",
+            "name",
+            self.name,
+            f"this is a {type(self).__name__}; build it with strategy_config({self.name!r}, ...)",
+        )
+
+    def hyper_parameters(self) -> dict:
+        return {k: v for k, v in self.to_dict().items() if k != "name"}
+
+
+def register(cls: type["Strategy"]) -> type["Strategy"]:
+    """Class decorator: make ``cls`` available by ``cls.name`` (its ``Config`` must default ``name`` to it)."""
+    if cls.name in STRATEGIES and STRATEGIES[cls.name] is not cls:
+        raise ValueError(f"a strategy named {cls.name!r} is already registered ({STRATEGIES[cls.name].__name__})")
+    default = next(f.default for f in dataclasses.fields(cls.Config) if f.name == "name")
+    if default != cls.name:
+        raise ValueError(f"{cls.Config.__name__}.name must default to {cls.name!r}")
+    STRATEGIES[cls.name] = cls
+    return cls
+
+
+def strategy_names() -> list[str]:
+    return list(STRATEGIES)
+
+
+def strategy_config(name: str, **params) -> StrategyConfig:
+    """The typed config of strategy ``name`` with ``params`` set; a :class:`ConfigError` names an unknown one."""
+    if not isinstance(name, str) or name not in STRATEGIES:
+        raise ConfigError(f"strategy.name={name!r} is invalid: one of {strategy_names()}")
+    cls = STRATEGIES[name].Config
+    fields = {f.name for f in dataclasses.fields(cls)} - {"name"}
+    unknown = sorted(set(params) - fields)
+    if unknown:
+        raise ConfigError(
+            f"strategy {name!r} has no hyper-parameter(s) {unknown}; its hyper-parameters are "
+            f"{sorted(fields) or 'none'}"
+        )
+    hints = typing.get_type_hints(cls)
+    params = {
+        k: tuple(v) if isinstance(v, list) and typing.get_origin(hints[k]) is tuple else v for k, v in params.items()
+    }
+    return cls(**params)
+
+
+def get_strategy(cfg: StrategyConfig | str) -> "Strategy":
+    """The strategy object for a config (or a name, with default hyper-parameters)."""
+    if isinstance(cfg, str):
+        cfg = strategy_config(cfg)
+    return STRATEGIES[cfg.name](cfg)
+
+
 class Strategy:
-    """A federated algorithm: ``client`` rule ("plain", "prox", "scaffold"), ``prompt_mode``, ``server`` rule,
-    ``layers`` ("all" layers shared, or "selected" by FedPepTAO's scoring), default hyper-parameters."""
+    """One federated algorithm. Class attributes: ``name``; ``Config`` (its typed hyper-parameters);
+    ``prompt_mode`` ("deep", "shallow", "lora"); ``layers`` ("all" layers shared, or "selected" by
+    FedPepTAO's scoring); ``doc``. The default hooks are FedAvg's."""
 
-    name: str
-    server: str
-    client: str = "plain"
-    prompt_mode: str = "deep"
-    layers: str = "all"
-    defaults: dict = field(default_factory=dict)
-    doc: str = ""
+    name: ClassVar[str]
+    Config: ClassVar[type[StrategyConfig]]
+    prompt_mode: ClassVar[str] = "deep"
+    layers: ClassVar[str] = "all"
+    doc: ClassVar[str] = ""
 
+    def __init__(self, cfg: StrategyConfig | None = None) -> None:
+        self.cfg = cfg if cfg is not None else self.Config()
+        if type(self.cfg) is not self.Config:
+            raise ConfigError(f"strategy {self.name!r} needs a {self.Config.__name__}, got {type(self.cfg).__name__}")
 
-STRATEGIES: dict[str, Strategy] = {
-    s.name: s
-    for s in [
-        Strategy("fedavg", "avg", doc="FedAvg with deep prompts on all layers (federated P-tuning v2)"),
-        Strategy(
-            "fedprox", "avg", client="prox", defaults={"prox_mu": 0.01}, doc="FedProx, proximal term mu/2 ||w - x||^2"
-        ),
-        Strategy(
-            "scaffold", "scaffold", client="scaffold", doc="SCAFFOLD with client control variates (extra communication)"
-        ),
-        Strategy(
-            "fedavgm", "avgm", defaults={"server_lr": 1.0, "server_momentum": 0.9}, doc="FedAvg with server momentum"
-        ),
-        Strategy("fedadam", "adam", defaults={"server_lr": 0.1, "server_tau": 1e-9}, doc="FedAdam (Reddi et al. 2021)"),
-        Strategy(
-            "fedyogi", "yogi", defaults={"server_lr": 0.01, "server_tau": 1e-3}, doc="FedYogi (Reddi et al. 2021)"
-        ),
-        Strategy(
-            "fedadagrad",
-            "adagrad",
-            defaults={"server_lr": 0.1, "server_tau": 1e-9},
-            doc="FedAdagrad (Reddi et al. 2021)",
-        ),
-        Strategy(
-            "shallow", "avg", prompt_mode="shallow", doc="FedAvg of shallow (input-layer) prompts, Lester et al. 2021"
-        ),
-        Strategy("lora", "avg", prompt_mode="lora", defaults={"lr": 5e-3}, doc="FedAvg of LoRA adapters through PEFT"),
-        Strategy(
-            "fedavg_selected",
-            "avg",
-            layers="selected",
-            doc="FedAvg on FedPepTAO's selected layers, no adaptive optimisation",
-        ),
-        Strategy(
-            "fedpeptao",
-            "fedpeptao",
-            layers="selected",
-            defaults={"server_lr": 0.05, "server_momentum": 0.9},
-            doc="FedPepTAO: selected layers shared, server momentum with server-held control variates",
-        ),
-    ]
-}
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.cfg!r})"
+
+    # ---- client side ---------------------------------------------------------------------------------
+    def client_lr(self, lr: float) -> float:
+        """The local learning rate of the prompts (or adapters): ``TrainConfig.lr`` unless the strategy sets one."""
+        return lr
+
+    def client_setup(self, run, state: Tensors, download: Tensors) -> None:
+        """Edit a :class:`fedlib.client.LocalRun` before local training (set ``extra_loss``/``after_backward``)."""
+
+    def client_report(self, run, steps: int, new_state: Tensors) -> Tensors:
+        """Extra tensors the client uploads beside its shared tensors (may also add to ``new_state``)."""
+        return {}
+
+    # ---- server side ---------------------------------------------------------------------------------
+    def init_server(self, shared: Tensors) -> ServerState:
+        """Round-0 server state: the global shared tensors are the initial ones."""
+        return ServerState(0, {k: v.detach().clone() for k, v in shared.items()})
+
+    def download(self, state: ServerState) -> Tensors:
+        """Tensors sent to the clients beside the global shared tensors (SCAFFOLD's ``c``)."""
+        return {}
+
+    def server_step(
+        self, state: ServerState, results: list, avg: Tensors, delta: Tensors, num_clients: int
+    ) -> ServerState:
+        """The new state from the round's results; ``avg`` = sum_i p_i y_i, ``delta`` = avg - x."""
+        x = {k: state.shared[k] + self.cfg.server_lr * d for k, d in delta.items()}
+        return ServerState(state.round + 1, x, state.opt, state.controls, dict(state.scalars))
 
 
-def get_strategy(name: str) -> Strategy:
-    if name not in STRATEGIES:
-        raise KeyError(f"unknown strategy {name!r}; valid strategies are {sorted(STRATEGIES)}")
-    return STRATEGIES[name]
+# ---- FedAvg and the strategies that only change the client or the prompt ----------------------------------
+@dataclass
+class FedAvgConfig(StrategyConfig):
+    name: str = setting("fedavg", "the federated strategy")
+    server_lr: float = setting(1.0, "server learning rate eta: x <- x + eta * delta (1: plain averaging)")
+
+    def validate(self) -> None:
+        super().validate()
+        check(self.server_lr > 0, "strategy", "server_lr", self.server_lr, "must be > 0")
 
 
-def weighted_mean(states: list[Tensors], weights: list[float]) -> Tensors:
-    """``sum_i w_i s_i / sum_i w_i`` per tensor name (float64 accumulation, cast back)."""
-    total = float(sum(weights))
-    out = {}
-    for name in states[0]:
-        acc = sum(s[name].double() * (w / total) for s, w in zip(states, weights))
-        out[name] = acc.to(states[0][name].dtype)
-    return out
+@register
+class FedAvg(Strategy):
+    name, Config, doc = "fedavg", FedAvgConfig, "FedAvg with deep prompts on all layers (federated P-tuning v2)"
 
 
-def server_rule(rule: str, x: Tensors, delta: Tensors, opt: Tensors, hp: dict) -> tuple[Tensors, Tensors]:
-    """One server step of ``rule`` on global state ``x`` given pseudo-gradient ``delta``.
+@dataclass
+class FedAvgSelectedConfig(FedAvgConfig):
+    name: str = setting("fedavg_selected", "the federated strategy")
 
-    Returns ``(new_x, new_opt)``; inputs are not modified. ``opt`` holds ``m.<name>``/``v.<name>``.
-    """
-    eta = hp.get("server_lr", 1.0)
-    new_x, new_opt = {}, dict(opt)
-    for name, d in delta.items():
-        if rule in ("avg", "scaffold"):
-            step = d
-        elif rule == "avgm":
-            m = hp.get("server_momentum", 0.9) * opt.get(f"m.{name}", torch.zeros_like(d)) + d
-            new_opt[f"m.{name}"] = m
-            step = m
-        elif rule in ("adam", "yogi", "adagrad"):
-            b1, b2, tau = hp.get("server_beta1", 0.9), hp.get("server_beta2", 0.99), hp.get("server_tau", 1e-9)
-            m0 = opt.get(f"m.{name}", torch.zeros_like(d))
-            v0 = opt.get(f"v.{name}", torch.zeros_like(d))
-            m = d.clone() if rule == "adagrad" else b1 * m0 + (1 - b1) * d
-            d2 = d * d
-            if rule == "adam":
-                v = b2 * v0 + (1 - b2) * d2
-            elif rule == "yogi":
-                v = v0 - (1 - b2) * d2 * torch.sign(v0 - d2)
-            else:
-                v = v0 + d2
-            new_opt[f"m.{name}"], new_opt[f"v.{name}"] = m, v
-            step = m / (v.sqrt() + tau)
-        else:
-            raise KeyError(f"unknown server rule {rule!r}")
-        new_x[name] = x[name] + eta * step
-    return new_x, new_opt
+
+@register
+class FedAvgSelected(FedAvg):
+    name, Config, layers = "fedavg_selected", FedAvgSelectedConfig, "selected"
+    doc = "FedAvg on FedPepTAO's selected layers, no adaptive optimisation (the ablation)"
+
+
+@dataclass
+class ShallowConfig(FedAvgConfig):
+    name: str = setting("shallow", "the federated strategy")
+
+
+@register
+class Shallow(FedAvg):
+    name, Config, prompt_mode = "shallow", ShallowConfig, "shallow"
+    doc = "FedAvg of shallow (input-layer) prompts, Lester et al. 2021"
+
+
+@dataclass
+class LoRAConfig(FedAvgConfig):
+    name: str = setting("lora", "the federated strategy")
+    lr: float | None = setting(5e-3, "local learning rate of the LoRA adapters (None: train.lr, which suits prompts)")
+
+    def validate(self) -> None:
+        super().validate()
+        check(self.lr is None or self.lr > 0, "strategy", "lr", self.lr, "must be > 0 or None")
+
+
+@register
+class LoRA(FedAvg):
+    name, Config, prompt_mode = "lora", LoRAConfig, "lora"
+    doc = "FedAvg of LoRA adapters through PEFT"
+
+    def client_lr(self, lr: float) -> float:
+        return lr if self.cfg.lr is None else self.cfg.lr
+
+
+@dataclass
+class FedProxConfig(FedAvgConfig):
+    name: str = setting("fedprox", "the federated strategy")
+    mu: float = setting(0.01, "weight mu of the proximal term (mu/2) ||w - x||^2 over the shared tensors")
+
+    def validate(self) -> None:
+        super().validate()
+        check(self.mu >= 0, "strategy", "mu", self.mu, "must be >= 0")
+
+
+@register
+class FedProx(FedAvg):
+    name, Config, doc = "fedprox", FedProxConfig, "FedProx, proximal term mu/2 ||w - x||^2"
+
+    def client_setup(self, run, state: Tensors, download: Tensors) -> None:
+        mu, x, params = self.cfg.mu, run.x, run.model.trainable()
+        run.extra_loss = lambda m: 0.5 * mu * sum(((params[k] - x[k]) ** 2).sum() for k in x)
+
+
+@dataclass
+class ScaffoldConfig(FedAvgConfig):
+    name: str = setting("scaffold", "the federated strategy")
+
+
+@register
+class Scaffold(FedAvg):
+    """SCAFFOLD option II: ``c_i+ = c_i - c + (x - y_i) / (K * eta_l)``, eta_l each tensor's own local rate."""
+
+    name, Config = "scaffold", ScaffoldConfig
+    doc = "SCAFFOLD with client control variates (extra communication)"
+
+    def init_server(self, shared: Tensors) -> ServerState:
+        state = super().init_server(shared)
+        state.controls["c"] = {k: torch.zeros_like(v) for k, v in shared.items()}
+        return state
+
+    def download(self, state: ServerState) -> Tensors:
+        return state.controls["c"]
+
+    def client_setup(self, run, state: Tensors, download: Tensors) -> None:
+        device = next(iter(run.x.values())).device
+        c = {k: v.to(device) for k, v in download.items()}
+        c_i = {k: state.get(f"control/{k}", torch.zeros_like(v)).to(device) for k, v in c.items()}
+        params = run.model.trainable()
+
+        def after_backward(m):
+            for k in c:
+                if params[k].grad is not None:
+                    params[k].grad.add_(c[k] - c_i[k])
+
+        run.after_backward, run.controls = after_backward, (c, c_i)
+
+    def client_report(self, run, steps: int, new_state: Tensors) -> Tensors:
+        if steps == 0:
+            return {}
+        (c, c_i), params, lrs = run.controls, run.model.trainable(), run.lrs()
+        extra = {}
+        for k in c:
+            new_c = c_i[k] - c[k] + (run.x[k] - params[k].detach()) * (1.0 / (steps * lrs[k]))
+            extra[k] = (new_c - c_i[k]).cpu()
+            new_state[f"control/{k}"] = new_c.cpu()
+        return extra
+
+    def server_step(self, state, results, avg, delta, num_clients):
+        new = super().server_step(state, results, avg, delta, num_clients)
+        dc = weighted_mean([r.extra for r in results], [1.0] * len(results))  # mean over sampled clients
+        frac = len(results) / num_clients
+        new.controls = {"c": {k: v + frac * dc[k] for k, v in state.controls["c"].items()}}
+        return new
+
+
+# ---- server optimisers (Reddi et al. 2021) ------------------------------------------------------------------
+class ServerOptimizer(FedAvg):
+    """FedAvg whose server applies an optimiser to ``delta``: :meth:`direction` gives the step and the new buffers."""
+
+    def direction(self, name: str, d: torch.Tensor, opt: Tensors) -> tuple[torch.Tensor, Tensors]:
+        raise NotImplementedError
+
+    def server_step(self, state, results, avg, delta, num_clients):
+        x, opt = {}, dict(state.opt)
+        for name, d in delta.items():
+            step, buffers = self.direction(name, d, state.opt)
+            opt.update(buffers)
+            x[name] = state.shared[name] + self.cfg.server_lr * step
+        return ServerState(state.round + 1, x, opt, state.controls, dict(state.scalars))
+
+
+@dataclass
+class FedAvgMConfig(FedAvgConfig):
+    name: str = setting("fedavgm", "the federated strategy")
+    server_momentum: float = setting(0.9, "server momentum beta: m <- beta m + delta")
+
+    def validate(self) -> None:
+        super().validate()
+        check(0 <= self.server_momentum < 1, "strategy", "server_momentum", self.server_momentum, "must be in [0, 1)")
+
+
+@register
+class FedAvgM(ServerOptimizer):
+    name, Config, doc = "fedavgm", FedAvgMConfig, "FedAvg with server momentum"
+
+    def direction(self, name, d, opt):
+        m = self.cfg.server_momentum * opt.get(f"m.{name}", torch.zeros_like(d)) + d
+        return m, {f"m.{name}": m}
+
+
+@dataclass
+class FedAdamConfig(FedAvgConfig):
+    name: str = setting("fedadam", "the federated strategy")
+    server_lr: float = setting(0.1, "server learning rate eta")
+    server_beta1: float = setting(0.9, "first-moment decay b1")
+    server_beta2: float = setting(0.99, "second-moment decay b2")
+    server_tau: float = setting(1e-9, "adaptivity tau: x <- x + eta m / (sqrt(v) + tau)")
+
+    def validate(self) -> None:
+        super().validate()
+        for f in ("server_beta1", "server_beta2"):
+            check(0 <= getattr(self, f) < 1, "strategy", f, getattr(self, f), "must be in [0, 1)")
+        check(self.server_tau > 0, "strategy", "server_tau", self.server_tau, "must be > 0")
+
+
+@register
+class FedAdam(ServerOptimizer):
+    name, Config, doc = "fedadam", FedAdamConfig, "FedAdam (Reddi et al. 2021)"
+
+    def second_moment(self, v0: torch.Tensor, d2: torch.Tensor) -> torch.Tensor:
+        return self.cfg.server_beta2 * v0 + (1 - self.cfg.server_beta2) * d2
+
+    def first_moment(self, m0: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        return self.cfg.server_beta1 * m0 + (1 - self.cfg.server_beta1) * d
+
+    def direction(self, name, d, opt):
+        m = self.first_moment(opt.get(f"m.{name}", torch.zeros_like(d)), d)
+        v = self.second_moment(opt.get(f"v.{name}", torch.zeros_like(d)), d * d)
+        return m / (v.sqrt() + self.cfg.server_tau), {f"m.{name}": m, f"v.{name}": v}
+
+
+@dataclass
+class FedYogiConfig(FedAdamConfig):
+    name: str = setting("fedyogi", "the federated strategy")
+    server_lr: float = setting(0.01, "server learning rate eta")
+    server_tau: float = setting(1e-3, "adaptivity tau")
+
+
+@register
+class FedYogi(FedAdam):
+    name, Config, doc = "fedyogi", FedYogiConfig, "FedYogi (Reddi et al. 2021)"
+
+    def second_moment(self, v0, d2):
+        return v0 - (1 - self.cfg.server_beta2) * d2 * torch.sign(v0 - d2)
+
+
+@dataclass
+class FedAdagradConfig(FedAvgConfig):
+    name: str = setting("fedadagrad", "the federated strategy")
+    server_lr: float = setting(0.1, "server learning rate eta")
+    server_tau: float = setting(1e-9, "adaptivity tau: x <- x + eta delta / (sqrt(v) + tau), v <- v + delta^2")
+
+    def validate(self) -> None:
+        super().validate()
+        check(self.server_tau > 0, "strategy", "server_tau", self.server_tau, "must be > 0")
+
+
+@register
+class FedAdagrad(ServerOptimizer):
+    name, Config, doc = "fedadagrad", FedAdagradConfig, "FedAdagrad (Reddi et al. 2021)"
+
+    def direction(self, name, d, opt):
+        v = opt.get(f"v.{name}", torch.zeros_like(d)) + d * d
+        return d.clone() / (v.sqrt() + self.cfg.server_tau), {f"m.{name}": d.clone(), f"v.{name}": v}

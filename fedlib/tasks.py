@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
+from .runtime import offline
+
 __all__ = ["TaskSpec", "TaskDataError", "TASKS", "get_task", "load_task", "compute_metric", "data_root"]
 
 log = logging.getLogger(__name__)
@@ -63,7 +65,10 @@ class TaskSpec:
     def layout(self) -> str:
         """Human-readable description of the expected local files, used in error messages."""
         if self.n_fields:
-            cols = f"no header row, {self.n_fields} tab-separated fields; text in field {self.columns[0]}, label in field {self.columns[2]}"
+            cols = (
+                f"no header row, {self.n_fields} tab-separated fields; text in field {self.columns[0]}, "
+                f"label in field {self.columns[2]}"
+            )
         else:
             names = [c for c in self.columns if c is not None]
             cols = "a header row with columns " + ", ".join(repr(c) for c in names)
@@ -230,12 +235,6 @@ def data_root(data_dir: str | Path | None = None) -> Path:
     return Path(__file__).resolve().parent.parent / "data"
 
 
-def _offline() -> bool:
-    return any(
-        os.environ.get(v, "0").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-    )
-
-
 def read_tsv(spec: TaskSpec, path: Path) -> tuple[list[str], list[str] | None, list[int]]:
     """Parse one TSV file of ``spec``'s layout into (texts, text_pairs or None, label indices)."""
     raw = path.read_bytes()
@@ -325,11 +324,11 @@ def load_task(
     if path.is_file():
         texts, pairs, labels = read_tsv(spec, path)
     else:
-        allow_hub = (not _offline()) if allow_hub is None else allow_hub
+        allow_hub = (not offline()) if allow_hub is None else allow_hub
         if not allow_hub or spec.hub is None:
             raise TaskDataError(
                 f"task {spec.name!r}: no local file {path} (searched {folder} for {spec.files[split]}) and the hub is "
-                f"{'disabled (offline: HF_HUB_OFFLINE/HF_DATASETS_OFFLINE set)' if _offline() else 'not allowed'}. "
+                f"{'disabled (offline: HF_HUB_OFFLINE/HF_DATASETS_OFFLINE set)' if offline() else 'not allowed'}. "
                 f"Put the data there as {spec.layout()}, point FEDLIB_DATA or data_dir at a folder holding it, "
                 f"or run online to load {spec.hub[0] if spec.hub else 'it'} from the hub."
             )

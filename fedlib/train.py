@@ -1,7 +1,7 @@
 """Local optimisation and evaluation: the device side of one client, and centralized training.
 
-:func:`local_train` is the device update of digest 1.5 step 2 (AdamW, weight decay, gradient clipping,
-``zero_grad`` every step — the reference's decoder trees forgot it, bug 5). The federated client update
+:func:`local_train` is the device update (``docs/method.md``, "The round": AdamW, weight decay, gradient
+clipping, ``zero_grad`` every step — the reference's decoder trees forgot it). The federated client update
 and the centralized baseline both call it.
 """
 
@@ -143,11 +143,12 @@ def train_centralized(
     device: torch.device,
     eval_every: int = 0,
     progress: bool = True,
+    seed: int = 42,
 ) -> list[dict]:
-    """Single-client training (the sanity baseline): returns one record per evaluation."""
+    """Single-client training (the sanity baseline; ``seed`` shuffles the minibatches): one record per evaluation."""
     model.to(device)
     optimizer = make_optimizer(model, cfg)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(seed)
     history = [{"step": 0, **evaluate(model, evalset, model.task, cfg.eval_batch_size, device)}]
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total = min(cfg.max_steps or math.inf, steps_per_epoch * cfg.epochs)

@@ -3,9 +3,11 @@
 import pytest
 import torch
 
-from fedlib.config import ExperimentConfig, FedConfig, ModelConfig, TrainConfig
+from fedlib.config import ModelConfig, TrainConfig
 from fedlib.models import wrap_backbone
 from fedlib.simulation import Simulation, run_simulation
+
+from .configs import build
 
 
 def no_dropout_tiny(kind: str, vocab_size: int):
@@ -44,10 +46,10 @@ def cfg(batch: str, **fed):
         shared_layers=1,
         eval_every=1,
     )
-    return ExperimentConfig(
+    return build(
         model=ModelConfig(prompt_len=3, prompt_dropout=0.0, max_length=48),
         train=TrainConfig(batch_size=4, eval_batch_size=32),
-        fed=FedConfig(**{**base, **fed}),
+        **{**base, **fed},
     )
 
 
@@ -87,27 +89,25 @@ def test_batched_clients_equal_sequential(tokenizer, kind, strategy, chunk):
 
 def test_batching_default_per_device_and_mode(bundled_backbone):
     base = dict(task="sst2", num_clients=4, clients_per_round=2, rounds=1, train_limit=16, eval_limit=8)
-    auto = Simulation(ExperimentConfig(fed=FedConfig(**base)), backbone=bundled_backbone, progress=False)
+    auto = Simulation(build(**base), backbone=bundled_backbone, progress=False)
     assert auto.batching()  # deep prompts: joint batches (chunk size by device)
-    off = Simulation(
-        ExperimentConfig(fed=FedConfig(**base, batch_clients="off")), backbone=bundled_backbone, progress=False
-    )
+    off = Simulation(build(**base, batch_clients="off"), backbone=bundled_backbone, progress=False)
     assert not off.batching()
-    lora = Simulation(
-        ExperimentConfig(fed=FedConfig(**base, strategy="lora", batch_clients="on")),
-        backbone=bundled_backbone,
-        progress=False,
-    )
+    lora = Simulation(build(**base, strategy="lora", batch_clients="on"), backbone=bundled_backbone, progress=False)
     assert not lora.batching()  # LoRA adapters live in the shared backbone
 
 
 def test_batched_run_with_dropout_is_reproducible(bundled_backbone):
-    c = ExperimentConfig(
+    c = build(
         model=ModelConfig(prompt_len=2),
         train=TrainConfig(batch_size=8),
-        fed=FedConfig(
-            task="sst2", num_clients=4, clients_per_round=3, rounds=2, train_limit=48, eval_limit=16, batch_clients="on"
-        ),
+        task="sst2",
+        num_clients=4,
+        clients_per_round=3,
+        rounds=2,
+        train_limit=48,
+        eval_limit=16,
+        batch_clients="on",
     )
     a = run_simulation(c, backbone=bundled_backbone, progress=False)
     b = run_simulation(c, backbone=bundled_backbone, progress=False)

@@ -21,7 +21,8 @@ def test_invalid_value_names_field_and_value(cls, field, value, needle):
     with pytest.raises(ConfigError) as err:
         cls(**{field: value})
     msg = str(err.value)
-    assert f"{cls.__name__}.{field}={value!r}" in msg and needle in msg
+    section = {TrainConfig: "train", ModelConfig: "model"}[cls]
+    assert f"{section}.{field}={value!r}" in msg and needle in msg
 
 
 @pytest.mark.parametrize(
@@ -48,5 +49,82 @@ def test_bad_json_and_yaml_are_config_errors():
 
 
 def test_replace_validates_again():
-    with pytest.raises(ConfigError, match="TrainConfig.epochs=0"):
+    with pytest.raises(ConfigError, match="train.epochs=0"):
         TrainConfig().replace(epochs=0)
+
+
+def test_sections_round_trip_with_the_strategys_own_fields():
+    from fedlib.config import ExperimentConfig
+
+    cfg = ExperimentConfig().with_strategy("fedyogi", server_lr=0.02)
+    data = cfg.to_dict()
+    assert data["strategy"] == {
+        "name": "fedyogi",
+        "server_lr": 0.02,
+        "server_beta1": 0.9,
+        "server_beta2": 0.99,
+        "server_tau": 1e-3,
+    }
+    assert ExperimentConfig.from_yaml(cfg.to_yaml()) == cfg and ExperimentConfig.from_json(cfg.to_json()) == cfg
+    with pytest.raises(ConfigError, match=r"strategy 'fedavg' has no hyper-parameter\(s\) \['mu'\]"):
+        ExperimentConfig.from_dict({"strategy": {"name": "fedavg", "mu": 0.1}})
+    with pytest.raises(ConfigError, match=r"ExperimentConfig: unknown field\(s\) \['fedd'\]"):
+        ExperimentConfig.from_dict({"fedd": {}})
+
+
+def test_every_field_has_help():
+    from fedlib.config import ExperimentConfig, config_reference
+    from fedlib.configbase import describe
+    from fedlib.strategies import STRATEGIES
+
+    rows = describe(ExperimentConfig) + [r for cls in STRATEGIES.values() for r in describe(cls.Config)]
+    assert all(help_.strip() for _, _, _, help_ in rows), [name for name, _, _, h in rows if not h.strip()]
+    text = config_reference()
+    assert "`fed.rounds`" in text and "`strategy.server_tau`" in text and "### `fedpeptao`" in text
+
+
+def test_docs_config_md_is_current():
+    from pathlib import Path
+
+    from fedlib.config import config_reference
+
+    path = Path(__file__).resolve().parent.parent / "docs" / "config.md"
+    assert path.read_text() == config_reference(), "regenerate: python -m fedlib.cli docs > docs/config.md"
+
+
+def test_command_line_sets_every_field_and_strategy_hyper_parameters(capsys):
+    import argparse
+
+    from fedlib.cli import add_config_arguments, apply_overrides, config_from_args
+    from fedlib.config import ExperimentConfig
+
+    parser = add_config_arguments(argparse.ArgumentParser())
+    args = parser.parse_args(
+        [
+            "--fed.rounds",
+            "3",
+            "--strategy.name",
+            "fedadam",
+            "--strategy.server_tau",
+            "1e-6",
+            "--train.lr",
+            "0.01",
+            "--selection.shared_layers",
+            "2",
+            "--rounds",
+            "4",
+            "--model.layer_roles",
+            "[shared, off, shared, off, shared, off]",
+        ]
+    )
+    cfg = config_from_args(args)
+    assert (cfg.fed.rounds, cfg.strategy.name, cfg.strategy.server_tau, cfg.train.lr) == (4, "fedadam", 1e-6, 0.01)
+    assert cfg.selection.shared_layers == 2 and cfg.model.layer_roles == ("shared", "off") * 3
+    with pytest.raises(ConfigError, match=r"strategy 'fedavg' has no hyper-parameter\(s\) \['server_tau'\]"):
+        apply_overrides(ExperimentConfig(), {"strategy.server_tau": 0.1})
+    with pytest.raises(ConfigError, match=r"fed: unknown field\(s\) \['round'\]"):
+        apply_overrides(ExperimentConfig(), {"fed.round": 1})
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--help"])
+    out = capsys.readouterr().out
+    assert "--fed.rounds" in out and "T, communication rounds" in out and "--strategy.server_momentum" in out

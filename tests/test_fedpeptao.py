@@ -3,9 +3,10 @@ import pytest
 import torch
 
 from fedlib.client import ClientResult
+from fedlib.config import SelectionConfig, strategy_config
 from fedlib.hessian import eigen_density, keep_ratio, lanczos, layer_count, ritz, threshold_ratio
 from fedlib.scoring import similarity_scores
-from fedlib.server import init_server, server_update
+from fedlib.server import server_update
 from fedlib.strategies import get_strategy
 
 
@@ -72,17 +73,16 @@ def test_keep_ratio_on_the_bundled_model_needs_eager_attention_and_restores_sdpa
     assert keep_ratio(model, collate(data, range(4), 0), 6, 0, torch.device("cpu"))["ratio"] == out["ratio"]
 
 
-def _res(client, n, k, y):
-    return ClientResult(client, n, k, 0.1, {"w": torch.tensor([y], dtype=torch.float64)})
+def _res(client, n, k, y, lr=0.5):
+    return ClientResult(client, n, k, 0.1, {"w": torch.tensor([y], dtype=torch.float64)}, lrs={"w": lr})
 
 
 @pytest.mark.parametrize("variant", ["parallel", "sequential"])
 def test_fedpeptao_server_step_two_clients_two_rounds(variant):
-    s = get_strategy("fedpeptao")
-    hp = {"server_lr": 0.1, "server_momentum": 0.9, "lr": 0.5, "variant": variant}
-    st = init_server(s, {"w": torch.tensor([0.0], dtype=torch.float64)}, hp)
-    # round 1: A (n=1, K=2, y=1), B (n=3, K=1, y=2); mean 1.75
-    st = server_update(st, [_res(0, 1, 2, 1.0), _res(1, 3, 1, 2.0)], s, hp, num_clients=4)
+    s = get_strategy(strategy_config("fedpeptao", server_lr=0.1, server_momentum=0.9, variant=variant))
+    st = s.init_server({"w": torch.tensor([0.0], dtype=torch.float64)})
+    # round 1: A (n=1, K=2, y=1), B (n=3, K=1, y=2); mean 1.75; both trained w at eta_l = 0.5
+    st = server_update(st, [_res(0, 1, 2, 1.0), _res(1, 3, 1, 2.0)], s, num_clients=4)
     cA, cB = (0 - 1.0) / (2 * 0.5), (0 - 2.0) / (1 * 0.5)  # -1, -4
     c = 0 + (2 / 4) * (2 * cA + 1 * cB) / 3  # -1
     assert st.shared["w"].item() == pytest.approx(1.75)  # first step: FedAvg
@@ -93,7 +93,7 @@ def test_fedpeptao_server_step_two_clients_two_rounds(variant):
     ) == pytest.approx((cA, cB, c))
     assert st.scalars["server_lr"] == 0.1
     # round 2: A (y=2.75), B (y=4.75); mean 4.25; Delta_1 = -1.75, Delta_2 = 1.75 - 4.25; g = Delta_1 - Delta_2
-    st2 = server_update(st, [_res(0, 1, 2, 2.75), _res(1, 3, 1, 4.75)], s, hp, num_clients=4)
+    st2 = server_update(st, [_res(0, 1, 2, 2.75), _res(1, 3, 1, 4.75)], s, num_clients=4)
     cA2 = cA - c + (1.75 - 2.75) / (2 * 0.5)
     cB2 = cB - c + (1.75 - 4.75) / (1 * 0.5)
     c2 = c + (2 / 4) * (2 * (cA2 - cA) + 1 * (cB2 - cB)) / 3
@@ -112,32 +112,93 @@ def test_fedpeptao_server_step_two_clients_two_rounds(variant):
     assert st2.controls["c"]["w"].item() == pytest.approx(c2)
 
 
-def test_selection_is_deterministic_and_shares_the_top_scored_layers(bundled_backbone):
-    from fedlib.config import ExperimentConfig, FedConfig, ModelConfig, TrainConfig
+def test_control_variates_divide_by_each_tensors_own_learning_rate():
+    s = get_strategy("fedpeptao")
+    x = {"prompt": torch.zeros(2, dtype=torch.float64), "head": torch.zeros(2, dtype=torch.float64)}
+    y = {
+        "prompt": torch.tensor([1.0, -1.0], dtype=torch.float64),
+        "head": torch.tensor([0.5, 0.5], dtype=torch.float64),
+    }
+    res = [ClientResult(3, 2, 4, 0.1, y, lrs={"prompt": 0.04, "head": 0.005})]
+    st = server_update(s.init_server(x), res, s, num_clients=1)
+    assert torch.allclose(st.controls["c3"]["prompt"], -y["prompt"] / (4 * 0.04))
+    assert torch.allclose(st.controls["c3"]["head"], -y["head"] / (4 * 0.005))
+
+
+@pytest.mark.parametrize("lr", [0.04, 0.01])
+def test_the_clients_learning_rates_reach_the_server_step(bundled_backbone, lr):
+    """A real run: each client's variate is (theta - y_i) / (K_i * eta_l) with eta_l = train.lr for the prompts
+    and train.head_lr for the head, so changing train.lr changes the control variates accordingly."""
+    from fedlib.client import client_update
+    from fedlib.config import ModelConfig, TrainConfig
     from fedlib.simulation import Simulation
 
-    cfg = ExperimentConfig(
+    from .configs import build
+
+    cfg = build(
+        model=ModelConfig(prompt_len=2),
+        train=TrainConfig(batch_size=8, lr=lr, head_lr=0.002),
+        strategy="fedpeptao",
+        num_clients=3,
+        clients_per_round=2,
+        rounds=1,
+        train_limit=48,
+        eval_limit=8,
+        shared_layers=2,
+        batch_clients="off",
+    )
+    seen = {}
+
+    def spy(model, k, shared, *args):
+        res, state = client_update(model, k, shared, *args)
+        seen[k] = ({n: v.clone() for n, v in shared.items()}, res)
+        return res, state
+
+    sim = Simulation(cfg, backbone=bundled_backbone, progress=False, client_fn=spy)
+    sim.run()
+    assert len(seen) == 2
+    for k, (x, res) in seen.items():
+        assert set(res.lrs.values()) == {lr, 0.002} and {res.lrs[n] for n in res.lrs if n.startswith("head.")} == {
+            0.002
+        }
+        for name in x:
+            want = (x[name] - res.shared[name]) / (res.steps * res.lrs[name])
+            torch.testing.assert_close(sim.server.controls[f"c{k}"][name], want)
+
+
+def test_selection_is_deterministic_and_shares_the_top_scored_layers(bundled_backbone):
+    from fedlib.config import ModelConfig, TrainConfig
+    from fedlib.selection import select_layers
+    from fedlib.simulation import Simulation
+
+    from .configs import build
+
+    cfg = build(
         model=ModelConfig(prompt_len=2),
         train=TrainConfig(batch_size=8),
-        fed=FedConfig(
-            strategy="fedpeptao",
-            num_clients=4,
-            clients_per_round=2,
-            rounds=1,
-            train_limit=48,
-            eval_limit=16,
-            hessian_warmup_rounds=1,
-            hessian_iters=4,
-        ),
+        strategy="fedpeptao",
+        num_clients=4,
+        clients_per_round=2,
+        rounds=1,
+        train_limit=48,
+        eval_limit=16,
+        hessian_warmup_rounds=1,
+        hessian_iters=4,
     )
-    a = Simulation(cfg, backbone=bundled_backbone, progress=False).selection
-    b = Simulation(cfg, backbone=bundled_backbone, progress=False).selection
+    sim = Simulation(cfg, backbone=bundled_backbone, progress=False)
+    assert sim.selection is None and sim.server is None  # nothing is selected while building
+    before = {k: v.clone() for k, v in sim.model.state().items()}
+    a = select_layers(sim.model, sim.train, sim.partition, cfg, sim.device)
+    assert all(torch.equal(before[k], v) for k, v in sim.model.state().items())  # back at the initial prompts
+    b = Simulation(cfg, backbone=bundled_backbone, progress=False)
+    b.start()  # what run() does first
+    b = b.selection
     assert a["ranking"] == b["ranking"] and a["scores"] == b["scores"] and a["roles"] == b["roles"]
     assert a["how"] == "Hessian eigen-density" and 1 <= a["k"] <= 6
+    assert len(a["hessian"]["warmup"]) == 1 and a["hessian"]["warmup"][0]["reported"] == 2  # a real FedAvg round
     shared = {l for l, r in enumerate(a["roles"]) if r == "shared"}
     assert shared == set(a["ranking"][: a["k"]]) and set(a["roles"]) <= {"shared", "personal"}
-    fixed = Simulation(
-        cfg.replace(fed=cfg.fed.replace(shared_layers=2, nonselected="off")), backbone=bundled_backbone, progress=False
-    )
-    assert fixed.selection["roles"].count("shared") == 2 and fixed.selection["roles"].count("off") == 4
-    assert fixed.selection["hessian"] is None
+    fixed = cfg.replace(selection=SelectionConfig(shared_layers=2, nonselected="off"))
+    f = select_layers(sim.model, sim.train, sim.partition, fixed, sim.device)
+    assert f["roles"].count("shared") == 2 and f["roles"].count("off") == 4
+    assert f["hessian"] is None

@@ -4,9 +4,12 @@ import pytest
 import torch
 
 pytest.importorskip("flwr")
+pytestmark = pytest.mark.slow  # Ray start-up and Flower runs
 
-from fedlib.config import ExperimentConfig, FedConfig, ModelConfig, TrainConfig  # noqa: E402
+from fedlib.config import ModelConfig, TrainConfig  # noqa: E402
 from fedlib.simulation import run_simulation  # noqa: E402
+
+from .configs import build  # noqa: E402
 
 
 def cfg(**fed):
@@ -22,9 +25,7 @@ def cfg(**fed):
         seed=3,
         batch_clients="off",
     )  # Flower nodes train one client each
-    return ExperimentConfig(
-        model=ModelConfig(prompt_len=2), train=TrainConfig(batch_size=8), fed=FedConfig(**{**base, **fed})
-    )
+    return build(model=ModelConfig(prompt_len=2), train=TrainConfig(batch_size=8), **{**base, **fed})
 
 
 @pytest.fixture(scope="module")

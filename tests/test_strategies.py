@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from fedlib.client import ClientResult
-from fedlib.server import init_server, server_update
-from fedlib.strategies import STRATEGIES, get_strategy, server_rule, weighted_mean
+from fedlib.config import ConfigError
+from fedlib.server import server_update, weighted_mean
+from fedlib.strategies import STRATEGIES, get_strategy, strategy_config
 
 X = {"w": torch.tensor([1.0, 2.0])}
 # client 1: y=[2, 2], n=1; client 2: y=[4, 0], n=3 -> mean [3.5, 0.5], delta [2.5, -1.5]
@@ -16,8 +17,11 @@ R1 = [
 
 
 def _step(name, state, results, **hp):
-    s = get_strategy(name)
-    return server_update(state, results, s, {**s.defaults, **hp}, num_clients=10)
+    return server_update(state, results, get_strategy(strategy_config(name, **hp)), num_clients=10)
+
+
+def init_server(name):
+    return get_strategy(name).init_server(X)
 
 
 def test_weighted_mean_uses_example_counts():
@@ -25,13 +29,11 @@ def test_weighted_mean_uses_example_counts():
 
 
 def test_fedavg_is_the_weighted_mean():
-    assert torch.allclose(
-        _step("fedavg", init_server(get_strategy("fedavg"), X, {}), R1).shared["w"], torch.tensor([3.5, 0.5])
-    )
+    assert torch.allclose(_step("fedavg", init_server("fedavg"), R1).shared["w"], torch.tensor([3.5, 0.5]))
 
 
 def test_fedavgm_two_rounds():
-    s0 = init_server(get_strategy("fedavgm"), X, {})
+    s0 = init_server("fedavgm")
     s1 = _step("fedavgm", s0, R1)  # m = d = [2.5, -1.5]; x = [3.5, 0.5]
     assert torch.allclose(s1.shared["w"], torch.tensor([3.5, 0.5]))
     r2 = [ClientResult(0, 1, 1, 0.1, {"w": torch.tensor([4.5, 0.5])})]  # d2 = [1, 0]
@@ -40,7 +42,7 @@ def test_fedavgm_two_rounds():
 
 
 def test_fedadam_first_step_is_eta_times_sign():
-    s1 = _step("fedadam", init_server(get_strategy("fedadam"), X, {}), R1)
+    s1 = _step("fedadam", init_server("fedadam"), R1)
     # m = 0.1 d, v = 0.01 d^2 -> m / sqrt(v) = sign(d); eta = 0.1
     assert torch.allclose(s1.shared["w"], torch.tensor([1.1, 1.9]))
     assert torch.allclose(s1.opt["m.w"], torch.tensor([0.25, -0.15])) and torch.allclose(
@@ -49,19 +51,19 @@ def test_fedadam_first_step_is_eta_times_sign():
 
 
 def test_fedyogi_and_fedadagrad():
-    y = _step("fedyogi", init_server(get_strategy("fedyogi"), X, {}), R1)
+    y = _step("fedyogi", init_server("fedyogi"), R1)
     want = torch.tensor([1 + 0.01 * 0.25 / (0.25 + 1e-3), 2 - 0.01 * 0.15 / (0.15 + 1e-3)])
     assert torch.allclose(y.shared["w"], want)
     # second Yogi round: v <- v - (1 - b2) d^2 sign(v - d^2), with v = 0.01 d1^2 and d2 = [0.5, 0.5]
     y2 = _step("fedyogi", y, [ClientResult(0, 1, 1, 0.1, {"w": y.shared["w"] + 0.5})])
     v = torch.tensor([0.0625, 0.0225]) - 0.01 * 0.25 * torch.sign(torch.tensor([0.0625, 0.0225]) - 0.25)
     assert torch.allclose(y2.opt["v.w"], v)
-    a = _step("fedadagrad", init_server(get_strategy("fedadagrad"), X, {}), R1)
+    a = _step("fedadagrad", init_server("fedadagrad"), R1)
     assert torch.allclose(a.shared["w"], torch.tensor([1.1, 1.9]))  # m = d, v = d^2
 
 
 def test_scaffold_global_control_update():
-    s0 = init_server(get_strategy("scaffold"), X, {})
+    s0 = init_server("scaffold")
     assert torch.equal(s0.controls["c"]["w"], torch.zeros(2))
     res = [
         ClientResult(0, 1, 1, 0.1, {"w": torch.tensor([2.0, 2.0])}, {"w": torch.tensor([1.0, 0.0])}),
@@ -73,17 +75,49 @@ def test_scaffold_global_control_update():
 
 
 def test_no_results_keeps_state():
-    s0 = init_server(get_strategy("fedadam"), X, {})
+    s0 = init_server("fedadam")
     s1 = _step("fedadam", s0, [])
     assert s1.round == 1 and torch.equal(s1.shared["w"], X["w"])
 
 
-def test_every_strategy_is_documented_and_known():
-    from fedlib.config import STRATEGY_NAMES
-
-    assert set(STRATEGIES) == set(STRATEGY_NAMES)
-    assert all(s.doc for s in STRATEGIES.values())
-    with pytest.raises(KeyError, match="valid strategies"):
+def test_every_strategy_is_registered_documented_and_typed():
+    assert list(STRATEGIES) == [
+        "fedavg",
+        "fedavg_selected",
+        "shallow",
+        "lora",
+        "fedprox",
+        "scaffold",
+        "fedavgm",
+        "fedadam",
+        "fedyogi",
+        "fedadagrad",
+        "fedpeptao",
+    ]
+    for name, cls in STRATEGIES.items():
+        assert cls.doc and cls.name == name and get_strategy(name).cfg.name == name
+    with pytest.raises(ConfigError, match=r"strategy.name='fedsgd' is invalid: one of \['fedavg'"):
         get_strategy("fedsgd")
-    with pytest.raises(KeyError):
-        server_rule("nope", X, X, {}, {})
+
+
+def test_strategy_hyper_parameters_are_typed_and_named_in_errors():
+    assert strategy_config("fedadam", server_lr=0.3).server_lr == 0.3
+    with pytest.raises(ConfigError, match=r"strategy 'fedavg' has no hyper-parameter\(s\) \['server_tau'\]"):
+        strategy_config("fedavg", server_tau=1.0)
+    with pytest.raises(ConfigError, match=r"strategy.server_tau=0.0 is invalid: must be > 0"):
+        strategy_config("fedyogi", server_tau=0.0)
+    with pytest.raises(ConfigError, match=r"strategy.mu='big' is invalid: expected float"):
+        strategy_config("fedprox", mu="big")
+    with pytest.raises(ConfigError, match="needs a FedAvgConfig, got FedAdamConfig"):  # no posing as another
+        get_strategy("fedavg").__class__(strategy_config("fedadam"))
+
+
+def test_server_beta_reaches_the_step():
+    a = _step("fedadam", init_server("fedadam"), R1, server_beta1=0.5)
+    assert torch.allclose(a.opt["m.w"], 0.5 * torch.tensor([2.5, -1.5]))
+
+
+def test_lora_learning_rate_is_its_own_typed_field():
+    assert get_strategy("lora").client_lr(0.04) == 5e-3
+    assert get_strategy(strategy_config("lora", lr=None)).client_lr(0.04) == 0.04
+    assert get_strategy("fedavg").client_lr(0.04) == 0.04

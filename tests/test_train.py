@@ -27,7 +27,7 @@ def test_same_seed_same_result(bundled_backbone):
         model = PromptClassifier(bundled_backbone, get_task("rte"), ModelConfig(prompt_len=2))
         data = encode_dataset(load_task("rte", "train", limit=32), bundled_backbone.tokenizer, model.task, "linear", 64)
         train_centralized(
-            model, data, data, TrainConfig(batch_size=8, max_steps=4, seed=3), torch.device("cpu"), progress=False
+            model, data, data, TrainConfig(batch_size=8, max_steps=4), torch.device("cpu"), progress=False, seed=3
         )
         return model.state()
 

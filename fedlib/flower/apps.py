@@ -25,12 +25,16 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, M
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from ..client import ClientResult, client_seed, client_update, personal_tensors
+from ..client import ClientResult, client_update, personal_tensors
 from ..config import ExperimentConfig
 from ..evaluation import personal_predictions, pool_personal
-from ..simulation import Simulation, SimulationError
+from ..models import backbone_for
+from ..runtime import resolve_device, seed_everything
+from ..simulation import Simulation, SimulationError, build_model, load_split, partition_for
+from ..strategies import get_strategy
+from ..tasks import load_task
 
-__all__ = ["FlowerSimulation", "make_client_app", "make_server_app", "run_flower_simulation"]
+__all__ = ["FlowerSimulation", "ClientWorkspace", "make_client_app", "make_server_app", "run_flower_simulation"]
 
 log = logging.getLogger(__name__)
 STATE_KEY = "fedlib"
@@ -45,16 +49,51 @@ def _tensors(record: ArrayRecord | None) -> dict:
 
 
 # ---- client side ---------------------------------------------------------------------------------------
-_WORKSPACES: dict[str, Simulation] = {}
+class ClientWorkspace:
+    """What one node needs for partition ``k``: the model (with the run's layer roles), its own train and eval
+    shards (encoded; the rest of the data is dropped once the partition is known), its initial personal
+    tensors, the strategy object and the device. No server state, no other client's data."""
+
+    def __init__(self, cfg: ExperimentConfig, selection: dict | None, k: int, backbone=None, partition=None) -> None:
+        self.cfg, self.k = cfg, k
+        self.strategy = get_strategy(cfg.strategy)
+        self.device = resolve_device(cfg.run.device)
+        seed_everything(cfg.fed.seed)  # the initial prompts, as the server's Simulation draws them
+        self.model = build_model(cfg, self.strategy, backbone, self.device)
+        if selection:
+            self.model.set_roles(tuple(selection["roles"]))
+        self.init_personal = self.model.state("personal")
+        part = partition if partition is not None else client_partition(cfg)
+        self.train = load_split(cfg, self.model, "train", part.train[k])
+        self.eval = load_split(cfg, self.model, "eval", part.eval[k])
 
 
-def _workspace(cfg_json: str, selection_json: str) -> Simulation:
-    """The node's model, data and partition, built once per process (deterministic from the config)."""
-    key = cfg_json + selection_json
-    if key not in _WORKSPACES:
-        selection = json.loads(selection_json) or None
-        _WORKSPACES[key] = Simulation(ExperimentConfig.from_json(cfg_json), progress=False, selection=selection)
-    return _WORKSPACES[key]
+def client_partition(cfg: ExperimentConfig):
+    """The run's partition, from the task's labels alone (no text is encoded)."""
+    limits = {"train": cfg.data.train_limit, "eval": cfg.data.eval_limit}
+    labels = {s: load_task(cfg.fed.task, s, cfg.data.data_dir, limit=n or None)["label"] for s, n in limits.items()}
+    return partition_for(cfg, labels["train"], labels["eval"])
+
+
+# A process may serve several partitions (Flower's simulation reuses its workers): the frozen backbone is loaded
+# once per process and the partition computed once per run; each partition has its own small workspace.
+_CACHE: dict = {"run": None, "backbones": {}, "partition": None, "workspaces": {}}
+
+
+def _workspace(cfg_json: str, selection_json: str, k: int) -> ClientWorkspace:
+    """Partition ``k``'s workspace, built once per process (deterministic from the config)."""
+    if _CACHE["run"] != (cfg_json, selection_json):  # a new run: drop the last run's workspaces
+        cfg = ExperimentConfig.from_json(cfg_json)
+        _CACHE.update(run=(cfg_json, selection_json), partition=client_partition(cfg), workspaces={})
+    if k not in _CACHE["workspaces"]:
+        cfg = ExperimentConfig.from_json(cfg_json)
+        key = (cfg.model.name, cfg.model.head, cfg.model.attn_implementation)
+        if key not in _CACHE["backbones"]:
+            _CACHE["backbones"][key] = backbone_for(cfg.model)
+        _CACHE["workspaces"][k] = ClientWorkspace(
+            cfg, json.loads(selection_json) or None, k, _CACHE["backbones"][key], _CACHE["partition"]
+        )
+    return _CACHE["workspaces"][k]
 
 
 def _partition_id(context: Context) -> int:
@@ -79,22 +118,20 @@ def make_client_app(mods: list | None = None) -> ClientApp:
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         conf = msg.content["config"]
-        ws = _workspace(conf["experiment"], conf["selection"])
         k = int(conf["partition-id"])
         if k != _partition_id(context):
             raise SimulationError(f"message for partition {k} reached the node of partition {_partition_id(context)}")
+        ws = _workspace(conf["experiment"], conf["selection"], k)
         state = _tensors(context.state.get(STATE_KEY))
-        data = ws.train.subset(ws.partition.train[k])
         res, new_state = client_update(
             ws.model,
             k,
             _tensors(msg.content["arrays"]),
             state,
             ws.init_personal,
-            data,
+            ws.train,
             ws.cfg.train,
             ws.strategy,
-            ws.hp,
             _tensors(msg.content.get("download")),
             int(conf["seed"]),
             ws.device,
@@ -109,7 +146,13 @@ def make_client_app(mods: list | None = None) -> ClientApp:
                 "partition-id": k,
             }
         )
-        content = RecordDict({"arrays": _arrays(res.shared), "metrics": metrics})
+        content = RecordDict(
+            {
+                "arrays": _arrays(res.shared),
+                "metrics": metrics,
+                "lrs": ConfigRecord({name: float(v) for name, v in res.lrs.items()}),
+            }
+        )
         if res.extra:
             content["extra"] = _arrays(res.extra)
         return Message(content, reply_to=msg)
@@ -117,8 +160,8 @@ def make_client_app(mods: list | None = None) -> ClientApp:
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
         conf = msg.content["config"]
-        ws = _workspace(conf["experiment"], conf["selection"])
         k = _partition_id(context)
+        ws = _workspace(conf["experiment"], conf["selection"], k)
         state = _tensors(context.state.get(STATE_KEY))
         personal = personal_tensors(state, ws.init_personal)
         preds = personal_predictions(
@@ -126,7 +169,7 @@ def make_client_app(mods: list | None = None) -> ClientApp:
             _tensors(msg.content["arrays"]),
             personal,
             ws.eval,
-            ws.partition.eval[k],
+            list(range(len(ws.eval))),
             ws.cfg.train.eval_batch_size,
             ws.device,
         )
@@ -153,7 +196,6 @@ class FlowerSimulation(Simulation):
         super().__init__(cfg, out_dir, **kwargs)
         self.grid, self.reply_timeout = grid, reply_timeout
         self.node_of = self._connect(node_timeout)
-        self.client_state_held_by = "nodes"
 
     def _connect(self, timeout: float) -> dict[int, int]:
         """Wait (bounded) for the nodes and learn which partition each one holds."""
@@ -184,14 +226,14 @@ class FlowerSimulation(Simulation):
                 "selection": json.dumps(self.selection or {}),
                 "partition-id": k,
                 "round": round_,
-                "seed": client_seed(self.fed.seed, round_, k),
+                "seed": self.seed_of(round_, k),
             }
         )
 
-    def train_clients(self, round_: int, sampled: list[int], download: dict) -> list[tuple]:
+    def train_clients(self, round_: int, sampled: list[int], shared: dict, download: dict) -> list[tuple]:
         msgs = []
         for k in sampled:
-            content = RecordDict({"arrays": _arrays(self.server.shared), "config": self._config(k, round_)})
+            content = RecordDict({"arrays": _arrays(shared), "config": self._config(k, round_)})
             if download:
                 content["download"] = _arrays(download)
             msgs.append(Message(content, dst_node_id=self.node_of[k], message_type=MessageType.TRAIN))
@@ -215,6 +257,7 @@ class FlowerSimulation(Simulation):
                     _tensors(reply.content["arrays"]),
                     _tensors(reply.content.get("extra")),
                     float(m["seconds"]),
+                    {n: float(v) for n, v in reply.content["lrs"].items()},
                 )
                 out.append((k, res, None, None))
         return out

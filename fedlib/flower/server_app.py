@@ -1,47 +1,41 @@
 """``flwr run`` entry point for the ServerApp (``[tool.flwr.app.components] serverapp``).
 
 Run config keys (``[tool.flwr.app.config]`` or ``flwr run --run-config``): ``config-file`` (an
-ExperimentConfig YAML/JSON; empty: the defaults), ``out-dir``, and overrides ``task``, ``strategy``,
-``num-server-rounds``, ``num-clients``, ``clients-per-round``, ``train-limit``, ``eval-limit``,
-``shared-layers``, ``seed``.
+ExperimentConfig YAML/JSON; empty: the defaults), ``out-dir``, any config field as ``"section.field"``
+(e.g. ``"strategy.server_lr=0.1"``, ``"train.lr=0.01"``; see ``docs/config.md``), and the short names
+``task``, ``strategy``, ``num-server-rounds``, ``num-clients``, ``clients-per-round``, ``train-limit``,
+``eval-limit``, ``shared-layers``, ``seed``.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from ..cli import apply_overrides, load_config
 from ..config import ExperimentConfig
 from .apps import FlowerSimulation
 
 app = ServerApp()
-OVERRIDES = {
-    "task": "task",
-    "strategy": "strategy",
-    "num-server-rounds": "rounds",
-    "num-clients": "num_clients",
-    "clients-per-round": "clients_per_round",
-    "train-limit": "train_limit",
-    "eval-limit": "eval_limit",
-    "shared-layers": "shared_layers",
-    "seed": "seed",
+SHORT = {
+    "task": "fed.task",
+    "strategy": "strategy.name",
+    "num-server-rounds": "fed.rounds",
+    "num-clients": "fed.num_clients",
+    "clients-per-round": "fed.clients_per_round",
+    "train-limit": "data.train_limit",
+    "eval-limit": "data.eval_limit",
+    "shared-layers": "selection.shared_layers",
+    "seed": "fed.seed",
 }
 
 
 def config_from_run_config(run_config: dict) -> ExperimentConfig:
-    """An ExperimentConfig from Flower's run config (file, then the flat overrides)."""
-    path = str(run_config.get("config-file", "") or "")
-    cfg = ExperimentConfig()
-    if path:
-        cfg = (
-            ExperimentConfig.from_yaml(Path(path))
-            if path.endswith((".yaml", ".yml"))
-            else ExperimentConfig.from_json(Path(path))
-        )
-    fed = {field: run_config[key] for key, field in OVERRIDES.items() if key in run_config}
-    return cfg.replace(fed=cfg.fed.replace(**fed))
+    """An ExperimentConfig from Flower's run config (file, then the short names, then ``section.field`` keys)."""
+    cfg = load_config(str(run_config.get("config-file", "") or "") or None)
+    overrides = {SHORT[key]: value for key, value in run_config.items() if key in SHORT}
+    overrides.update({key: value for key, value in run_config.items() if "." in key})
+    return apply_overrides(cfg, overrides)
 
 
 @app.main()

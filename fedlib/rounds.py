@@ -1,0 +1,167 @@
+"""One federated round in this process: sample, train the sampled clients, check their results, update the server.
+
+:class:`Federation` is the round machinery over one model workspace, the training data and its client
+shards: :meth:`Federation.round` samples m clients (seeded by (seed, round)), trains them (as joint batches,
+:mod:`fedlib.batched`, when the strategy allows it, else one by one; a joint step that fails falls back to
+one by one so that a failing client is isolated), leaves out clients that raised, returned non-finite tensors
+or diverged, and runs :func:`fedlib.server.server_update`. It returns the new server state and the round's
+record (clients, failures, bytes up and down, loss, local steps, seconds). The simulator
+(:class:`fedlib.simulation.Simulation`) runs it every round; layer selection's FedAvg warm-up
+(:mod:`fedlib.selection`) runs the very same function on its own store, with its own seed stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .client import ClientStore, client_seed, client_update, personal_tensors
+from .encode import Encoded
+from .server import ServerState, server_update, tensor_bytes
+
+__all__ = ["Federation", "sample_clients"]
+
+log = logging.getLogger(__name__)
+
+
+def sample_clients(seed: int, round_: int, num_clients: int, m: int) -> list[int]:
+    """The m clients of round ``round_`` (0-based), drawn without replacement from (seed, round)."""
+    rng = np.random.default_rng([seed, round_])
+    return [int(k) for k in rng.choice(num_clients, m, replace=False)]
+
+
+class Federation:
+    """The round machinery: ``cfg`` (an ExperimentConfig), the model workspace, the encoded training data and
+    its per-client index lists ``shards``, the strategy object, the client store and the device. ``stream``
+    separates the clients' random draws of different uses of the same rounds (0: the run itself)."""
+
+    def __init__(
+        self,
+        cfg,
+        model,
+        train: Encoded,
+        shards: list[list[int]],
+        strategy,
+        store: ClientStore,
+        device,
+        progress: bool = False,
+        client_fn=client_update,
+        stream: int = 0,
+    ) -> None:
+        self.cfg, self.model, self.train, self.shards = cfg, model, train, shards
+        self.strategy, self.store, self.device = strategy, store, device
+        self.progress, self.client_fn, self.stream = progress, client_fn, stream
+        self.init_personal = model.state("personal")
+        self._workspaces: list = []  # batched clients' extra models (fedlib.batched.workspaces)
+
+    def sample(self, round_: int) -> list[int]:
+        return sample_clients(self.cfg.fed.seed, round_, self.cfg.fed.num_clients, self.cfg.fed.clients_per_round)
+
+    def personal_of(self, client: int) -> dict:
+        return personal_tensors(self.store.get(client), self.init_personal)
+
+    def batching(self) -> bool:
+        """Whether the sampled clients train as joint batches (RunConfig.batch_clients)."""
+        from .batched import supports_batching
+
+        return self.cfg.run.batch_clients != "off" and self.client_fn is client_update and supports_batching(self.model)
+
+    def seed_of(self, round_: int, client: int) -> int:
+        return client_seed(self.cfg.fed.seed, round_, client, stream=self.stream)
+
+    def train_clients(self, round_: int, sampled: list[int], shared: dict, download: dict) -> list[tuple]:
+        """Run the sampled clients' updates: ``[(client, result, new state or None, failure reason or None)]``."""
+        cfg = self.cfg
+        if self.batching() and len(sampled) > 1:
+            from .batched import client_updates_batched, workspaces
+
+            try:
+                models = workspaces(self.model, len(sampled), self._workspaces)
+                pairs = client_updates_batched(
+                    models,
+                    sampled,
+                    shared,
+                    [self.store.get(k) for k in sampled],
+                    self.init_personal,
+                    [self.train.subset(self.shards[k]) for k in sampled],
+                    cfg.train,
+                    self.strategy,
+                    download,
+                    [self.seed_of(round_, k) for k in sampled],
+                    self.device,
+                    cfg.run.batch_chunk,
+                )
+                return [(k, res, state, None) for k, (res, state) in zip(sampled, pairs)]
+            except Exception as err:
+                log.warning(
+                    "round %d: batched clients failed (%s: %s); training them one by one",
+                    round_ + 1,
+                    type(err).__name__,
+                    err,
+                )
+        out = []
+        for k in tqdm(sampled, desc=f"round {round_ + 1} clients", leave=False, disable=not self.progress):
+            try:
+                res, state = self.client_fn(
+                    self.model,
+                    k,
+                    shared,
+                    self.store.get(k),
+                    self.init_personal,
+                    self.train.subset(self.shards[k]),
+                    cfg.train,
+                    self.strategy,
+                    download,
+                    self.seed_of(round_, k),
+                    self.device,
+                )
+            except Exception as err:  # a failing client must not take the round down
+                out.append((k, None, None, f"{type(err).__name__}: {err}"))
+                continue
+            out.append((k, res, state, None))
+        return out
+
+    def check_result(self, res, shared: dict) -> str | None:
+        """Why a client's result must be left out (non-finite, diverged), or None."""
+        if not res.finite():
+            return "non-finite update"
+        norm = float(sum(((res.shared[n].double() - shared[n].double()) ** 2).sum() for n in shared) ** 0.5)
+        if norm > self.cfg.run.max_update_norm:
+            return f"update norm {norm:.3g} exceeds max_update_norm"
+        return None
+
+    def round(self, server: ServerState, round_: int) -> tuple[ServerState, dict]:
+        """Round ``round_`` (0-based) from ``server``: ``(new server state, record)``."""
+        t0 = time.perf_counter()
+        sampled = self.sample(round_)
+        download = self.strategy.download(server)
+        results, failures = [], []
+        for k, res, state, reason in self.train_clients(round_, sampled, server.shared, download):
+            reason = reason or self.check_result(res, server.shared)
+            if reason:
+                log.warning("round %d: client %d left out: %s", round_ + 1, k, reason)
+                failures.append({"client": k, "reason": reason})
+                continue
+            if state is not None:
+                self.store.put(k, state)
+            results.append(res)
+        t1 = time.perf_counter()
+        new = server_update(server, results, self.strategy, self.cfg.fed.num_clients)
+        rec = {
+            "round": round_ + 1,
+            "clients": sampled,
+            "reported": len(results),
+            "failed": len(failures),
+            "failures": failures,
+            "bytes_down": len(sampled) * (tensor_bytes(server.shared) + tensor_bytes(download)),
+            "bytes_up": sum(tensor_bytes(r.shared) + tensor_bytes(r.extra) for r in results),
+            "train_loss": float(np.mean([r.loss for r in results])) if results else float("nan"),
+            "local_steps": int(sum(r.steps for r in results)),
+            "seconds_client": t1 - t0,
+            "seconds_client_max": max((r.seconds for r in results), default=0.0),
+            "seconds_aggregate": time.perf_counter() - t1,
+        }
+        return new, rec

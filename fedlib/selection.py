@@ -1,0 +1,126 @@
+"""FedPepTAO's layer selection: which prompt layers are shared (``docs/method.md``, "Layer selection").
+
+:func:`select_layers` is a function of explicit inputs: the model workspace (its layers all shared), the
+encoded training data, the partition and the config. Steps:
+
+1. score every layer on one batch of ``selection.score_batch`` examples per client (:mod:`fedlib.scoring`:
+   ``s_kl = sum_j (log lambda_j + 1/lambda_j)`` of the cosine-similarity matrix of layer l's hidden states),
+   weighted over clients by data size;
+2. choose how many layers to share, k: ``selection.shared_layers``, else ``share_ratio`` of the layers, else
+   the Hessian criterion (:func:`hessian_ratio`): ``hessian_warmup_rounds`` of FedAvg on all layers, run by
+   the simulator's own round function (:class:`fedlib.rounds.Federation`), then the Hessian eigenvalue density
+   of each sampled client's prompt loss (:mod:`fedlib.hessian`); the model then returns to its initial prompts;
+3. share the k best-scored layers; the others are ``selection.nonselected`` (``"auto"``: personal for
+   encoders, off for decoders, the reference's GPT-2 choice).
+
+The simulator calls it when a run starts (not when it is built); notebook 02 calls it as well.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from .client import ClientStore, client_seed
+from .encode import Encoded, collate
+from .hessian import keep_ratio, layer_count
+from .rounds import Federation
+from .scoring import score_layers
+from .strategies import get_strategy
+
+__all__ = ["select_layers", "hessian_ratio", "roles_from_ranking"]
+
+log = logging.getLogger(__name__)
+
+
+def roles_from_ranking(ranking: list[int], k: int, nonselected: str) -> tuple[str, ...]:
+    """The top ``k`` layers of ``ranking`` shared, the rest ``nonselected`` (``"personal"`` or ``"off"``)."""
+    top = set(ranking[:k])
+    return tuple("shared" if layer in top else nonselected for layer in range(len(ranking)))
+
+
+def hessian_ratio(model, train: Encoded, partition, cfg, device) -> dict:
+    """Warm up with FedAvg on all layers, then average the sampled clients' keep ratios (step 2 above).
+
+    The warm-up's rounds are records like the run's own (``"warmup"``: their list); ``model`` ends at the
+    prompts it started with.
+    """
+    fed, sel = cfg.fed, cfg.selection
+    init = model.state()
+    fedavg = get_strategy("fedavg")
+    fl = Federation(cfg.with_strategy("fedavg"), model, train, partition.train, fedavg, ClientStore(), device, stream=1)
+    server = fedavg.init_server(model.state("shared"))
+    records, sampled = [], []
+    for t in range(sel.hessian_warmup_rounds):
+        server, rec = fl.round(server, t)
+        records.append(rec)
+        sampled = rec["clients"]
+    model.load_state(server.shared)
+    sampled = sampled or fl.sample(0)
+    pad = model.info.tokenizer.pad_token_id
+    per_client = []
+    for k in sampled:
+        idx = partition.train[k]
+        order = np.random.default_rng([fed.seed, k, 13]).permutation(len(idx))[: cfg.train.batch_size]
+        per_client.append(
+            keep_ratio(
+                model,
+                collate(train, [idx[i] for i in order], pad),
+                sel.hessian_iters,
+                client_seed(fed.seed, 0, k, stream=2),
+                device,
+                relative=sel.hessian_relative,
+            )
+        )
+    model.load_state(init)  # training proper starts from the initial prompts
+    ratios = [r["ratio"] for r in per_client]
+    return {
+        "ratio": float(np.mean(ratios)),
+        "client_ratios": ratios,
+        "clients": sampled,
+        "eigenvalues": per_client[0]["eigenvalues"],
+        "weights": per_client[0]["weights"],
+        "relative": sel.hessian_relative,
+        "warmup": records,
+    }
+
+
+def select_layers(model, train: Encoded, partition, cfg, device) -> dict:
+    """Scores, layer count and roles (module docstring): ``{"ranking", "scores", "per_client", "weights", "k",
+    "how", "roles", "hessian", "seconds"}``, JSON-serialisable. ``cfg`` is an ExperimentConfig."""
+    sel, t0 = cfg.selection, time.perf_counter()
+    num_layers = model.info.num_layers
+    scores = score_layers(model, train, partition.train, sel.score_batch, cfg.fed.seed, device)
+    hessian = None
+    if sel.shared_layers:
+        k, how = min(sel.shared_layers, num_layers), "fixed count (selection.shared_layers)"
+    elif sel.share_ratio:
+        k, how = layer_count(sel.share_ratio, num_layers), "fixed ratio (selection.share_ratio)"
+    else:
+        hessian = hessian_ratio(model, train, partition, cfg, device)
+        k, how = layer_count(hessian["ratio"], num_layers), "Hessian eigen-density"
+    nonselected = sel.nonselected
+    if nonselected == "auto":
+        nonselected = "off" if model.info.kind == "decoder" else "personal"
+    roles = roles_from_ranking(scores["ranking"], k, nonselected)
+    log.info(
+        "layer selection: sharing %d of %d layers %s (%s); others %s",
+        k,
+        num_layers,
+        sorted(scores["ranking"][:k]),
+        how,
+        nonselected,
+    )
+    return {
+        "ranking": scores["ranking"],
+        "scores": scores["scores"].tolist(),
+        "per_client": np.nan_to_num(scores["per_client"]).tolist(),
+        "weights": scores["weights"].tolist(),
+        "k": k,
+        "how": how,
+        "roles": list(roles),
+        "hessian": hessian,
+        "seconds": time.perf_counter() - t0,
+    }

@@ -1,0 +1,94 @@
+"""Every script under benchmarks/ runs, at its smallest sizes, and prints its result line: a version bump or a
+refactor that breaks one fails here (the numbers themselves are measured by running the scripts at full size)."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmarks"
+pytestmark = pytest.mark.slow
+NUM = r"[0-9.]+(?:e[-+]?[0-9]+)?"
+
+
+def run(script: str, *args: str, timeout: int = 400) -> str:
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / script), *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout.strip().splitlines()[-1]
+
+
+def test_every_benchmark_script_has_a_smoke_test():
+    scripts = {p.name for p in BENCH.glob("*.py")}
+    assert scripts == {"step_cost.py", "batched_clients.py", "flower_parity.py", "run_grid.py", "node_memory.py"}
+
+
+def test_step_cost():
+    line = run("step_cost.py", "--batch", "2", "--prompt-len", "2", "--reps", "1", "--mem-reps", "1")
+    assert re.fullmatch(rf"step_cost floor_ratio={NUM} peft_ratio={NUM} peak_mem_ratio={NUM}", line), line
+
+
+def test_batched_clients():
+    line = run("batched_clients.py", "--clients", "2", "--per-client", "4", "--batch", "2", "--reps", "1")
+    assert re.fullmatch(rf"batched_clients m=2 speedup={NUM}", line), line
+
+
+def test_flower_parity():
+    line = run(
+        "flower_parity.py",
+        "--rounds",
+        "1",
+        "--num-clients",
+        "2",
+        "--clients-per-round",
+        "2",
+        "--train-limit",
+        "16",
+        "--eval-limit",
+        "8",
+    )
+    m = re.fullmatch(rf"flower_parity max_abs_diff=({NUM}) time_ratio={NUM}", line)
+    assert m and float(m.group(1)) < 1e-5, line
+
+
+def test_node_memory():
+    line = run("node_memory.py", "--task", "rte", "--train-limit", "64", "--num-clients", "4")
+    assert re.fullmatch(rf"node_memory simulation_mb={NUM} workspace_mb={NUM} ratio={NUM}", line), line
+
+
+def test_run_grid_renders_results_and_readme(tmp_path):
+    proto = tmp_path / "tiny.yaml"
+    proto.write_text(
+        "tasks: [rte]\nstrategies: [fedavg, fedavg_selected, fedprox]\nseeds: [0]\n"
+        "params: {fedprox: {mu: 0.05}}\n"
+        "experiment:\n  model: {prompt_len: 2, max_length: 64}\n  train: {batch_size: 8}\n"
+        "  fed: {num_clients: 2, clients_per_round: 2, rounds: 1}\n"
+        "  data: {train_limit: 16, eval_limit: 8}\n  selection: {shared_layers: 2}\n"
+    )
+    readme = tmp_path / "README.md"
+    readme.write_text("x\n<!-- results:tiny:begin -->\n<!-- results:tiny:end -->\ny\n")
+    run(
+        "run_grid.py",
+        str(proto),
+        "--out",
+        str(tmp_path / "out"),
+        "--results",
+        str(tmp_path / "res"),
+        "--readme",
+        str(readme),
+    )
+    rows = (tmp_path / "res.csv").read_text().splitlines()
+    assert len(rows) == 4 and rows[0].startswith("task,strategy,seed")
+    text = readme.read_text()
+    assert text.startswith("x\n") and text.endswith("y\n") and "| fedprox |" in text and "rte.png" in text
+    assert json.loads((tmp_path / "out" / "grid.json").read_text())["params"] == {"fedprox": {"mu": 0.05}}
+    assert json.loads((tmp_path / "out" / "rte" / "seed0" / "fedprox" / "config.json").read_text())["strategy"] == {
+        "name": "fedprox",
+        "server_lr": 1.0,
+        "mu": 0.05,
+    }
