@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from fedlib.benchmark import fedpeptao_deltas, mean_table, plot_grid, run_grid
+from fedlib.benchmark import cost_table, paired_table, plot_grid, run_grid, view_table
 from fedlib.config import ExperimentConfig
 from fedlib.configbase import yaml_load
 from fedlib.report import markdown_table
@@ -59,23 +59,40 @@ def record_provenance(out: Path, command: str) -> dict:
 def results_section(name: str, proto: dict, table, prov: dict, figures: list[str], wall_s: float | None) -> str:
     """The README's Results section for one protocol, rendered from the grid's CSV."""
     commits = ", ".join(dict.fromkeys(prov["commits"]))
+    seeds = proto["seeds"]
     lines = [
-        f"Protocol `{name}`: tasks {', '.join(proto['tasks'])}; seeds {proto['seeds']}; configuration "
-        f"`{json.dumps(proto['experiment'], separators=(',', ':'))}`.",
+        f"Protocol `{name}`: tasks {', '.join(proto['tasks'])}; {len(seeds)} seeds {seeds}; configuration "
+        f"`{json.dumps(proto['experiment'], separators=(',', ':'))}`"
+        + (f"; hyper-parameters `{json.dumps(proto['params'], separators=(',', ':'))}`" if proto.get("params") else "")
+        + ".",
         f"Command: `{prov['command']}` at commit(s) {commits}."
         + (f" Sum of the runs' wall times: {wall_s / 60:.1f} min on {platform_name()}." if wall_s else ""),
-        "Metric: personalised dev metric (accuracy; MCC for CoLA; (acc+F1)/2 for MRPC), mean over seeds. "
-        "`rounds_to_target`: first evaluated round reaching FedAvg-all-layers' final metric (same task and seed), "
-        "mean over the `reached` seeds that reached it (evaluation every `eval_every` rounds).",
         "",
-        markdown_table(mean_table(table)),
+        "Final dev metric (accuracy; MCC for CoLA; (acc+F1)/2 for MRPC), mean ± half-width of the 95% CI over seeds, "
+        "in three views: `global` (the shared model on the whole eval set), `personal` (each client's model on an "
+        "eval shard with its own training label mix: the reference's protocol, where knowing the label prior "
+        "scores) and `personal_iid` (each client's model on an eval shard with the eval set's label mix). "
+        "`majority_local` (no model: each client's majority label) is the floor, `local_only` the no-federation "
+        "and `centralized` (pooled data, same steps) the upper reference.",
+        "",
+        markdown_table(view_table(table)),
         "",
     ]
-    if {"fedpeptao", "fedavg"} <= set(table["strategy"]):
+    paired = paired_table(table)
+    if len(paired):
         lines += [
-            "FedPepTAO against FedAvg on all layers and against the best other strategy (means over seeds):",
+            "FedPepTAO minus each other row, paired by seed (mean difference ± 95% CI; `wins`: seeds where it is "
+            "ahead):",
             "",
-            markdown_table(fedpeptao_deltas(table)),
+            markdown_table(paired[["task", "view", "vs", "diff ± CI", "wins", "seeds"]]),
+            "",
+        ]
+    if table["target"].notna().any():
+        lines += [
+            "Cost to the fixed per-task target on the global metric (medians over seeds; `>R`: the median seed did "
+            "not reach it within R rounds; bytes and seconds include layer selection, whose MB are also shown):",
+            "",
+            markdown_table(cost_table(table)),
             "",
         ]
     lines += [f"![{Path(f).stem}]({f})" for f in figures]
@@ -121,16 +138,23 @@ def main() -> None:
         prov = record_provenance(out, "python " + shlex.join(sys.argv))
     else:  # a finished grid is only re-rendered
         prov = json.loads(prov_path.read_text())
-    table = run_grid(base, proto["tasks"], proto["strategies"], proto["seeds"], out, params=proto.get("params"))
+    table = run_grid(
+        base,
+        proto["tasks"],
+        proto["strategies"],
+        proto["seeds"],
+        out,
+        targets=proto.get("targets"),
+        params=proto.get("params"),
+    )
     figures = []
     for task in proto["tasks"]:
         fig = plot_grid(out, task, proto["seeds"])
         fig.savefig(out / f"{task}.png", dpi=90)
         figures.append(out / f"{task}.png")
-    (out / "results.md").write_text(markdown_table(mean_table(table)) + "\n")
-    print(markdown_table(mean_table(table)))
-    if {"fedpeptao", "fedavg"} <= set(table["strategy"]):
-        print(markdown_table(fedpeptao_deltas(table)))
+    section = results_section(name, proto, table, prov, [str(f) for f in figures], table["wall_seconds"].sum())
+    (out / "results.md").write_text(section)
+    print(section)
     if args.results:
         res = Path(args.results)
         res.mkdir(parents=True, exist_ok=True)

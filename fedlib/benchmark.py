@@ -1,11 +1,16 @@
-"""A grid of federated runs: tasks x strategies x seeds on one model, partition and round budget.
+"""A grid of federated runs: tasks x strategies x seeds on one model, partition scheme and round budget.
 
-:func:`run_grid` writes one CSV row per (task, strategy, seed) with final and best metric, bytes up
-and down per round and in total, seconds per round, and the round and seconds at which the run first
-reached the target: by default FedAvg-all-layers' final metric on the same task and seed, and the run's
-wall seconds (set-up, layer selection and evaluation included). Runs already
-in the CSV are skipped, so an interrupted grid resumes where it stopped. Used by
-``benchmarks/run_grid.py`` and ``notebooks/05_full_experiments.ipynb``.
+:func:`run_grid` writes one CSV row per (task, strategy, seed): the final metric of each evaluation view
+(``global_metric``, ``personal_metric``, ``personal_iid_metric``; :mod:`fedlib.evaluation`), bytes and seconds
+per round and in total (layer selection included, and on its own), and the round, seconds and bytes at which the
+run's global metric first reached the task's fixed ``target`` (NaN: not within the run, i.e. censored). The
+strategies may include the reference rows of :mod:`fedlib.references` (``majority_local``, ``centralized``) and
+``local_only``. A seed fixes the partition, the initial prompts and the client sampling, identically for every
+strategy, so rows of one seed are paired. Runs already in the CSV are skipped: an interrupted grid resumes.
+
+The tables (:func:`view_table`, :func:`paired_table`, :func:`cost_table`) give means with 95% confidence
+intervals over seeds, paired differences against one method, and censored medians of the costs to target.
+Used by ``benchmarks/run_grid.py`` and ``notebooks/05_full_experiments.ipynb``.
 """
 
 from __future__ import annotations
@@ -20,33 +25,53 @@ import pandas as pd
 
 from .config import ExperimentConfig
 from .models import backbone_for
-from .report import headline, plot_curves, rounds_to_target, shared_layer_count, summarize
+from .references import REFERENCES
+from .report import shared_layer_count, summarize
 from .simulation import run_simulation
+from .stats import censored_median, mean_ci, paired_differences, summary_table
 
-__all__ = ["run_grid", "plot_grid", "mean_table", "fedpeptao_deltas", "COLUMNS"]
+__all__ = ["run_grid", "plot_grid", "view_table", "paired_table", "cost_table", "COLUMNS", "VIEW_COLUMNS"]
 
 log = logging.getLogger(__name__)
+VIEW_COLUMNS = ["global_metric", "personal_metric", "personal_iid_metric"]
 COLUMNS = [
     "task",
     "strategy",
     "seed",
-    "final_metric",
-    "best_metric",
-    "final_global_metric",
-    "bytes_up_per_round",
-    "bytes_down_per_round",
+    *VIEW_COLUMNS,
     "bytes_per_round",
     "bytes_total",
+    "selection_bytes",
     "seconds_per_round",
     "seconds_total",
+    "selection_seconds",
     "rounds",
+    "target",
     "rounds_to_target",
     "seconds_to_target",
-    "target",
+    "bytes_to_target",
     "shared_layers",
     "failed_clients",
     "wall_seconds",
 ]
+
+
+def _row(
+    task: str, name: str, seed: int, history: pd.DataFrame, target: float | None, shared: int, wall: float
+) -> dict:
+    s = summarize(history, target)
+    return {
+        "task": task,
+        "strategy": name,
+        "seed": seed,
+        "global_metric": s["final_global_metric"],
+        "personal_metric": s["final_personal_metric"],
+        "personal_iid_metric": s["final_personal_iid_metric"],
+        "target": math.nan if target is None else target,
+        "shared_layers": shared,
+        "wall_seconds": wall,
+        **{k: s.get(k, math.nan) for k in COLUMNS if k in s},
+    }
 
 
 def run_grid(
@@ -55,83 +80,112 @@ def run_grid(
     strategies: list[str],
     seeds: list[int],
     out_dir: str | Path,
-    target_strategy: str = "fedavg",
+    targets: dict[str, float] | None = None,
     progress: bool | None = None,
     params: dict[str, dict] | None = None,
 ) -> pd.DataFrame:
-    """Run the grid (``target_strategy`` first for each task and seed) and return the results table.
+    """Run the grid and return its table (:data:`COLUMNS`).
 
-    ``params``: per strategy name, hyper-parameters overriding its defaults (e.g. ``{"fedprox": {"mu": 0.1}}``).
+    ``targets``: per task, the global metric a run must reach (fixed in the protocol). ``params``: per strategy
+    name, hyper-parameters overriding its defaults (e.g. ``{"fedprox": {"mu": 0.1}}``).
     """
-    params = params or {}
+    params, targets = params or {}, targets or {}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     csv = out / "results.csv"
-    done = pd.read_csv(csv) if csv.exists() else pd.DataFrame(columns=COLUMNS)
-    order = (
-        [target_strategy] + [s for s in strategies if s != target_strategy]
-        if target_strategy in strategies
-        else strategies
-    )
-    configs = {
-        (task, name): base.replace(fed=base.fed.replace(task=task)).with_strategy(name, **params.get(name, {}))
-        for name in order
-        for task in tasks
-    }  # every combination validated before any training
-    backbone = backbone_for(base.model)
-    rows = done.to_dict("records")
+    rows = pd.read_csv(csv).to_dict("records") if csv.exists() else []
+    done = {(r["task"], r["strategy"], int(r["seed"])) for r in rows}
+    configs = {}  # every combination validated before any training
     for task in tasks:
-        for seed in seeds:
-            target = math.nan
-            for name in order:
-                run_dir = out / task / f"seed{seed}" / name
-                prev = [r for r in rows if (r["task"], r["strategy"], int(r["seed"])) == (task, name, seed)]
-                hist_path = run_dir / "results.jsonl"
-                if prev and hist_path.exists():
-                    history = pd.read_json(hist_path, lines=True)
-                else:
-                    cfg = configs[task, name]
-                    cfg = cfg.replace(fed=cfg.fed.replace(seed=seed))
-                    t0 = time.perf_counter()
-                    res = run_simulation(cfg, run_dir, backbone=backbone, progress=progress)
-                    history = res.history
-                    shared = shared_layer_count(res)
-                    wall = time.perf_counter() - t0
-                    log.info("%s/%s/seed %d: %.1f s", task, name, seed, wall)
-                    rows = [r for r in rows if (r["task"], r["strategy"], int(r["seed"])) != (task, name, seed)]
-                    rows.append(
-                        {
-                            "task": task,
-                            "strategy": name,
-                            "seed": seed,
-                            "shared_layers": shared,
-                            "wall_seconds": wall,
-                            **summarize(history),
-                        }
-                    )
-                row = next(r for r in rows if (r["task"], r["strategy"], int(r["seed"])) == (task, name, seed))
-                if name == target_strategy:
-                    target = row["final_metric"]
-                row["target"] = target
-                row["rounds_to_target"], row["seconds_to_target"] = (
-                    rounds_to_target(history, target) if not math.isnan(target) else (math.nan, math.nan)
-                )
-                pd.DataFrame(rows).reindex(columns=COLUMNS).to_csv(csv, index=False)
-    table = pd.DataFrame(rows).reindex(columns=COLUMNS)
+        cfg = base.replace(fed=base.fed.replace(task=task))
+        for name in strategies:
+            configs[task, name] = cfg if name in REFERENCES else cfg.with_strategy(name, **params.get(name, {}))
     (out / "grid.json").write_text(
         json.dumps(
             {
                 "tasks": tasks,
                 "strategies": strategies,
                 "seeds": seeds,
-                "target_strategy": target_strategy,
+                "targets": targets,
                 "params": params,
                 "config": base.to_dict(),
             },
             indent=2,
         )
     )
-    return table
+    backbone = None
+    for task in tasks:
+        for seed in seeds:
+            for name in strategies:
+                run_dir = out / task / f"seed{seed}" / name
+                if (task, name, seed) in done and (run_dir / "results.jsonl").exists():
+                    continue
+                backbone = backbone or backbone_for(base.model)
+                cfg = configs[task, name]
+                cfg = cfg.replace(fed=cfg.fed.replace(seed=seed))
+                t0 = time.perf_counter()
+                if name in REFERENCES:
+                    history, shared = REFERENCES[name](cfg, backbone), 0
+                    run_dir.mkdir(parents=True, exist_ok=True)
+                    history.to_json(run_dir / "results.jsonl", orient="records", lines=True)
+                else:
+                    res = run_simulation(cfg, run_dir, backbone=backbone, progress=progress)
+                    history, shared = res.history, shared_layer_count(res)
+                wall = time.perf_counter() - t0
+                log.info("%s/%s/seed %d: %.1f s", task, name, seed, wall)
+                rows = [r for r in rows if (r["task"], r["strategy"], int(r["seed"])) != (task, name, seed)]
+                rows.append(_row(task, name, seed, history, targets.get(task), shared, wall))
+                pd.DataFrame(rows).reindex(columns=COLUMNS).to_csv(csv, index=False)
+
+    def rank(r):
+        keys = ((tasks, r["task"]), (seeds, int(r["seed"])), (strategies, r["strategy"]))
+        return tuple(xs.index(x) if x in xs else len(xs) for xs, x in keys)
+
+    rows.sort(key=rank)
+    return pd.DataFrame(rows).reindex(columns=COLUMNS)
+
+
+def view_table(table: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+    """Per (task, strategy): each view's mean ± half-width of its 95% CI over seeds, bytes and seconds."""
+    out = summary_table(table, VIEW_COLUMNS, level)
+    means = table.groupby(["task", "strategy"], sort=False)[["bytes_total", "seconds_total"]].mean().reset_index()
+    return out.merge(means, on=["task", "strategy"], how="left")
+
+
+def paired_table(table: pd.DataFrame, method: str = "fedpeptao", level: float = 0.95) -> pd.DataFrame:
+    """``method`` minus every other row, per task and view: mean paired (same seed) difference ± CI, wins."""
+    parts = [paired_differences(table, view, method, level) for view in VIEW_COLUMNS]
+    out = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else pd.DataFrame()
+    if out.empty:
+        return out
+    out["diff ± CI"] = [
+        f"{d:+.4f} ± {c:.4f}" if not math.isnan(c) else f"{d:+.4f}" for d, c in zip(out["diff"], out["ci"])
+    ]
+    return out
+
+
+def cost_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Per (task, strategy): target, medians over seeds of rounds, seconds and MB to reach it (``>R``: the median
+    seed did not reach it within the run's R rounds), how many seeds reached it, selection's share of the bytes."""
+    rows = []
+    horizons = table.groupby("task")["rounds"].max()
+    for (task, strategy), g in table.groupby(["task", "strategy"], sort=False):
+        horizon = float(horizons[task])
+        mb = g["bytes_to_target"] / 1e6
+        rows.append(
+            {
+                "task": task,
+                "strategy": strategy,
+                "target": g["target"].iloc[0],
+                "rounds_to_target": censored_median(g["rounds_to_target"], horizon),
+                "seconds_to_target": censored_median(g["seconds_to_target"].round(1), math.inf),
+                "MB_to_target": censored_median(mb.round(3), math.inf),
+                "reached": f"{int(g['rounds_to_target'].notna().sum())}/{len(g)}",
+                "selection_MB": float(g["selection_bytes"].mean() / 1e6),
+                "total_MB": float(g["bytes_total"].mean() / 1e6),
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def grid_histories(out_dir: str | Path, task: str, seed: int) -> dict[str, pd.DataFrame]:
@@ -140,68 +194,46 @@ def grid_histories(out_dir: str | Path, task: str, seed: int) -> dict[str, pd.Da
     return {p.parent.name: pd.read_json(p, lines=True) for p in sorted(base.glob("*/results.jsonl"))}
 
 
-def mean_histories(out_dir: str | Path, task: str, seeds: list[int]) -> dict[str, pd.DataFrame]:
-    """Per strategy, the round-by-round mean over ``seeds`` of the headline metric and cumulative bytes."""
+def plot_grid(
+    out_dir: str | Path,
+    task: str,
+    seeds: int | list[int],
+    view: str = "global_metric",
+    highlight: tuple[str, ...] = ("fedpeptao",),
+):
+    """Two panels, one line per strategy with its 95% CI band over ``seeds``: ``view`` per round and per cumulative
+    MB (selection included). References without rounds (``majority_local``) are a dashed horizontal line."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    seeds = [seeds] if isinstance(seeds, int) else list(seeds)
     runs: dict[str, list[pd.DataFrame]] = {}
     for seed in seeds:
         for name, h in grid_histories(out_dir, task, seed).items():
-            runs.setdefault(name, []).append(h.assign(metric=headline(h))[["round", "metric", "cum_bytes"]])
-    return {
-        name: pd.concat(hs).groupby("round", as_index=False).mean().rename(columns={"metric": "personal_metric"})
-        for name, hs in runs.items()
-    }
-
-
-def plot_grid(out_dir: str | Path, task: str, seed: int | list[int]):
-    """Two panels: metric per round and metric per cumulative byte, one line per strategy.
-
-    A list of seeds plots the mean over those seeds.
-    """
-    import matplotlib.pyplot as plt
-
-    seeds = [seed] if isinstance(seed, int) else list(seed)
-    hist = mean_histories(out_dir, task, seeds)
-    label = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean of {len(seeds)} seeds"
+            if view in h:
+                runs.setdefault(name, []).append(h[h[view].notna()][["round", view, "cum_bytes"]])
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-    plot_curves(hist, "round", axes[0], title=f"{task} ({label}): metric per round")
-    plot_curves(hist, "cum_bytes", axes[1], title=f"{task} ({label}): metric per cumulative byte")
-    axes[0].get_legend().remove()
+    for i, (name, hs) in enumerate(runs.items()):
+        color = f"C{i % 10}"
+        stats = [
+            (r, *mean_ci(g[view].tolist()), g["cum_bytes"].mean() / 1e6) for r, g in pd.concat(hs).groupby("round")
+        ]
+        r, m, half, _, mb = (np.array(c, dtype=float) for c in zip(*stats))
+        half = np.nan_to_num(half)
+        if len(r) == 1 and not mb.any():  # a reference with one number
+            for ax in axes:
+                ax.axhline(m[0], color=color, ls="--", lw=1, label=name)
+            continue
+        lw = 2.5 if name in highlight else 1.5
+        for ax, x in ((axes[0], r), (axes[1], mb)):
+            ax.plot(x, m, marker="o", ms=3, color=color, lw=lw, label=name)
+            ax.fill_between(x, m - half, m + half, color=color, alpha=0.15)
+    axes[0].set_xlabel("round")
+    axes[1].set_xlabel("cumulative MB exchanged (layer selection included)")
+    for ax, what in zip(axes, ("per round", "per cumulative MB")):
+        ax.set_ylabel(view.replace("_", " "))
+        ax.set_title(f"{task}: {view.replace('_metric', '')} view {what} (mean, 95% CI, {len(seeds)} seeds)")
+        ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     return fig
-
-
-def mean_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean over seeds per (task, strategy) of the headline columns, tasks and strategies in grid order.
-
-    ``rounds_to_target`` is the mean over the seeds that reached the target; ``reached`` counts them.
-    """
-    cols = ["final_metric", "best_metric", "bytes_per_round", "seconds_per_round", "rounds_to_target"]
-    groups = table.groupby(["task", "strategy"], sort=False)
-    out = groups[cols].mean().reset_index()
-    return out.assign(reached=groups["rounds_to_target"].count().to_numpy(), seeds=groups["seed"].nunique().to_numpy())
-
-
-def fedpeptao_deltas(table: pd.DataFrame, method: str = "fedpeptao", reference: str = "fedavg") -> pd.DataFrame:
-    """Per task (means over seeds): ``method``'s final metric minus ``reference``'s and minus the best other
-    strategy's, its bytes per round and rounds-to-target relative to ``reference``."""
-    mean = mean_table(table).set_index(["task", "strategy"])
-    rows = []
-    for task in dict.fromkeys(table["task"]):
-        m, ref = mean.loc[(task, method)], mean.loc[(task, reference)]
-        others = mean.loc[task].drop(index=method)
-        best = others["final_metric"].idxmax()
-        rows.append(
-            {
-                "task": task,
-                method: m["final_metric"],
-                reference: ref["final_metric"],
-                "best_baseline": best,
-                "best_baseline_metric": others.loc[best, "final_metric"],
-                f"minus_{reference}": m["final_metric"] - ref["final_metric"],
-                "minus_best_baseline": m["final_metric"] - others.loc[best, "final_metric"],
-                "bytes_ratio": m["bytes_per_round"] / ref["bytes_per_round"],
-                "rounds_to_target_ratio": m["rounds_to_target"] / ref["rounds_to_target"],
-            }
-        )
-    return pd.DataFrame(rows)

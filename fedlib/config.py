@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from . import fedpeptao as _fedpeptao  # noqa: F401  (registers the fedpeptao strategy)
+from . import server_optimizers as _server_optimizers  # noqa: F401  (registers fedavgm, fedadam, ...)
 from .configbase import Config, ConfigError, check, describe, setting
 from .partition import METHODS
 from .prompts import ROLES

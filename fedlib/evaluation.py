@@ -1,10 +1,15 @@
-"""Federated evaluation: the global model on the task's eval split, and personalised evaluation.
+"""Federated evaluation in three views (``docs/method.md``, "Reading the results").
 
-- global: the server's shared tensors with personal prompt layers masked (the model every client
-  shares). Not defined when the head is personal (returns None).
-- personalised (digest 1.5 step 7): for each client, its own personal tensors plus the global shared
-  ones, on its eval shard; the task metric on all clients' predictions pooled, and the mean and
-  spread of per-client accuracy. Clients with an empty eval shard are skipped (counted).
+- ``global``: the server's shared tensors with personal prompt layers masked (the model every client
+  shares) on the whole eval split. Not defined when the head is personal (returns None).
+- ``personal`` (the reference's protocol): for each client, its own personal tensors plus the global shared
+  ones, on its eval shard whose label mix matches its training shard; the task metric on all clients'
+  predictions pooled, and the mean and spread of per-client accuracy. A model that only learned its client's
+  label prior scores well here: the ``majority_local`` floor (:mod:`fedlib.references`) shows how well.
+- ``personal_iid``: the same personalised models, each on an eval shard of the same size drawn IID from the eval
+  split (``Partition.eval_iid``): what personalisation buys beyond the label prior.
+
+Clients with an empty eval shard are skipped (counted).
 """
 
 from __future__ import annotations
@@ -16,7 +21,27 @@ from .encode import Encoded
 from .tasks import compute_metric
 from .train import evaluate, predict
 
-__all__ = ["evaluate_global", "evaluate_personal", "personal_predictions", "pool_personal", "pooled_by_shard"]
+__all__ = [
+    "VIEWS",
+    "evaluate_global",
+    "evaluate_personal",
+    "personal_predictions",
+    "pool_personal",
+    "pooled_by_shard",
+    "view_record",
+]
+
+VIEWS = ("global", "personal", "personal_iid")
+
+
+def view_record(view: str, result: dict) -> dict:
+    """The per-round log fields of one personalised view's pooled result (``<view>_metric``, ...)."""
+    return {
+        f"{view}_metric": result["metric"],
+        f"{view}_client_mean": result["client_mean"],
+        f"{view}_client_std": result["client_std"],
+        f"{view}_skipped": result["skipped"],
+    }
 
 
 def evaluate_global(model, shared: dict, data: Encoded, batch_size: int, device: torch.device) -> dict | None:
@@ -57,15 +82,28 @@ def pool_personal(task, preds: dict[int, np.ndarray], data: Encoded, shards: lis
 
 
 def evaluate_personal(
-    model, shared: dict, personal_of, data: Encoded, shards: list[list[int]], batch_size: int, device: torch.device
-) -> dict:
-    """``personal_of(k) -> dict`` gives client k's personal tensors (initial values if never trained)."""
-    preds = {
-        k: personal_predictions(model, shared, personal_of(k), data, idx, batch_size, device)
-        for k, idx in enumerate(shards)
-        if idx
-    }
-    return pool_personal(model.task, preds, data, shards)
+    model,
+    shared: dict,
+    personal_of,
+    data: Encoded,
+    views: dict[str, list[list[int]]],
+    batch_size: int,
+    device: torch.device,
+) -> dict[str, dict]:
+    """Each view's pooled result (``views``: name -> per-client eval shards); ``personal_of(k) -> dict`` gives
+    client k's personal tensors (initial values if never trained). A client predicts once, on the union of its
+    shards."""
+    preds = {name: {} for name in views}
+    for k in range(len(next(iter(views.values())))):
+        idx = sorted(set().union(*(shards[k] for shards in views.values())))
+        if not idx:
+            continue
+        where = {i: j for j, i in enumerate(idx)}
+        p = personal_predictions(model, shared, personal_of(k), data, idx, batch_size, device)
+        for name, shards in views.items():
+            if shards[k]:
+                preds[name][k] = p[[where[i] for i in shards[k]]]
+    return {name: pool_personal(model.task, preds[name], data, shards) for name, shards in views.items()}
 
 
 def pooled_by_shard(task, preds: torch.Tensor, data: Encoded, shards: list[list[int]]) -> dict:

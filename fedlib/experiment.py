@@ -72,10 +72,12 @@ def main(argv=None) -> pd.DataFrame:
         }
         rows.append(row)
         log.info(
-            "%s: final %s %.4f, %.0f bytes/round, %.1f s/round",
+            "%s: final %s global %.4f, personal %.4f, personal (IID shards) %.4f; %.0f bytes/round, %.1f s/round",
             name,
             cfg.fed.task,
-            row["final_metric"],
+            row["final_global_metric"],
+            row["final_personal_metric"],
+            row["final_personal_iid_metric"],
             row["bytes_per_round"],
             row["seconds_per_round"],
         )
@@ -90,12 +92,14 @@ def main(argv=None) -> pd.DataFrame:
     ax.figure.savefig(out / "accuracy_per_round.png", dpi=120)
     cols = [
         "strategy",
-        "final_metric",
-        "best_metric",
         "final_global_metric",
+        "final_personal_metric",
+        "final_personal_iid_metric",
         "shared_layers",
         "bytes_per_round",
+        "selection_bytes",
         "seconds_per_round",
+        "selection_seconds",
         "wall_seconds",
     ]
     print(markdown_table(table[cols]))

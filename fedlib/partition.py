@@ -12,7 +12,9 @@ Methods (``method=``):
   last client absorb the rounding, which can leave it empty on small splits).
 
 Every client also gets an eval shard drawn from the task's eval split with the same size share and
-label distribution as its training shard (the reference's personalised evaluation). Partitions are
+label distribution as its training shard (the reference's personalised evaluation, ``Partition.eval``), and an
+IID eval shard of the same size with the eval split's own label mix (``Partition.eval_iid``, derived: a seeded
+shuffle cut into those sizes), on which a model cannot score by knowing its client's label prior. Partitions are
 saved as JSON lists of indices. A client can end up with an empty eval shard when the eval split is
 small; it is then left out of personalised evaluation (documented fallback, counted in the stats).
 """
@@ -180,6 +182,14 @@ class Partition:
 
     def sizes(self) -> np.ndarray:
         return np.array([len(p) for p in self.train])
+
+    @property
+    def eval_iid(self) -> list[list[int]]:
+        """Per client, an eval shard of the same size as ``eval[k]`` drawn IID from the eval split (seeded)."""
+        sizes = np.array([len(e) for e in self.eval])
+        order = np.random.default_rng([self.seed, 2]).permutation(int(sizes.sum()))
+        bounds = np.concatenate([[0], np.cumsum(sizes)])
+        return [sorted(int(i) for i in order[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)

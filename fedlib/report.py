@@ -1,8 +1,10 @@
 """Summaries, tables and plots of federated runs (used by ``make experiment``, benchmarks, notebooks).
 
-A run's history is the DataFrame :func:`fedlib.simulation.run_simulation` returns (one row per round).
-The headline metric of a round is the personalised metric when present (the reference's protocol,
-digest 1.5 step 7), else the global one.
+A run's history is the DataFrame :func:`fedlib.simulation.run_simulation` returns (one row per round; a
+round 0 row, phase "selection", holds layer selection's cost). Each evaluated round has three views
+(:mod:`fedlib.evaluation`): ``global_metric``, ``personal_metric`` and ``personal_iid_metric``. The
+``headline`` of a round, for curves, is the personalised metric when present (the reference's protocol), else the
+global one; targets are reached on the global metric.
 """
 
 from __future__ import annotations
@@ -30,36 +32,46 @@ def headline(history: pd.DataFrame) -> pd.Series:
     return history[col] if col in history else pd.Series(np.nan, index=history.index)
 
 
-def rounds_to_target(history: pd.DataFrame, target: float) -> tuple[float, float]:
-    """(first round whose metric >= target, cumulative seconds by then); NaN if never reached."""
-    metric = headline(history)
-    hit = history[metric >= target - 1e-12]
+def rounds_to_target(history: pd.DataFrame, target: float, column: str = "global_metric") -> tuple[float, ...]:
+    """(first round whose ``column`` >= target, cumulative seconds and bytes by then, selection included);
+    NaNs if never reached (censored: "more than the run's rounds")."""
+    if column not in history:
+        return math.nan, math.nan, math.nan
+    hit = history[(history["round"] >= 1) & (history[column] >= target - 1e-12)]
     if hit.empty:
-        return math.nan, math.nan
-    return float(hit["round"].iloc[0]), float(hit["cum_seconds"].iloc[0])
+        return math.nan, math.nan, math.nan
+    return float(hit["round"].iloc[0]), float(hit["cum_seconds"].iloc[0]), float(hit["cum_bytes"].iloc[0])
+
+
+def _last(history: pd.DataFrame, column: str) -> float:
+    return float(history[column].dropna().iloc[-1]) if column in history and history[column].notna().any() else math.nan
 
 
 def summarize(history: pd.DataFrame, target: float | None = None) -> dict:
-    """Final and best metric, bytes and seconds per round, and rounds/seconds to ``target``."""
+    """Final metric of each view, bytes and seconds per round (training rounds) and in total (layer selection
+    included, also on its own), and rounds/seconds/bytes to ``target`` on the global metric."""
     metric = headline(history).dropna()
-    rounds = len(history)
+    rounds = history[history["round"] >= 1]
+    selection = history[history["round"] == 0]
     out = {
         "final_metric": float(metric.iloc[-1]) if len(metric) else math.nan,
         "best_metric": float(metric.max()) if len(metric) else math.nan,
-        "final_global_metric": float(history["global_metric"].dropna().iloc[-1])
-        if "global_metric" in history and history["global_metric"].notna().any()
-        else math.nan,
-        "bytes_up_per_round": float(history["bytes_up"].mean()),
-        "bytes_down_per_round": float(history["bytes_down"].mean()),
-        "bytes_per_round": float((history["bytes_up"] + history["bytes_down"]).mean()),
+        "final_global_metric": _last(history, "global_metric"),
+        "final_personal_metric": _last(history, "personal_metric"),
+        "final_personal_iid_metric": _last(history, "personal_iid_metric"),
+        "bytes_up_per_round": float(rounds["bytes_up"].mean()),
+        "bytes_down_per_round": float(rounds["bytes_down"].mean()),
+        "bytes_per_round": float((rounds["bytes_up"] + rounds["bytes_down"]).mean()),
         "bytes_total": float(history["cum_bytes"].iloc[-1]),
-        "seconds_per_round": float((history["seconds_client"] + history["seconds_aggregate"]).mean()),
+        "selection_bytes": float((selection["bytes_up"] + selection["bytes_down"]).sum()),
+        "seconds_per_round": float((rounds["seconds_client"] + rounds["seconds_aggregate"]).mean()),
         "seconds_total": float(history["cum_seconds"].iloc[-1]),
-        "rounds": rounds,
-        "failed_clients": int(history["failed"].sum()),
+        "selection_seconds": float(selection["seconds_client"].sum()),
+        "rounds": len(rounds),
+        "failed_clients": int(rounds["failed"].sum()),
     }
     if target is not None:
-        out["rounds_to_target"], out["seconds_to_target"] = rounds_to_target(history, target)
+        out["rounds_to_target"], out["seconds_to_target"], out["bytes_to_target"] = rounds_to_target(history, target)
     return out
 
 

@@ -13,7 +13,10 @@ encoded training data, the partition and the config. Steps:
 3. share the k best-scored layers; the others are ``selection.nonselected`` (``"auto"``: personal for
    encoders, off for decoders, the reference's GPT-2 choice).
 
-The simulator calls it when a run starts (not when it is built); notebook 02 calls it as well.
+The simulator calls it when a run starts (not when it is built); notebook 02 calls it as well. Its cost is
+part of the run's: every client downloads the initial prompts and uploads its L scores; the warm-up rounds
+cost what FedAvg rounds cost; the probed clients download the warmed-up prompts and upload one number each
+(``bytes_down``/``bytes_up``; the simulator logs them as round 0, phase "selection").
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from .encode import Encoded, collate
 from .hessian import keep_ratio, layer_count
 from .rounds import Federation
 from .scoring import score_layers
+from .server import tensor_bytes
 from .strategies import get_strategy
 
 __all__ = ["select_layers", "hessian_ratio", "roles_from_ranking"]
@@ -84,15 +88,19 @@ def hessian_ratio(model, train: Encoded, partition, cfg, device) -> dict:
         "weights": per_client[0]["weights"],
         "relative": sel.hessian_relative,
         "warmup": records,
+        "bytes_down": sum(r["bytes_down"] for r in records) + len(sampled) * tensor_bytes(server.shared),
+        "bytes_up": sum(r["bytes_up"] for r in records) + 8 * len(sampled),
     }
 
 
 def select_layers(model, train: Encoded, partition, cfg, device) -> dict:
-    """Scores, layer count and roles (module docstring): ``{"ranking", "scores", "per_client", "weights", "k",
-    "how", "roles", "hessian", "seconds"}``, JSON-serialisable. ``cfg`` is an ExperimentConfig."""
+    """Scores, layer count and roles (module docstring), JSON-serialisable: ``{"ranking", "scores", "per_client",
+    "weights", "k", "how", "roles", "hessian", "seconds", "bytes_down", "bytes_up"}``. ``cfg``: an ExperimentConfig."""
     sel, t0 = cfg.selection, time.perf_counter()
     num_layers = model.info.num_layers
     scores = score_layers(model, train, partition.train, sel.score_batch, cfg.fed.seed, device)
+    clients = sum(1 for s in partition.train if s)
+    down, up = clients * tensor_bytes(model.state("shared")), clients * 8 * (num_layers + 1)  # prompts; scores, n_k
     hessian = None
     if sel.shared_layers:
         k, how = min(sel.shared_layers, num_layers), "fixed count (selection.shared_layers)"
@@ -101,6 +109,7 @@ def select_layers(model, train: Encoded, partition, cfg, device) -> dict:
     else:
         hessian = hessian_ratio(model, train, partition, cfg, device)
         k, how = layer_count(hessian["ratio"], num_layers), "Hessian eigen-density"
+        down, up = down + hessian["bytes_down"], up + hessian["bytes_up"]
     nonselected = sel.nonselected
     if nonselected == "auto":
         nonselected = "off" if model.info.kind == "decoder" else "personal"
@@ -123,4 +132,6 @@ def select_layers(model, train: Encoded, partition, cfg, device) -> dict:
         "roles": list(roles),
         "hessian": hessian,
         "seconds": time.perf_counter() - t0,
+        "bytes_down": int(down),
+        "bytes_up": int(up),
     }

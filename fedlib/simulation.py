@@ -33,7 +33,7 @@ from .classifier import PromptClassifier
 from .client import ClientStore, client_update
 from .config import ExperimentConfig
 from .encode import encode_dataset
-from .evaluation import evaluate_global, evaluate_personal, pooled_by_shard
+from .evaluation import evaluate_global, evaluate_personal, pooled_by_shard, view_record
 from .models import backbone_for
 from .partition import Partition, make_partition
 from .rounds import Federation
@@ -50,6 +50,7 @@ __all__ = [
     "build_model",
     "load_split",
     "partition_for",
+    "set_roles",
 ]
 
 log = logging.getLogger(__name__)
@@ -79,13 +80,46 @@ def _quiet() -> bool:
 def build_model(cfg: ExperimentConfig, strategy, backbone=None, device=None) -> PromptClassifier:
     """The run's model workspace: ``backbone`` (loaded from ``cfg.model`` when None) with the prompts of the
     strategy's ``prompt_mode`` and the task's head. LoRA adds modules, so it gets its own copy of a given backbone."""
-    mcfg = cfg.model.replace(prompt_mode=strategy.prompt_mode)
+    mcfg = cfg.model.replace(prompt_mode=strategy.prompt_mode, head_role=strategy.head_role or cfg.model.head_role)
     if backbone is None:
         backbone = backbone_for(mcfg)
     elif strategy.prompt_mode == "lora":
         backbone = copy.copy(backbone)
         backbone.model = copy.deepcopy(backbone.model)
     return PromptClassifier(backbone, get_task(cfg.fed.task), mcfg).to(device or "cpu")
+
+
+def selection_record(selection: dict) -> dict:
+    """Layer selection's cost as the log's round 0 (phase "selection"): bytes up and down, seconds, local steps
+    of its warm-up; counted in the run's cumulative bytes and seconds."""
+    warmup = (selection.get("hessian") or {}).get("warmup", [])
+    b = selection["bytes_up"] + selection["bytes_down"]
+    return {
+        "round": 0,
+        "phase": "selection",
+        "clients": [],
+        "reported": 0,
+        "failed": 0,
+        "failures": [],
+        "bytes_down": selection["bytes_down"],
+        "bytes_up": selection["bytes_up"],
+        "train_loss": float("nan"),
+        "local_steps": int(sum(r["local_steps"] for r in warmup)),
+        "seconds_client": selection["seconds"],
+        "seconds_client_max": 0.0,
+        "seconds_aggregate": 0.0,
+        "seconds_eval": 0.0,
+        "cum_bytes": b,
+        "cum_seconds": selection["seconds"],
+    }
+
+
+def set_roles(model, strategy, selection: dict | None) -> None:
+    """The run's layer roles: the selection's (``layers == "selected"``), all personal (``"none"``), else as built."""
+    if strategy.layers == "selected" and selection:
+        model.set_roles(tuple(selection["roles"]))
+    elif strategy.layers == "none":
+        model.set_roles(("personal",) * model.info.num_layers)
 
 
 def load_split(cfg: ExperimentConfig, model, split: str, rows: list[int] | None = None):
@@ -179,7 +213,7 @@ class Simulation(Federation):
                 from .selection import select_layers
 
                 self.selection = select_layers(self.model, self.train, self.partition, self.cfg, self.device)
-            self.model.set_roles(tuple(self.selection["roles"]))
+        set_roles(self.model, self.strategy, self.selection)
         self.init_personal = self.model.state("personal")
         self.server = self.strategy.init_server(self.model.state("shared"))
 
@@ -200,26 +234,23 @@ class Simulation(Federation):
         if g is not None:
             out.update(global_metric=g["metric"], global_accuracy=g["accuracy"], global_loss=g["loss"])
         if self.fed.personal_eval:
+            views = {"personal": self.partition.eval, "personal_iid": self.partition.eval_iid}
             if not self.init_personal and g is not None:  # nothing personal: each client's model is the global one
-                p = pooled_by_shard(self.model.task, g["preds"], self.eval, self.partition.eval)
+                pooled = {v: pooled_by_shard(self.model.task, g["preds"], self.eval, s) for v, s in views.items()}
             else:
-                p = self.evaluate_personal()
-            out.update(
-                personal_metric=p["metric"],
-                personal_client_mean=p["client_mean"],
-                personal_client_std=p["client_std"],
-                personal_skipped=p["skipped"],
-            )
+                pooled = self.evaluate_personal(views)
+            for view, p in pooled.items():
+                out.update(view_record(view, p))
         return out
 
-    def evaluate_personal(self) -> dict:
+    def evaluate_personal(self, views: dict[str, list[list[int]]]) -> dict[str, dict]:
         """Personalised evaluation with the client states held here (the Flower runner asks the clients)."""
         return evaluate_personal(
             self.model,
             self.server.shared,
             self.personal_of,
             self.eval,
-            self.partition.eval,
+            views,
             self.cfg.train.eval_batch_size,
             self.device,
         )
@@ -285,6 +316,10 @@ class Simulation(Federation):
                 log.info("resumed from round %d", start)
             else:  # a fresh start (also when nothing was checkpointed yet)
                 self._rewrite_log()
+        if not resuming and self.selection is not None and "bytes_up" in self.selection:
+            self.history.append(selection_record(self.selection))
+            if self.out_dir is not None:
+                self._append_log(self.history[-1])
         cum_bytes = self.history[-1]["cum_bytes"] if self.history else 0
         cum_seconds = self.history[-1]["cum_seconds"] if self.history else 0.0
         for t in tqdm(

@@ -8,11 +8,6 @@ server step receives ``delta``, the size-weighted mean client change (Reddi et a
 ``sum_i p_i y_i - x`` with ``p_i = n_i / sum_j n_j``). Equations (all elementwise, per tensor):
 
 - ``fedavg``  (McMahan et al. 2017):       x <- x + eta * delta                         (eta = 1)
-- ``fedavgm`` (Hsu et al. 2019):           m <- beta m + delta;  x <- x + eta * m
-- ``fedadam`` (Reddi et al. 2021, Alg. 2): m <- b1 m + (1-b1) delta;  v <- b2 v + (1-b2) delta^2;
-                                           x <- x + eta * m / (sqrt(v) + tau)
-- ``fedyogi``:                             as fedadam with v <- v - (1-b2) delta^2 sign(v - delta^2)
-- ``fedadagrad``:                          m <- delta (b1 = 0);  v <- v + delta^2;  x <- x + eta m / (sqrt(v) + tau)
 - ``scaffold`` (Karimireddy et al. 2020, option II): client gradients corrected by ``c - c_i``;
   x <- x + eta * delta;  c <- c + (|S|/N) * mean_i(dc_i). ``c`` goes down and ``dc_i`` up (counted).
 - ``fedprox`` (Li et al. 2020): FedAvg server; the client adds (mu/2) ||w - x||^2 over shared tensors.
@@ -20,13 +15,14 @@ server step receives ``delta``, the size-weighted mean client change (Reddi et a
 - ``lora`` (Hu et al. 2022, through PEFT): FedAvg of LoRA adapters, no prompt.
 - ``fedavg_selected``: FedAvg on the layers FedPepTAO selects (no adaptive optimisation): the ablation.
 - ``fedpeptao`` (Che et al. 2023): :mod:`fedlib.fedpeptao` (registered there).
+- ``local_only``: the no-federation reference (every layer and the head personal, nothing exchanged).
 
-Defaults for eta, beta, tau follow Flower's strategies (``flwr.serverapp.strategy``) so that Flower users
-recognise them: FedAvgM eta 1, beta 0.9; FedAdam eta 0.1, tau 1e-9; FedYogi eta 0.01, tau 1e-3;
-FedAdagrad eta 0.1, tau 1e-9; b1 0.9, b2 0.99.
+The server optimisers (``fedavgm``, ``fedadam``, ``fedyogi``, ``fedadagrad``) live in
+:mod:`fedlib.server_optimizers`.
 
-A new strategy: subclass :class:`StrategyConfig` (``name`` defaulting to the strategy's name) and
-:class:`Strategy`, decorate the latter with :func:`register`, and import the module before building configs.
+The registry holds what has been imported: :mod:`fedlib.config` imports every built-in strategy module. A new
+strategy: subclass :class:`StrategyConfig` (``name`` defaulting to the strategy's name) and :class:`Strategy`,
+decorate the latter with :func:`register`, and import the module before building configs.
 """
 
 from __future__ import annotations
@@ -49,7 +45,7 @@ __all__ = [
     "strategy_config",
     "strategy_names",
     "STRATEGIES",
-    "ServerOptimizer",
+    "FedAvgConfig",
 ]
 
 STRATEGIES: dict[str, type["Strategy"]] = {}
@@ -132,13 +128,15 @@ def get_strategy(cfg: StrategyConfig | str) -> "Strategy":
 
 class Strategy:
     """One federated algorithm. Class attributes: ``name``; ``Config`` (its typed hyper-parameters);
-    ``prompt_mode`` ("deep", "shallow", "lora"); ``layers`` ("all" layers shared, or "selected" by
-    FedPepTAO's scoring); ``doc``. The default hooks are FedAvg's."""
+    ``prompt_mode`` ("deep", "shallow", "lora"); ``layers`` ("all" layers shared, "selected" by FedPepTAO's
+    scoring, or "none": every layer personal); ``head_role`` (None: the model config's); ``doc``.
+    The default hooks are FedAvg's."""
 
     name: ClassVar[str]
     Config: ClassVar[type[StrategyConfig]]
     prompt_mode: ClassVar[str] = "deep"
-    layers: ClassVar[str] = "all"
+    layers: ClassVar[str] = "all"  # "all" shared, "selected" (FedPepTAO's scoring), "none" (all personal)
+    head_role: ClassVar[str | None] = None  # None: model.head_role decides
     doc: ClassVar[str] = ""
 
     def __init__(self, cfg: StrategyConfig | None = None) -> None:
@@ -306,102 +304,18 @@ class Scaffold(FedAvg):
         return new
 
 
-# ---- server optimisers (Reddi et al. 2021) ------------------------------------------------------------------
-class ServerOptimizer(FedAvg):
-    """FedAvg whose server applies an optimiser to ``delta``: :meth:`direction` gives the step and the new buffers."""
+@dataclass
+class LocalOnlyConfig(StrategyConfig):
+    name: str = setting("local_only", "the federated strategy")
 
-    def direction(self, name: str, d: torch.Tensor, opt: Tensors) -> tuple[torch.Tensor, Tensors]:
-        raise NotImplementedError
+
+@register
+class LocalOnly(Strategy):
+    """The no-federation reference: every prompt layer and the head personal, nothing exchanged, no server step.
+    Each client trains alone with the same local budget (when sampled) as in a federated run."""
+
+    name, Config, layers, head_role = "local_only", LocalOnlyConfig, "none", "personal"
+    doc = "reference: each client tunes its own prompts and head alone; nothing is exchanged"
 
     def server_step(self, state, results, avg, delta, num_clients):
-        x, opt = {}, dict(state.opt)
-        for name, d in delta.items():
-            step, buffers = self.direction(name, d, state.opt)
-            opt.update(buffers)
-            x[name] = state.shared[name] + self.cfg.server_lr * step
-        return ServerState(state.round + 1, x, opt, state.controls, dict(state.scalars))
-
-
-@dataclass
-class FedAvgMConfig(FedAvgConfig):
-    name: str = setting("fedavgm", "the federated strategy")
-    server_momentum: float = setting(0.9, "server momentum beta: m <- beta m + delta")
-
-    def validate(self) -> None:
-        super().validate()
-        check(0 <= self.server_momentum < 1, "strategy", "server_momentum", self.server_momentum, "must be in [0, 1)")
-
-
-@register
-class FedAvgM(ServerOptimizer):
-    name, Config, doc = "fedavgm", FedAvgMConfig, "FedAvg with server momentum"
-
-    def direction(self, name, d, opt):
-        m = self.cfg.server_momentum * opt.get(f"m.{name}", torch.zeros_like(d)) + d
-        return m, {f"m.{name}": m}
-
-
-@dataclass
-class FedAdamConfig(FedAvgConfig):
-    name: str = setting("fedadam", "the federated strategy")
-    server_lr: float = setting(0.1, "server learning rate eta")
-    server_beta1: float = setting(0.9, "first-moment decay b1")
-    server_beta2: float = setting(0.99, "second-moment decay b2")
-    server_tau: float = setting(1e-9, "adaptivity tau: x <- x + eta m / (sqrt(v) + tau)")
-
-    def validate(self) -> None:
-        super().validate()
-        for f in ("server_beta1", "server_beta2"):
-            check(0 <= getattr(self, f) < 1, "strategy", f, getattr(self, f), "must be in [0, 1)")
-        check(self.server_tau > 0, "strategy", "server_tau", self.server_tau, "must be > 0")
-
-
-@register
-class FedAdam(ServerOptimizer):
-    name, Config, doc = "fedadam", FedAdamConfig, "FedAdam (Reddi et al. 2021)"
-
-    def second_moment(self, v0: torch.Tensor, d2: torch.Tensor) -> torch.Tensor:
-        return self.cfg.server_beta2 * v0 + (1 - self.cfg.server_beta2) * d2
-
-    def first_moment(self, m0: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-        return self.cfg.server_beta1 * m0 + (1 - self.cfg.server_beta1) * d
-
-    def direction(self, name, d, opt):
-        m = self.first_moment(opt.get(f"m.{name}", torch.zeros_like(d)), d)
-        v = self.second_moment(opt.get(f"v.{name}", torch.zeros_like(d)), d * d)
-        return m / (v.sqrt() + self.cfg.server_tau), {f"m.{name}": m, f"v.{name}": v}
-
-
-@dataclass
-class FedYogiConfig(FedAdamConfig):
-    name: str = setting("fedyogi", "the federated strategy")
-    server_lr: float = setting(0.01, "server learning rate eta")
-    server_tau: float = setting(1e-3, "adaptivity tau")
-
-
-@register
-class FedYogi(FedAdam):
-    name, Config, doc = "fedyogi", FedYogiConfig, "FedYogi (Reddi et al. 2021)"
-
-    def second_moment(self, v0, d2):
-        return v0 - (1 - self.cfg.server_beta2) * d2 * torch.sign(v0 - d2)
-
-
-@dataclass
-class FedAdagradConfig(FedAvgConfig):
-    name: str = setting("fedadagrad", "the federated strategy")
-    server_lr: float = setting(0.1, "server learning rate eta")
-    server_tau: float = setting(1e-9, "adaptivity tau: x <- x + eta delta / (sqrt(v) + tau), v <- v + delta^2")
-
-    def validate(self) -> None:
-        super().validate()
-        check(self.server_tau > 0, "strategy", "server_tau", self.server_tau, "must be > 0")
-
-
-@register
-class FedAdagrad(ServerOptimizer):
-    name, Config, doc = "fedadagrad", FedAdagradConfig, "FedAdagrad (Reddi et al. 2021)"
-
-    def direction(self, name, d, opt):
-        v = opt.get(f"v.{name}", torch.zeros_like(d)) + d * d
-        return d.clone() / (v.sqrt() + self.cfg.server_tau), {f"m.{name}": d.clone(), f"v.{name}": v}
+        return ServerState(state.round + 1, state.shared, state.opt, state.controls, dict(state.scalars))

@@ -83,8 +83,9 @@ def test_batched_clients_equal_sequential(tokenizer, kind, strategy, chunk):
         torch.tensor(b.history["train_loss"].tolist()),
         atol=1e-5,
         rtol=1e-5,
+        equal_nan=True,  # FedPepTAO's round 0 (layer selection) trains nothing
     )
-    assert a.history["global_metric"].tolist() == b.history["global_metric"].tolist()
+    assert a.history["global_metric"].equals(b.history["global_metric"])  # NaN in round 0 (layer selection)
 
 
 def test_batching_default_per_device_and_mode(bundled_backbone):

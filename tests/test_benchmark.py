@@ -1,65 +1,71 @@
-"""Grid summaries: means over seeds and FedPepTAO's deltas, on a hand-made results table."""
+"""Grid tables on a hand-made results table: views with CIs, paired differences, censored costs; bands."""
 
 import json
+import math
 
 import pandas as pd
 import pytest
 
-from fedlib.benchmark import fedpeptao_deltas, mean_histories, mean_table
+from fedlib.benchmark import cost_table, paired_table, plot_grid, view_table
 
 
 def _table():
     rows = []
-    for seed, (fa, fp, lo) in enumerate([(0.70, 0.80, 0.75), (0.60, 0.70, 0.85)]):
-        for name, metric, nbytes, rtt in [
-            ("fedavg", fa, 1000.0, 4.0),
-            ("fedpeptao", fp, 500.0, 2.0),
-            ("lora", lo, 3000.0, 6.0),
-        ]:
+    for seed, (fa, fp, lo) in enumerate([(0.70, 0.80, 0.75), (0.60, 0.70, 0.85), (0.65, 0.74, 0.80)]):
+        for name, metric, rtt in [("fedavg", fa, 4.0), ("fedpeptao", fp, 2.0 if seed else math.nan), ("lora", lo, 6)]:
             rows.append(
                 {
                     "task": "sst2",
                     "strategy": name,
                     "seed": seed,
-                    "final_metric": metric,
-                    "best_metric": metric,
-                    "bytes_per_round": nbytes,
-                    "seconds_per_round": 1.0,
+                    "global_metric": metric,
+                    "personal_metric": metric + 0.1,
+                    "personal_iid_metric": metric,
+                    "bytes_total": 1e6,
+                    "selection_bytes": 2e5 if name == "fedpeptao" else 0.0,
+                    "seconds_total": 10.0,
+                    "rounds": 8,
+                    "target": 0.7,
                     "rounds_to_target": rtt,
+                    "seconds_to_target": rtt * 2,
+                    "bytes_to_target": rtt * 1e5,
                 }
             )
     return pd.DataFrame(rows)
 
 
-def test_mean_table_averages_seeds():
-    mean = mean_table(_table()).set_index("strategy")
-    assert mean.loc["fedavg", "final_metric"] == pytest.approx(0.65)
-    assert mean.loc["lora", "final_metric"] == pytest.approx(0.80)
-    assert (mean["seeds"] == 2).all() and (mean["reached"] == 2).all()
-    assert list(mean.index) == ["fedavg", "fedpeptao", "lora"]
+def test_view_table_gives_mean_and_ci_over_seeds():
+    t = view_table(_table()).set_index("strategy")
+    assert t.loc["fedavg", "global_metric"] == f"0.6500 ± {4.302653 * 0.05 / 3**0.5:.4f}"
+    assert list(t.index) == ["fedavg", "fedpeptao", "lora"] and (t["seeds"] == 3).all()
 
 
-def test_fedpeptao_deltas():
-    d = fedpeptao_deltas(_table()).iloc[0]
-    assert d["best_baseline"] == "lora"
-    assert d["minus_fedavg"] == pytest.approx(0.75 - 0.65)
-    assert d["minus_best_baseline"] == pytest.approx(0.75 - 0.80)
-    assert d["bytes_ratio"] == pytest.approx(0.5)
-    assert d["rounds_to_target_ratio"] == pytest.approx(0.5)
+def test_paired_table_is_paired_by_seed():
+    p = paired_table(_table())
+    row = p[(p["vs"] == "fedavg") & (p["view"] == "global_metric")].iloc[0]
+    assert row["diff"] == pytest.approx((0.10 + 0.10 + 0.09) / 3) and row["wins"] == 3 and row["seeds"] == 3
+    assert row["ci"] < 0.02  # the seeds' large common effect cancels
 
 
-def test_mean_histories_over_seeds(tmp_path):
-    for seed, metrics in enumerate([[None, 0.5], [None, 0.7]]):
+def test_cost_table_uses_censored_medians():
+    c = cost_table(_table()).set_index("strategy")
+    assert c.loc["fedpeptao", "rounds_to_target"] == "2" and c.loc["fedpeptao", "reached"] == "2/3"
+    assert c.loc["fedavg", "rounds_to_target"] == "4" and c.loc["fedpeptao", "selection_MB"] == pytest.approx(0.2)
+    t = _table()
+    t.loc[t["strategy"] == "lora", "rounds_to_target"] = [math.nan, math.nan, 3]
+    assert cost_table(t).set_index("strategy").loc["lora", "rounds_to_target"] == ">8"
+
+
+def test_plot_grid_draws_bands_over_seeds(tmp_path):
+    for seed, metrics in enumerate([[0.5, 0.6], [0.7, 0.8]]):
         run = tmp_path / "sst2" / f"seed{seed}" / "fedavg"
         run.mkdir(parents=True)
         run.joinpath("results.jsonl").write_text(
             "".join(
-                json.dumps({"round": r + 1, "personal_metric": m, "global_metric": m, "cum_bytes": 100 * (r + 1)})
-                + "\n"
+                json.dumps({"round": r + 1, "global_metric": m, "cum_bytes": 1e6 * (r + 1)}) + "\n"
                 for r, m in enumerate(metrics)
             )
         )
-    h = mean_histories(tmp_path, "sst2", [0, 1])["fedavg"]
-    assert h["personal_metric"].isna().iloc[0]
-    assert h["personal_metric"].iloc[1] == pytest.approx(0.6)
-    assert h["cum_bytes"].tolist() == [100, 200]
+    fig = plot_grid(tmp_path, "sst2", [0, 1])
+    line = fig.axes[0].get_lines()[0]
+    assert list(line.get_ydata()) == pytest.approx([0.6, 0.7]) and len(fig.axes[0].collections) == 1  # the band

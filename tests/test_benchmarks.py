@@ -64,8 +64,8 @@ def test_node_memory():
 def test_run_grid_renders_results_and_readme(tmp_path):
     proto = tmp_path / "tiny.yaml"
     proto.write_text(
-        "tasks: [rte]\nstrategies: [fedavg, fedavg_selected, fedprox]\nseeds: [0]\n"
-        "params: {fedprox: {mu: 0.05}}\n"
+        "tasks: [rte]\nstrategies: [majority_local, local_only, centralized, fedavg, fedprox, fedpeptao]\n"
+        "seeds: [0, 1]\nparams: {fedprox: {mu: 0.05}}\ntargets: {rte: 0.5}\n"
         "experiment:\n  model: {prompt_len: 2, max_length: 64}\n  train: {batch_size: 8}\n"
         "  fed: {num_clients: 2, clients_per_round: 2, rounds: 1}\n"
         "  data: {train_limit: 16, eval_limit: 8}\n  selection: {shared_layers: 2}\n"
@@ -82,10 +82,26 @@ def test_run_grid_renders_results_and_readme(tmp_path):
         "--readme",
         str(readme),
     )
-    rows = (tmp_path / "res.csv").read_text().splitlines()
-    assert len(rows) == 4 and rows[0].startswith("task,strategy,seed")
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "res.csv")
+    assert len(table) == 12 and list(table.columns[:6]) == [
+        "task",
+        "strategy",
+        "seed",
+        "global_metric",
+        "personal_metric",
+        "personal_iid_metric",
+    ]
+    assert table.groupby("strategy")["seed"].nunique().eq(2).all() and (table["target"] == 0.5).all()
+    pep = table[table["strategy"] == "fedpeptao"]
+    assert (pep["selection_bytes"] > 0).all() and (
+        table.loc[table["strategy"] == "majority_local", "bytes_total"] == 0
+    ).all()
     text = readme.read_text()
     assert text.startswith("x\n") and text.endswith("y\n") and "| fedprox |" in text and "rte.png" in text
+    assert "FedPepTAO minus each other row, paired by seed" in text and "| rte | majority_local |" in text
+    assert "Cost to the fixed per-task target" in text
     assert json.loads((tmp_path / "out" / "grid.json").read_text())["params"] == {"fedprox": {"mu": 0.05}}
     assert json.loads((tmp_path / "out" / "rte" / "seed0" / "fedprox" / "config.json").read_text())["strategy"] == {
         "name": "fedprox",

@@ -88,11 +88,12 @@ def test_every_strategy_is_registered_documented_and_typed():
         "lora",
         "fedprox",
         "scaffold",
+        "local_only",
+        "fedpeptao",
         "fedavgm",
         "fedadam",
         "fedyogi",
         "fedadagrad",
-        "fedpeptao",
     ]
     for name, cls in STRATEGIES.items():
         assert cls.doc and cls.name == name and get_strategy(name).cfg.name == name

@@ -30,7 +30,7 @@ from ..config import ExperimentConfig
 from ..evaluation import personal_predictions, pool_personal
 from ..models import backbone_for
 from ..runtime import resolve_device, seed_everything
-from ..simulation import Simulation, SimulationError, build_model, load_split, partition_for
+from ..simulation import Simulation, SimulationError, build_model, load_split, partition_for, set_roles
 from ..strategies import get_strategy
 from ..tasks import load_task
 
@@ -60,12 +60,15 @@ class ClientWorkspace:
         self.device = resolve_device(cfg.run.device)
         seed_everything(cfg.fed.seed)  # the initial prompts, as the server's Simulation draws them
         self.model = build_model(cfg, self.strategy, backbone, self.device)
-        if selection:
-            self.model.set_roles(tuple(selection["roles"]))
+        set_roles(self.model, self.strategy, selection)
         self.init_personal = self.model.state("personal")
         part = partition if partition is not None else client_partition(cfg)
         self.train = load_split(cfg, self.model, "train", part.train[k])
-        self.eval = load_split(cfg, self.model, "eval", part.eval[k])
+        shards = {"personal": part.eval[k], "personal_iid": part.eval_iid[k]}  # the two personalised eval views
+        rows = sorted(set().union(*shards.values()))
+        self.eval = load_split(cfg, self.model, "eval", rows)
+        where = {i: j for j, i in enumerate(rows)}
+        self.views = {view: [where[i] for i in idx] for view, idx in shards.items()}  # positions in self.eval
 
 
 def client_partition(cfg: ExperimentConfig):
@@ -173,9 +176,8 @@ def make_client_app(mods: list | None = None) -> ClientApp:
             ws.cfg.train.eval_batch_size,
             ws.device,
         )
-        return Message(
-            RecordDict({"metrics": MetricRecord({"partition-id": k, "preds": [int(p) for p in preds]})}), reply_to=msg
-        )
+        metrics = {f"preds:{view}": [int(preds[j]) for j in pos] for view, pos in ws.views.items()}
+        return Message(RecordDict({"metrics": MetricRecord({"partition-id": k, **metrics})}), reply_to=msg)
 
     return app
 
@@ -262,8 +264,9 @@ class FlowerSimulation(Simulation):
                 out.append((k, res, None, None))
         return out
 
-    def evaluate_personal(self) -> dict:
-        ks = [k for k, s in enumerate(self.partition.eval) if s]
+    def evaluate_personal(self, views: dict[str, list[list[int]]]) -> dict[str, dict]:
+        """Each node predicts on its shards of every view with its personal tensors; pooled here."""
+        ks = [k for k in range(self.fed.num_clients) if any(s[k] for s in views.values())]
         msgs = [
             Message(
                 RecordDict({"arrays": _arrays(self.server.shared), "config": self._config(k, self.server.round)}),
@@ -272,15 +275,19 @@ class FlowerSimulation(Simulation):
             )
             for k in ks
         ]
-        preds = {}
+        preds: dict[str, dict[int, np.ndarray]] = {view: {} for view in views}
         for reply in self.grid.send_and_receive(msgs, timeout=self.reply_timeout):
             if not reply.has_error():
                 m = reply.content["metrics"]
-                preds[int(m["partition-id"])] = np.asarray(m["preds"], dtype=np.int64)
-        out = pool_personal(
-            self.model.task, preds, self.eval, [s if k in preds else [] for k, s in enumerate(self.partition.eval)]
-        )
-        out["missing"] = len(ks) - len(preds)
+                for view in views:
+                    preds[view][int(m["partition-id"])] = np.asarray(m[f"preds:{view}"], dtype=np.int64)
+        out = {}
+        for view, shards in views.items():
+            got = preds[view]
+            out[view] = pool_personal(
+                self.model.task, got, self.eval, [s if k in got else [] for k, s in enumerate(shards)]
+            )
+            out[view]["missing"] = len(ks) - len(got)
         return out
 
 

@@ -1,0 +1,112 @@
+"""Reference rows for results tables: a floor with no model and an upper reference with no federation.
+
+- ``majority_local``: no model at all. Globally, every eval example gets the pooled training set's majority
+  label; personalised, each client predicts its own majority training label (on its matched and its IID eval
+  shard). Under label skew this floor is high on the matched view: a personalised score is only worth its
+  distance above it.
+- ``centralized``: the same model trained on the pooled training data for the same number of local steps a
+  federated run's sampled clients take, ``rounds x clients_per_round x epochs x ceil(n / (N B))``, evaluated
+  on the same schedule; its personalised views are its one model on each client's shards.
+- ``local_only`` (each client alone, nothing exchanged) is a strategy: :class:`fedlib.strategies.LocalOnly`.
+
+Each returns a history in the simulator's format (:mod:`fedlib.report` summarises it), with no bytes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .config import ExperimentConfig
+from .evaluation import pooled_by_shard
+from .runtime import resolve_device, seed_everything
+from .simulation import build_model, load_split, partition_for
+from .strategies import get_strategy
+from .tasks import compute_metric, get_task, load_task
+from .train import evaluate, local_train, make_optimizer
+
+__all__ = ["REFERENCES", "majority_local", "centralized", "centralized_steps_per_round"]
+
+
+def _row(round_: int, seconds: float, cum_seconds: float, metrics: dict) -> dict:
+    return {
+        "round": round_,
+        "clients": [],
+        "reported": 0,
+        "failed": 0,
+        "failures": [],
+        "bytes_up": 0,
+        "bytes_down": 0,
+        "cum_bytes": 0,
+        "train_loss": metrics.pop("train_loss", math.nan),
+        "local_steps": 0,
+        "seconds_client": seconds,
+        "seconds_aggregate": 0.0,
+        "seconds_eval": 0.0,
+        "cum_seconds": cum_seconds,
+        **metrics,
+    }
+
+
+def _views(task, preds: torch.Tensor, data, partition) -> dict:
+    """The three views' metrics of one model's per-example predictions ``[N_eval]`` on ``data``."""
+    out = {"global_metric": compute_metric(task, preds.numpy(), data.labels)["metric"]}
+    for view, shards in (("personal", partition.eval), ("personal_iid", partition.eval_iid)):
+        out[f"{view}_metric"] = pooled_by_shard(task, preds, data, shards)["metric"]
+    return out
+
+
+def majority_local(cfg: ExperimentConfig, backbone=None) -> pd.DataFrame:
+    """The floor: each client's majority training label (module docstring); one row at the last round."""
+    task = get_task(cfg.fed.task)
+    train = np.asarray(load_task(cfg.fed.task, "train", cfg.data.data_dir, limit=cfg.data.train_limit or None)["label"])
+    evl = np.asarray(load_task(cfg.fed.task, "eval", cfg.data.data_dir, limit=cfg.data.eval_limit or None)["label"])
+    part = partition_for(cfg, train, evl)
+    pooled = int(np.bincount(train).argmax())
+    major = [int(np.bincount(train[idx]).argmax()) if idx else pooled for idx in part.train]
+    out = {"global_metric": compute_metric(task, np.full(len(evl), pooled), evl)["metric"]}
+    for view, shards in (("personal", part.eval), ("personal_iid", part.eval_iid)):
+        idx = [i for k in range(len(shards)) for i in shards[k]]
+        preds = [major[k] for k in range(len(shards)) for _ in shards[k]]
+        out[f"{view}_metric"] = compute_metric(task, np.asarray(preds), evl[idx])["metric"]
+    return pd.DataFrame([_row(cfg.fed.rounds, 0.0, 0.0, out)])
+
+
+def centralized_steps_per_round(cfg: ExperimentConfig, n_train: int) -> int:
+    """Local steps a federated round's sampled clients take together, on average: m x E x ceil(n / (N B))."""
+    per_client = math.ceil(n_train / cfg.fed.num_clients / cfg.train.batch_size)
+    if cfg.train.max_steps:
+        per_client = min(per_client * cfg.train.epochs, cfg.train.max_steps) // cfg.train.epochs or 1
+    return cfg.fed.clients_per_round * cfg.train.epochs * per_client
+
+
+def centralized(cfg: ExperimentConfig, backbone=None) -> pd.DataFrame:
+    """The upper reference: pooled training, the federated run's step budget and evaluation schedule."""
+    strategy = get_strategy("fedavg")
+    device = resolve_device(cfg.run.device)
+    seed_everything(cfg.fed.seed)
+    model = build_model(cfg, strategy, backbone, device)
+    train, evalset = load_split(cfg, model, "train"), load_split(cfg, model, "eval")
+    part = partition_for(cfg, train.labels, evalset.labels)
+    steps = centralized_steps_per_round(cfg, len(train))
+    passes = math.ceil(steps * cfg.train.batch_size / len(train)) + 1
+    opt = make_optimizer(model, cfg.train)
+    gen = torch.Generator().manual_seed(cfg.fed.seed)
+    rows, cum = [], 0.0
+    for t in range(cfg.fed.rounds):
+        t0 = time.perf_counter()
+        stats = local_train(model, opt, train, cfg.train, device, gen, epochs=passes, max_steps=steps)
+        cum += time.perf_counter() - t0
+        metrics = {"train_loss": stats["loss"]}
+        if t + 1 == cfg.fed.rounds or (cfg.fed.eval_every and (t + 1) % cfg.fed.eval_every == 0):
+            res = evaluate(model, evalset, model.task, cfg.train.eval_batch_size, device, return_preds=True)
+            metrics.update(_views(model.task, res["preds"], evalset, part))
+        rows.append(_row(t + 1, time.perf_counter() - t0, cum, metrics))
+    return pd.DataFrame(rows)
+
+
+REFERENCES = {"majority_local": majority_local, "centralized": centralized}

@@ -1,0 +1,77 @@
+"""Statistics for results tables: means with 95% confidence intervals over seeds, paired differences, and
+costs to a target with censoring.
+
+A seed fixes the partition, the initial prompts and the client sampling, identically for every strategy, so
+two strategies' results on the same seed are *paired*: their difference cancels what the seed alone decides
+(which clients hold which labels, which were sampled), and its confidence interval is much narrower than the
+one of either mean. Intervals use Student's t with n - 1 degrees of freedom (``docs/method.md``, "Reading
+the results").
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["mean_ci", "paired_differences", "censored_median", "summary_table"]
+
+
+def mean_ci(values, level: float = 0.95) -> tuple[float, float, int]:
+    """``(mean, half-width of the level-CI, n)`` of the finite ``values`` (half-width NaN when n < 2)."""
+    from scipy import stats
+
+    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    n = len(x)
+    if n == 0:
+        return math.nan, math.nan, 0
+    if n == 1:
+        return float(x[0]), math.nan, 1
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * x.std(ddof=1) / math.sqrt(n))
+    return float(x.mean()), half, n
+
+
+def paired_differences(table: pd.DataFrame, column: str, method: str, level: float = 0.95) -> pd.DataFrame:
+    """Per task and other strategy: mean and CI of ``method - other`` on ``column``, paired by seed."""
+    rows = []
+    for task, t in table.groupby("task", sort=False):
+        wide = t.pivot_table(index="seed", columns="strategy", values=column, aggfunc="first")
+        if method not in wide:
+            continue
+        for other in [s for s in dict.fromkeys(t["strategy"]) if s != method and s in wide]:
+            d = (wide[method] - wide[other]).dropna()
+            mean, half, n = mean_ci(d.tolist(), level)
+            rows.append(
+                {
+                    "task": task,
+                    "vs": other,
+                    "view": column,
+                    "diff": mean,
+                    "ci": half,
+                    "seeds": n,
+                    "wins": int((d > 0).sum()),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def censored_median(values, horizon: float) -> str:
+    """The median of values where NaN means "not reached by ``horizon``"; ``">R"`` when the median is censored."""
+    x = np.array([v if v is not None and math.isfinite(v) else math.inf for v in values], dtype=float)
+    if not len(x):
+        return "—"
+    med = float(np.median(x))
+    return f">{horizon:g}" if math.isinf(med) else f"{med:g}"
+
+
+def summary_table(table: pd.DataFrame, columns: list[str], level: float = 0.95) -> pd.DataFrame:
+    """Per (task, strategy): ``mean ± half-width`` strings of each column, in the table's order."""
+    rows = []
+    for (task, strategy), g in table.groupby(["task", "strategy"], sort=False):
+        row = {"task": task, "strategy": strategy, "seeds": g["seed"].nunique()}
+        for col in columns:
+            mean, half, _ = mean_ci(g[col].tolist(), level)
+            row[col] = "—" if math.isnan(mean) else (f"{mean:.4f}" if math.isnan(half) else f"{mean:.4f} ± {half:.4f}")
+        rows.append(row)
+    return pd.DataFrame(rows)

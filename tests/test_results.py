@@ -1,0 +1,145 @@
+"""Results a reader can trust: three evaluation views, reference rows, selection costs, paired statistics."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fedlib.config import ModelConfig, TrainConfig
+from fedlib.partition import make_partition
+from fedlib.references import centralized, centralized_steps_per_round, majority_local
+from fedlib.report import rounds_to_target, summarize
+from fedlib.simulation import run_simulation
+from fedlib.stats import censored_median, mean_ci, paired_differences
+from fedlib.tasks import load_task
+
+from .configs import build
+
+
+def tiny(**kw):
+    base = dict(
+        task="sst2",
+        num_clients=4,
+        clients_per_round=2,
+        rounds=2,
+        train_limit=64,
+        eval_limit=48,
+        seed=5,
+        hessian_warmup_rounds=1,
+        hessian_iters=3,
+    )
+    return build(model=ModelConfig(prompt_len=2, max_length=64), train=TrainConfig(batch_size=8), **{**base, **kw})
+
+
+def test_iid_eval_shards_have_the_matched_sizes_and_the_eval_label_mix():
+    rng = np.random.default_rng(0)
+    train, evl = rng.integers(0, 2, 2000), np.repeat([0, 1], 500)
+    part = make_partition(train, evl, 5, "reference", alpha=0.1, seed=1)
+    assert [len(s) for s in part.eval_iid] == [len(s) for s in part.eval]
+    assert sorted(i for s in part.eval_iid for i in s) == list(range(1000))  # an exact cover, like eval
+    assert part.eval_iid == make_partition(train, evl, 5, "reference", alpha=0.1, seed=1).eval_iid
+    matched = [abs(evl[s].mean() - 0.5) for s in part.eval if len(s) > 50]
+    iid = [abs(evl[s].mean() - 0.5) for s in part.eval_iid if len(s) > 50]
+    assert max(iid) < 0.1 < 0.25 < min(matched)  # matched shards are skewed, IID ones are not
+
+
+def test_three_views_logged_and_equal_for_a_model_with_nothing_personal(bundled_backbone):
+    h = run_simulation(tiny(), backbone=bundled_backbone, progress=False).history
+    last = h.iloc[-1]
+    # FedAvg: every client's model is the global one; matched and IID shards each cover the eval set exactly
+    assert last["personal_iid_metric"] == pytest.approx(last["global_metric"])
+    assert last["personal_metric"] == pytest.approx(last["global_metric"])
+
+
+def test_personal_views_differ_with_personal_layers(bundled_backbone):
+    h = run_simulation(
+        tiny(layer_roles=("personal",) * 3 + ("shared",) * 3, rounds=3), backbone=bundled_backbone, progress=False
+    ).history
+    assert {"global_metric", "personal_metric", "personal_iid_metric"} <= set(h.columns)
+    assert h[["personal_metric", "personal_iid_metric"]].notna().all().all()
+
+
+def test_majority_local_is_the_per_client_majority_label():
+    cfg = tiny()
+    row = majority_local(cfg).iloc[0]
+    train = np.asarray(load_task("sst2", "train", limit=64)["label"])
+    evl = np.asarray(load_task("sst2", "eval", limit=48)["label"])
+    part = make_partition(train, evl, 4, "reference", seed=5)
+    hits = sum(int((evl[s] == np.bincount(train[part.train[k]]).argmax()).sum()) for k, s in enumerate(part.eval))
+    assert row["personal_metric"] == pytest.approx(hits / len(evl))
+    assert row["global_metric"] == pytest.approx(float((evl == np.bincount(train).argmax()).mean()))
+    assert row["bytes_up"] == 0 and row["round"] == cfg.fed.rounds
+
+
+def test_local_only_exchanges_nothing_and_has_no_global_model(bundled_backbone):
+    res = run_simulation(tiny(strategy="local_only"), backbone=bundled_backbone, progress=False)
+    h = res.history
+    assert res.server.shared == {} and set(res.roles) == {"personal"}
+    assert (h["bytes_up"] == 0).all() and (h["bytes_down"] == 0).all()
+    assert "global_metric" not in h or h["global_metric"].isna().all()
+    assert h["personal_metric"].notna().all() and h["local_steps"].gt(0).all()
+
+
+def test_centralized_uses_the_federated_step_budget(bundled_backbone):
+    cfg = tiny()
+    assert centralized_steps_per_round(cfg, 64) == 2 * 1 * math.ceil(64 / 4 / 8)
+    h = centralized(cfg, bundled_backbone)
+    assert h["round"].tolist() == [1, 2] and (h["bytes_up"] == 0).all()
+    assert h[["global_metric", "personal_metric", "personal_iid_metric"]].notna().all().all()
+    assert h["personal_iid_metric"].iloc[-1] == pytest.approx(h["global_metric"].iloc[-1])  # one model
+
+
+def test_selection_costs_are_round_zero_and_in_the_totals(bundled_backbone):
+    res = run_simulation(tiny(strategy="fedpeptao"), backbone=bundled_backbone, progress=False)
+    h, sel = res.history, res.selection
+    first = h.iloc[0]
+    assert first["round"] == 0 and first["phase"] == "selection"
+    warm = sel["hessian"]["warmup"][0]
+    everything = 6 * 2 * 2 * 384 * 4 + (384 * 2 + 2) * 4  # all six layers' [2, 768] prompts and the head, float32
+    # scoring: 4 clients get the initial prompts, send 6 scores and a count; warm-up: a FedAvg round; Hessian:
+    # the 2 probed clients get the warmed-up prompts and send one ratio each
+    assert first["bytes_down"] == 4 * everything + warm["bytes_down"] + 2 * everything
+    assert first["bytes_up"] == 4 * 8 * 7 + warm["bytes_up"] + 2 * 8
+    s = summarize(h)
+    assert s["selection_bytes"] == first["bytes_up"] + first["bytes_down"] and s["rounds"] == 2
+    assert s["bytes_total"] == h["cum_bytes"].iloc[-1] == s["selection_bytes"] + 2 * s["bytes_per_round"]
+    assert s["selection_seconds"] > 0 and s["seconds_total"] > s["selection_seconds"]
+
+
+def test_rounds_to_target_is_on_the_global_metric_and_censored():
+    h = pd.DataFrame(
+        {
+            "round": [0, 1, 2, 3],
+            "global_metric": [math.nan, 0.5, 0.7, 0.6],
+            "personal_metric": [math.nan, 0.9, 0.9, 0.9],
+            "cum_seconds": [5.0, 6, 7, 8],
+            "cum_bytes": [100, 110, 120, 130],
+        }
+    )
+    assert rounds_to_target(h, 0.7) == (2, 7, 120)
+    assert all(math.isnan(v) for v in rounds_to_target(h, 0.8))
+    assert censored_median([2, 3, math.nan], 10) == "3"
+    assert censored_median([2, math.nan, math.nan], 10) == ">10"
+
+
+def test_mean_ci_and_paired_differences():
+    mean, half, n = mean_ci([1.0, 2.0, 3.0, 4.0])
+    assert (mean, n) == (2.5, 4) and half == pytest.approx(3.182446 * np.std([1, 2, 3, 4], ddof=1) / 2, rel=1e-5)
+    assert math.isnan(mean_ci([1.0])[1])
+    rng = np.random.default_rng(0)
+    seed_effect = rng.normal(0, 0.1, 8)  # large, shared by both strategies
+    rows = [
+        {
+            "task": "t",
+            "strategy": s,
+            "seed": i,
+            "m": seed_effect[i] + (0.02 if s == "a" else 0.0) + rng.normal(0, 0.001),
+        }
+        for i in range(8)
+        for s in ("a", "b")
+    ]
+    d = paired_differences(pd.DataFrame(rows), "m", "a").iloc[0]
+    assert d["vs"] == "b" and d["diff"] == pytest.approx(0.02, abs=0.002) and d["ci"] < 0.003 and d["wins"] == 8
+    unpaired_half = mean_ci([r["m"] for r in rows if r["strategy"] == "a"])[1]
+    assert unpaired_half > 10 * d["ci"]  # pairing removes the seed's effect
