@@ -6,7 +6,9 @@ per round and in total (layer selection included, and on its own), and the round
 run's global metric first reached the task's fixed ``target`` (NaN: not within the run, i.e. censored). The
 strategies may include the reference rows of :mod:`fedlib.references` (``majority_local``, ``centralized``) and
 ``local_only``. A seed fixes the partition, the initial prompts and the client sampling, identically for every
-strategy, so rows of one seed are paired. Runs already in the CSV are skipped: an interrupted grid resumes.
+strategy, so rows of one seed are paired; strategies that share selected layers (``fedpeptao``, ``fedavg_selected``)
+compute the selection once per (task, seed) and are each charged its cost. Runs already in the CSV are skipped: an
+interrupted grid resumes.
 
 The tables (:func:`view_table`, :func:`paired_table`, :func:`cost_table`) give means with 95% confidence
 intervals over seeds, paired differences against one method, and censored medians of the costs to target.
@@ -29,6 +31,7 @@ from .references import REFERENCES
 from .report import shared_layer_count, summarize
 from .simulation import run_simulation
 from .stats import censored_median, mean_ci, paired_differences, summary_table
+from .strategies import get_strategy
 
 __all__ = ["run_grid", "plot_grid", "view_table", "paired_table", "cost_table", "COLUMNS", "VIEW_COLUMNS"]
 
@@ -113,7 +116,7 @@ def run_grid(
             indent=2,
         )
     )
-    backbone = None
+    backbone, selections = None, {}
     for task in tasks:
         for seed in seeds:
             for name in strategies:
@@ -129,8 +132,14 @@ def run_grid(
                     run_dir.mkdir(parents=True, exist_ok=True)
                     history.to_json(run_dir / "results.jsonl", orient="records", lines=True)
                 else:
-                    res = run_simulation(cfg, run_dir, backbone=backbone, progress=progress)
+                    # strategies sharing selected layers share the selection of their (task, seed): it does not
+                    # depend on the strategy; each run is still charged its bytes and seconds (round 0)
+                    selected = get_strategy(cfg.strategy).layers == "selected"
+                    selection = selections.get((task, seed)) if selected else None
+                    res = run_simulation(cfg, run_dir, backbone=backbone, progress=progress, selection=selection)
                     history, shared = res.history, shared_layer_count(res)
+                    if selected:
+                        selections.setdefault((task, seed), res.selection)
                 wall = time.perf_counter() - t0
                 log.info("%s/%s/seed %d: %.1f s", task, name, seed, wall)
                 rows = [r for r in rows if (r["task"], r["strategy"], int(r["seed"])) != (task, name, seed)]
@@ -178,8 +187,8 @@ def cost_table(table: pd.DataFrame) -> pd.DataFrame:
                 "strategy": strategy,
                 "target": g["target"].iloc[0],
                 "rounds_to_target": censored_median(g["rounds_to_target"], horizon),
-                "seconds_to_target": censored_median(g["seconds_to_target"].round(1), math.inf),
-                "MB_to_target": censored_median(mb.round(3), math.inf),
+                "seconds_to_target": censored_median(g["seconds_to_target"].round(1)),
+                "MB_to_target": censored_median(mb.round(3)),
                 "reached": f"{int(g['rounds_to_target'].notna().sum())}/{len(g)}",
                 "selection_MB": float(g["selection_bytes"].mean() / 1e6),
                 "total_MB": float(g["bytes_total"].mean() / 1e6),

@@ -56,13 +56,16 @@ def paired_differences(table: pd.DataFrame, column: str, method: str, level: flo
     return pd.DataFrame(rows)
 
 
-def censored_median(values, horizon: float) -> str:
-    """The median of values where NaN means "not reached by ``horizon``"; ``">R"`` when the median is censored."""
+def censored_median(values, horizon: float | None = None) -> str:
+    """The median of values where NaN means "not reached"; when the median itself is censored, ``">R"`` given a
+    ``horizon`` R, else ``"not reached"``."""
     x = np.array([v if v is not None and math.isfinite(v) else math.inf for v in values], dtype=float)
     if not len(x):
         return "—"
     med = float(np.median(x))
-    return f">{horizon:g}" if math.isinf(med) else f"{med:g}"
+    if math.isinf(med):
+        return f">{horizon:g}" if horizon is not None else "not reached"
+    return f"{med:g}"
 
 
 def summary_table(table: pd.DataFrame, columns: list[str], level: float = 0.95) -> pd.DataFrame:

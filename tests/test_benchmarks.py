@@ -64,7 +64,8 @@ def test_node_memory():
 def test_run_grid_renders_results_and_readme(tmp_path):
     proto = tmp_path / "tiny.yaml"
     proto.write_text(
-        "tasks: [rte]\nstrategies: [majority_local, local_only, centralized, fedavg, fedprox, fedpeptao]\n"
+        "tasks: [rte]\nstrategies: [majority_local, local_only, centralized, fedavg, fedprox, fedpeptao, "
+        "fedavg_selected]\n"
         "seeds: [0, 1]\nparams: {fedprox: {mu: 0.05}}\ntargets: {rte: 0.5}\n"
         "experiment:\n  model: {prompt_len: 2, max_length: 64}\n  train: {batch_size: 8}\n"
         "  fed: {num_clients: 2, clients_per_round: 2, rounds: 1}\n"
@@ -85,7 +86,7 @@ def test_run_grid_renders_results_and_readme(tmp_path):
     import pandas as pd
 
     table = pd.read_csv(tmp_path / "res.csv")
-    assert len(table) == 12 and list(table.columns[:6]) == [
+    assert len(table) == 14 and list(table.columns[:6]) == [
         "task",
         "strategy",
         "seed",
@@ -95,6 +96,12 @@ def test_run_grid_renders_results_and_readme(tmp_path):
     ]
     assert table.groupby("strategy")["seed"].nunique().eq(2).all() and (table["target"] == 0.5).all()
     pep = table[table["strategy"] == "fedpeptao"]
+    sel = table[table["strategy"] == "fedavg_selected"]
+    assert pep["selection_bytes"].tolist() == sel["selection_bytes"].tolist()  # one selection per seed, both charged
+    seed1 = tmp_path / "out" / "rte" / "seed1"
+    assert (seed1 / "fedpeptao" / "selection.json").read_text() == (
+        seed1 / "fedavg_selected" / "selection.json"
+    ).read_text()
     assert (pep["selection_bytes"] > 0).all() and (
         table.loc[table["strategy"] == "majority_local", "bytes_total"] == 0
     ).all()
