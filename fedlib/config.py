@@ -244,7 +244,7 @@ class RunConfig(Config):
 
     SECTION: ClassVar[str] = "run"
 
-    device: str = setting("auto", "'auto' (cuda, then mps, then cpu; $FEDLIB_DEVICE overrides), 'cpu', 'cuda', ...")
+    device: str = setting("auto", "auto (CUDA, then MPS, then CPU; $FEDLIB_DEVICE overrides), or cpu, cuda:0, mps")
     checkpoint_every: int = setting(0, "checkpoint the whole run every this many rounds (0: never)")
     max_failed_rounds: int = setting(3, "stop after this many rounds in a row in which every client failed")
     max_update_norm: float = setting(1e4, "leave out a client whose update norm exceeds this (divergence)")
