@@ -22,7 +22,7 @@ from .tasks import compute_metric
 from .train import evaluate, predict
 
 __all__ = [
-    "VIEWS",
+    "union_positions",
     "evaluate_global",
     "evaluate_personal",
     "personal_predictions",
@@ -31,7 +31,13 @@ __all__ = [
     "view_record",
 ]
 
-VIEWS = ("global", "personal", "personal_iid")
+
+def union_positions(shards: dict[str, list[int]]) -> tuple[list[int], dict[str, list[int]]]:
+    """One client's shards of several views as ``(rows, positions)``: the sorted union of their example indices,
+    and each view's positions in it (predict once on ``rows``, then take each view's positions)."""
+    rows = sorted(set().union(*shards.values()))
+    where = {i: j for j, i in enumerate(rows)}
+    return rows, {name: [where[i] for i in idx] for name, idx in shards.items()}
 
 
 def view_record(view: str, result: dict) -> dict:
@@ -95,14 +101,13 @@ def evaluate_personal(
     shards."""
     preds = {name: {} for name in views}
     for k in range(len(next(iter(views.values())))):
-        idx = sorted(set().union(*(shards[k] for shards in views.values())))
+        idx, positions = union_positions({name: shards[k] for name, shards in views.items()})
         if not idx:
             continue
-        where = {i: j for j, i in enumerate(idx)}
         p = personal_predictions(model, shared, personal_of(k), data, idx, batch_size, device)
-        for name, shards in views.items():
-            if shards[k]:
-                preds[name][k] = p[[where[i] for i in shards[k]]]
+        for name, pos in positions.items():
+            if pos:
+                preds[name][k] = p[pos]
     return {name: pool_personal(model.task, preds[name], data, shards) for name, shards in views.items()}
 
 

@@ -24,9 +24,9 @@ import torch
 from .config import ExperimentConfig
 from .evaluation import pooled_by_shard
 from .runtime import resolve_device, seed_everything
-from .simulation import build_model, load_split, partition_for
+from .simulation import build_model, load_rows, load_split, partition_for
 from .strategies import get_strategy
-from .tasks import compute_metric, get_task, load_task
+from .tasks import compute_metric, get_task
 from .train import evaluate, local_train, make_optimizer
 
 __all__ = ["REFERENCES", "majority_local", "centralized", "centralized_steps_per_round"]
@@ -63,8 +63,7 @@ def _views(task, preds: torch.Tensor, data, partition) -> dict:
 def majority_local(cfg: ExperimentConfig, backbone=None) -> pd.DataFrame:
     """The floor: each client's majority training label (module docstring); one row at the last round."""
     task = get_task(cfg.fed.task)
-    train = np.asarray(load_task(cfg.fed.task, "train", cfg.data.data_dir, limit=cfg.data.train_limit or None)["label"])
-    evl = np.asarray(load_task(cfg.fed.task, "eval", cfg.data.data_dir, limit=cfg.data.eval_limit or None)["label"])
+    train, evl = (np.asarray(load_rows(cfg, split)["label"]) for split in ("train", "eval"))
     part = partition_for(cfg, train, evl)
     pooled = int(np.bincount(train).argmax())
     major = [int(np.bincount(train[idx]).argmax()) if idx else pooled for idx in part.train]

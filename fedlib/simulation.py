@@ -48,6 +48,7 @@ __all__ = [
     "SimulationResult",
     "run_simulation",
     "build_model",
+    "load_rows",
     "load_split",
     "partition_for",
     "set_roles",
@@ -122,10 +123,15 @@ def set_roles(model, strategy, selection: dict | None) -> None:
         model.set_roles(("personal",) * model.info.num_layers)
 
 
+def load_rows(cfg: ExperimentConfig, split: str):
+    """``split`` ("train" or "eval") of the task as the config limits it (``data.train_limit``/``eval_limit``)."""
+    limit = cfg.data.train_limit if split == "train" else cfg.data.eval_limit
+    return load_task(cfg.fed.task, split, cfg.data.data_dir, limit=limit or None)
+
+
 def load_split(cfg: ExperimentConfig, model, split: str, rows: list[int] | None = None):
     """``split`` ("train" or "eval") of the task, encoded for ``model`` (only ``rows`` of it when given)."""
-    limit = cfg.data.train_limit if split == "train" else cfg.data.eval_limit
-    ds = load_task(cfg.fed.task, split, cfg.data.data_dir, limit=limit or None)
+    ds = load_rows(cfg, split)
     if rows is not None:
         ds = ds.select(rows)
     return encode_dataset(ds, model.info.tokenizer, model.task, model.head_kind, model.cfg.max_length)

@@ -27,12 +27,19 @@ from flwr.serverapp import Grid, ServerApp
 
 from ..client import ClientResult, client_update, personal_tensors
 from ..config import ExperimentConfig
-from ..evaluation import personal_predictions, pool_personal
+from ..evaluation import personal_predictions, pool_personal, union_positions
 from ..models import backbone_for
 from ..runtime import resolve_device, seed_everything
-from ..simulation import Simulation, SimulationError, build_model, load_split, partition_for, set_roles
+from ..simulation import (
+    Simulation,
+    SimulationError,
+    build_model,
+    load_rows,
+    load_split,
+    partition_for,
+    set_roles,
+)
 from ..strategies import get_strategy
-from ..tasks import load_task
 
 __all__ = ["FlowerSimulation", "ClientWorkspace", "make_client_app", "make_server_app", "run_flower_simulation"]
 
@@ -64,32 +71,28 @@ class ClientWorkspace:
         self.init_personal = self.model.state("personal")
         part = partition if partition is not None else client_partition(cfg)
         self.train = load_split(cfg, self.model, "train", part.train[k])
-        shards = {"personal": part.eval[k], "personal_iid": part.eval_iid[k]}  # the two personalised eval views
-        rows = sorted(set().union(*shards.values()))
+        # the two personalised eval views, encoded once: self.views holds each one's positions in self.eval
+        rows, self.views = union_positions({"personal": part.eval[k], "personal_iid": part.eval_iid[k]})
         self.eval = load_split(cfg, self.model, "eval", rows)
-        where = {i: j for j, i in enumerate(rows)}
-        self.views = {view: [where[i] for i in idx] for view, idx in shards.items()}  # positions in self.eval
 
 
 def client_partition(cfg: ExperimentConfig):
     """The run's partition, from the task's labels alone (no text is encoded)."""
-    limits = {"train": cfg.data.train_limit, "eval": cfg.data.eval_limit}
-    labels = {s: load_task(cfg.fed.task, s, cfg.data.data_dir, limit=n or None)["label"] for s, n in limits.items()}
-    return partition_for(cfg, labels["train"], labels["eval"])
+    return partition_for(cfg, load_rows(cfg, "train")["label"], load_rows(cfg, "eval")["label"])
 
 
 # A process may serve several partitions (Flower's simulation reuses its workers): the frozen backbone is loaded
 # once per process and the partition computed once per run; each partition has its own small workspace.
-_CACHE: dict = {"run": None, "backbones": {}, "partition": None, "workspaces": {}}
+_CACHE: dict = {"run": None, "cfg": None, "backbones": {}, "partition": None, "workspaces": {}}
 
 
 def _workspace(cfg_json: str, selection_json: str, k: int) -> ClientWorkspace:
     """Partition ``k``'s workspace, built once per process (deterministic from the config)."""
     if _CACHE["run"] != (cfg_json, selection_json):  # a new run: drop the last run's workspaces
         cfg = ExperimentConfig.from_json(cfg_json)
-        _CACHE.update(run=(cfg_json, selection_json), partition=client_partition(cfg), workspaces={})
+        _CACHE.update(run=(cfg_json, selection_json), cfg=cfg, partition=client_partition(cfg), workspaces={})
     if k not in _CACHE["workspaces"]:
-        cfg = ExperimentConfig.from_json(cfg_json)
+        cfg = _CACHE["cfg"]
         key = (cfg.model.name, cfg.model.head, cfg.model.attn_implementation)
         if key not in _CACHE["backbones"]:
             _CACHE["backbones"][key] = backbone_for(cfg.model)
