@@ -1,28 +1,48 @@
 """FedPepTAO (Che et al., EMNLP 2023): the strategy and its server's adaptive step.
 
 Layer selection (which layers are shared) is :mod:`fedlib.selection`; this module is the server step
-(``docs/method.md``, "Adaptive optimisation"). With x̄ the size-weighted mean of the clients' shared tensors,
-theta the previous global, K_i local steps and eta_l the device learning rate *of each tensor* (prompts at
-``train.lr``, the head at ``train.head_lr``, as each client reports it):
+(``docs/method.md``, "Adaptive optimisation"). Notation, per shared tensor: theta the previous global, y_i client
+i's upload, x̄ = sum_i p_i y_i (p_i = n_i / sum_S n_j over the round's clients S), K_i its local steps, eta_i the
+device learning rate *of that tensor* (prompts ``train.lr``, head ``train.head_lr``, as each client reports it),
+Delta_t = theta - x̄ the pseudo-gradient, d_i = (theta - y_i) / (K_i eta_i) the client's mean local direction.
 
-    Delta_t = theta - x̄                                                        (pseudo-gradient)
-    c_i <- c_i - c + (theta - y_i) / (K_i eta_l);   dc_i = c_i_new - c_i_old     (per-client variates,
-    c   <- c + (m/N) * sum_i K_i dc_i / sum_i K_i                                 kept on the server)
-    round 1: theta <- x̄ (no step; Delta_prev <- Delta_t)
-    later:   g = Delta_prev - Delta_t;  eta_s <- max(decay * eta_s, eta_min)
-      parallel (default, the intended update):
-             v_i = beta V + (1 - beta) g + c - c_i;   theta <- sum_i p_i (x̄ - eta_s v_i);   V <- sum_i p_i v_i
-      sequential (reference-faithful; its state_dict aliasing chains the per-client steps):
-             w_0 = x̄, v_0 = V;  v_k = beta v_{k-1} + (1 - beta) g + c - c_{i_k};  w_k = w_{k-1} - eta_s v_k
-             theta <- sum_k p_k w_k;   V <- sum_k p_k v_k
+``server_variant="corrected"`` (default; this project's repair, tested on a heterogeneous quadratic with local
+AdamW in :mod:`fedlib.quadratic`):
 
-Control variates cost no communication: the server computes them from what clients already send.
-``control_variates=False`` drops the ``c - c_i`` term, for the ablation.
-Unlike the reference they cover only the shared tensors.
+    c_i <- d_i                                  (client i's latest direction; kept on the server)
+    c   <- sum_{j seen} n_j c_j / sum_{j seen} n_j     (size-weighted mean over every client seen so far)
+    round 1: theta <- x̄
+    later:   g = Delta_{t-1} - Delta_t;  eta_s <- max(decay * eta_s, eta_min)
+             V <- beta V + (1 - beta) g                              (momentum on g alone)
+             kappa = correction_scale * sum_i p_i K_i eta_i          (a step in model units, per tensor)
+             theta <- x̄ - eta_s V - kappa (c - sum_i p_i c_i)
+
+With ``correction_scale=1`` the correction replaces the sampled clients' mean step by the mean of every client's
+latest step (MIFA, Gu et al. 2021; FedVARP, Jhunjhunwala et al. 2022): it is unbiased for full participation
+and costs no communication. Differences from the reference (``server_variant="parallel"`` or ``"sequential"``):
+
+    c_i <- c_i - c + d_i;   dc_i = c_i_new - c_i_old;   c <- c + (m/N) sum_i K_i dc_i / sum_i K_i
+    round 1: theta <- x̄
+    later:   v_i = beta V + (1 - beta) g + c - c_i
+      parallel:   theta <- sum_i p_i (x̄ - eta_s v_i);   V <- sum_i p_i v_i
+      sequential: w_0 = x̄, v_0 = V; v_k = beta v_{k-1} + (1 - beta) g + c - c_{i_k}; w_k = w_{k-1} - eta_s v_k;
+                  theta <- sum_k p_k w_k;   V <- sum_k p_k v_k   (its state_dict aliasing chains the steps)
+
+1. The reference's ``c_i`` update is SCAFFOLD's option II, which assumes local steps corrected by ``c - c_i``; the
+   local AdamW is not corrected, so ``c_i`` sums (direction - c) over every participation and grows without
+   bound under label skew. Here ``c_i`` is the latest direction, bounded by the client's own steps.
+2. ``c - c_i`` enters the reference's buffer with weight 1 and stays there (V integrates it); here it is applied
+   once, outside V, at a scale set in model units, so it does not depend on the learning rate's size.
+3. Per-client server steps from one V (the reference's per-client "momentum reset") average to one step here.
+
+``control_variates=False`` drops the correction (the ablation); ``server_momentum=0`` drops the momentum.
+Unlike the reference, variates cover only the shared tensors. Each step records diagnostics in
+``state.scalars["diagnostics"]``: ||theta - x̄|| / ||Delta_t||, ||c||, mean ||c_i|| over S, eta_s.
 """
 
 from __future__ import annotations
 
+import math
 import typing
 from dataclasses import dataclass
 
@@ -43,18 +63,23 @@ class FedPepTAOConfig(FedAvgConfig):
     server_lr_decay: float = setting(0.99, "eta_s <- max(decay * eta_s, server_lr_min) at every server step")
     server_lr_min: float = setting(1e-4, "floor of the decaying server learning rate")
     server_momentum: float = setting(0.9, "momentum beta of the server buffer V")
-    variant: typing.Literal["parallel", "sequential"] = setting(
-        "parallel",
-        "'parallel': each client's corrected step from the same V (the intended update); 'sequential': "
-        "the reference code's chained per-client steps",
+    server_variant: typing.Literal["corrected", "parallel", "sequential"] = setting(
+        "corrected",
+        "'corrected': latest-direction control variates applied outside the momentum (this project's repair); "
+        "'parallel': the reference's update, each client's step from the same V; 'sequential': the reference "
+        "code's chained per-client steps",
     )
-    control_variates: bool = setting(True, "add the server-held correction c - c_i (False: the ablation without it)")
+    correction_scale: float = setting(
+        1.0, "'corrected' only: the correction's step is this times sum_i p_i K_i eta_i (1: MIFA/FedVARP)"
+    )
+    control_variates: bool = setting(True, "apply the server-held correction (False: the ablation without it)")
 
     def validate(self) -> None:
         super().validate()
         check(0 < self.server_lr_decay <= 1, "strategy", "server_lr_decay", self.server_lr_decay, "must be in (0, 1]")
         check(self.server_lr_min >= 0, "strategy", "server_lr_min", self.server_lr_min, "must be >= 0")
         check(0 <= self.server_momentum < 1, "strategy", "server_momentum", self.server_momentum, "must be in [0, 1)")
+        check(self.correction_scale >= 0, "strategy", "correction_scale", self.correction_scale, "must be >= 0")
 
 
 @register
@@ -73,58 +98,109 @@ class FedPepTAO(Strategy):
         return fedpeptao_server_step(state, results, avg, delta, self.cfg, num_clients)
 
 
+def _norm(tensors: dict) -> float:
+    return math.sqrt(sum(float(t.double().pow(2).sum()) for t in tensors.values()))
+
+
 def fedpeptao_server_step(
     state: ServerState, results: list, avg: dict, delta: dict, cfg: FedPepTAOConfig, num_clients: int
 ) -> ServerState:
     """The FedPepTAO server update (module docstring); a pure function of ``state`` and ``results``.
 
-    Each result carries ``lrs``, the local learning rate each shared tensor was trained at (eta_l, per tensor).
+    Each result carries ``lrs``, the local learning rate each shared tensor was trained at (eta_i, per tensor).
     """
     theta = state.shared
-    beta = cfg.server_momentum
     controls = {key: dict(group) for key, group in state.controls.items()}
+    scalars = dict(state.scalars)
+    directions = {
+        r.client: {k: (theta[k] - r.shared[k]) * (1.0 / (max(r.steps, 1) * r.lrs[k])) for k in theta} for r in results
+    }
+    if cfg.server_variant == "corrected":
+        c = _latest_directions(controls, scalars, results, directions, theta)
+    else:
+        c = _reference_variates(controls, results, directions, theta, num_clients)
+    d_t = {k: -v for k, v in delta.items()}  # Delta_t = theta - x̄
+    opt = dict(state.opt)
+    weights = np.array([float(r.num_examples) for r in results])
+    p = weights / weights.sum()
+    first = f"prev.{next(iter(theta))}" not in opt
+    g = {k: (d_t[k] if first else opt[f"prev.{k}"] - d_t[k]) for k in theta}
+    opt.update({f"prev.{k}": v for k, v in d_t.items()})
+    if first:  # first server step: FedAvg
+        new_theta, eta = avg, scalars["server_lr"]
+    else:
+        eta = scalars["server_lr"] = max(cfg.server_lr_decay * scalars["server_lr"], cfg.server_lr_min)
+        V = {k: opt.get(f"V.{k}", torch.zeros_like(v)) for k, v in theta.items()}
+        step = _corrected if cfg.server_variant == "corrected" else _reference
+        new_theta, new_V = step(cfg, results, p, avg, g, V, c, controls, eta)
+        opt.update({f"V.{k}": v for k, v in new_V.items()})
+    scalars["diagnostics"] = {
+        "server_ratio": _norm({k: new_theta[k] - avg[k] for k in theta}) / max(_norm(d_t), 1e-30),
+        "c_norm": _norm(c),
+        "c_i_norm": float(np.mean([_norm(controls[f"c{r.client}"]) for r in results])),
+        "server_lr": float(eta),
+    }
+    return ServerState(state.round + 1, new_theta, opt, controls, scalars)
+
+
+def _latest_directions(controls, scalars, results, directions, theta) -> dict:
+    """'corrected': c_i <- d_i; c <- size-weighted mean of the latest c_j of every client seen (incremental)."""
+    c = controls.get("c", {k: torch.zeros_like(v) for k, v in theta.items()})
+    seen = float(scalars.get("seen_examples", 0.0))
+    for r in results:
+        key, n = f"c{r.client}", float(r.num_examples)
+        old = controls.get(key)
+        total = seen + (0.0 if old is not None else n)
+        base = {k: c[k] * (seen / total) for k in theta} if old is None else c
+        change = {k: directions[r.client][k] - (0 if old is None else old[k]) for k in theta}
+        c = {k: base[k] + change[k] * (n / total) for k in theta}
+        controls[key], seen = directions[r.client], total
+    scalars["seen_examples"] = seen
+    controls["c"] = c
+    return c
+
+
+def _reference_variates(controls, results, directions, theta, num_clients) -> dict:
+    """The reference: c_i <- c_i - c + d_i; c <- c + (m/N) sum_i K_i dc_i / sum_i K_i."""
     c = controls.setdefault("c", {k: torch.zeros_like(v) for k, v in theta.items()})
     dcs, steps = [], []
     for r in results:
         key = f"c{r.client}"
         old = controls.get(key, {k: torch.zeros_like(v) for k, v in theta.items()})
-        new = {k: old[k] - c[k] + (theta[k] - r.shared[k]) * (1.0 / (max(r.steps, 1) * r.lrs[k])) for k in theta}
+        new = {k: old[k] - c[k] + directions[r.client][k] for k in theta}
         dcs.append({k: new[k] - old[k] for k in theta})
         steps.append(float(max(r.steps, 1)))
         controls[key] = new
-    frac = len(results) / num_clients
     dc = weighted_mean(dcs, steps)
-    controls["c"] = c = {k: c[k] + frac * dc[k] for k in theta}
-    d_t = {k: -v for k, v in delta.items()}  # Delta_t = theta - x̄
-    opt = dict(state.opt)
-    scalars = dict(state.scalars)
-    if f"prev.{next(iter(theta))}" not in opt:  # first server step: FedAvg
-        opt.update({f"prev.{k}": v for k, v in d_t.items()})
-        return ServerState(state.round + 1, avg, opt, controls, scalars)
-    g = {k: opt[f"prev.{k}"] - d_t[k] for k in theta}
-    opt.update({f"prev.{k}": v for k, v in d_t.items()})
-    eta = max(cfg.server_lr_decay * scalars["server_lr"], cfg.server_lr_min)
-    scalars["server_lr"] = eta
-    weights = np.array([float(r.num_examples) for r in results])
-    p = weights / weights.sum()
-    V = {k: opt.get(f"V.{k}", torch.zeros_like(v)) for k, v in theta.items()}
-    use_cv = 1.0 if cfg.control_variates else 0.0  # 0: ablation without the c - c_i correction
+    controls["c"] = c = {k: c[k] + (len(results) / num_clients) * dc[k] for k in theta}
+    return c
+
+
+def _corrected(cfg, results, p, avg, g, V, c, controls, eta):
+    beta, on = cfg.server_momentum, float(cfg.control_variates)
     new_theta, new_V = {}, {}
-    for name in theta:
-        if cfg.variant == "sequential":
-            w, v, ws, vs = avg[name], V[name], [], []
+    for k in avg:
+        new_V[k] = beta * V[k] + (1 - beta) * g[k]
+        kappa = cfg.correction_scale * sum(float(pi) * max(r.steps, 1) * r.lrs[k] for pi, r in zip(p, results))
+        c_s = sum(float(pi) * controls[f"c{r.client}"][k] for pi, r in zip(p, results))
+        new_theta[k] = avg[k] - eta * new_V[k] - on * kappa * (c[k] - c_s)
+    return new_theta, new_V
+
+
+def _reference(cfg, results, p, avg, g, V, c, controls, eta):
+    beta, on = cfg.server_momentum, float(cfg.control_variates)
+    new_theta, new_V = {}, {}
+    for k in avg:
+        if cfg.server_variant == "sequential":
+            w, v, ws, vs = avg[k], V[k], [], []
             for r in results:
-                v = beta * v + (1 - beta) * g[name] + use_cv * (c[name] - controls[f"c{r.client}"][name])
+                v = beta * v + (1 - beta) * g[k] + on * (c[k] - controls[f"c{r.client}"][k])
                 w = w - eta * v
                 ws.append(w)
                 vs.append(v)
         else:
-            vs = [
-                beta * V[name] + (1 - beta) * g[name] + use_cv * (c[name] - controls[f"c{r.client}"][name])
-                for r in results
-            ]
-            ws = [avg[name] - eta * v for v in vs]
-        new_theta[name] = sum(float(pk) * w for pk, w in zip(p, ws))
-        new_V[name] = sum(float(pk) * v for pk, v in zip(p, vs))
-    opt.update({f"V.{k}": v for k, v in new_V.items()})
-    return ServerState(state.round + 1, new_theta, opt, controls, scalars)
+            vs = [beta * V[k] + (1 - beta) * g[k] + on * (c[k] - controls[f"c{r.client}"][k]) for r in results]
+            ws = [avg[k] - eta * v for v in vs]
+        new_theta[k] = sum(float(pk) * w for pk, w in zip(p, ws))
+        new_V[k] = sum(float(pk) * v for pk, v in zip(p, vs))
+    return new_theta, new_V

@@ -163,5 +163,6 @@ class Federation:
             "seconds_client": t1 - t0,
             "seconds_client_max": max((r.seconds for r in results), default=0.0),
             "seconds_aggregate": time.perf_counter() - t1,
+            **new.scalars.get("diagnostics", {}),  # the strategy's own (FedPepTAO: norms of c, c_i; eta_s)
         }
         return new, rec

@@ -75,7 +75,8 @@ def server_update(state: ServerState, results: list, strategy, num_clients: int)
     With no results the state is returned unchanged except for the round counter.
     """
     if not results:
-        return ServerState(state.round + 1, state.shared, state.opt, state.controls, dict(state.scalars))
+        scalars = {k: v for k, v in state.scalars.items() if k != "diagnostics"}  # no step, nothing to diagnose
+        return ServerState(state.round + 1, state.shared, state.opt, state.controls, scalars)
     avg = weighted_mean([r.shared for r in results], [float(r.num_examples) for r in results])
     delta = {k: avg[k] - state.shared[k] for k in state.shared}
     return strategy.server_step(state, results, avg, delta, num_clients)

@@ -5,6 +5,7 @@ import torch
 from fedlib.client import ClientResult
 from fedlib.config import SelectionConfig, strategy_config
 from fedlib.hessian import eigen_density, keep_ratio, lanczos, layer_count, ritz, threshold_ratio
+from fedlib.quadratic import Quadratic, run_quadratic
 from fedlib.scoring import similarity_scores
 from fedlib.server import server_update
 from fedlib.strategies import get_strategy
@@ -78,8 +79,8 @@ def _res(client, n, k, y, lr=0.5):
 
 
 @pytest.mark.parametrize("variant", ["parallel", "sequential"])
-def test_fedpeptao_server_step_two_clients_two_rounds(variant):
-    s = get_strategy(strategy_config("fedpeptao", server_lr=0.1, server_momentum=0.9, variant=variant))
+def test_reference_server_step_two_clients_two_rounds(variant):
+    s = get_strategy(strategy_config("fedpeptao", server_lr=0.1, server_momentum=0.9, server_variant=variant))
     st = s.init_server({"w": torch.tensor([0.0], dtype=torch.float64)})
     # round 1: A (n=1, K=2, y=1), B (n=3, K=1, y=2); mean 1.75; both trained w at eta_l = 0.5
     st = server_update(st, [_res(0, 1, 2, 1.0), _res(1, 3, 1, 2.0)], s, num_clients=4)
@@ -110,6 +111,52 @@ def test_fedpeptao_server_step_two_clients_two_rounds(variant):
     assert st2.opt["V.w"].item() == pytest.approx(0.25 * vA + 0.75 * vB)
     assert st2.scalars["server_lr"] == pytest.approx(0.099)
     assert st2.controls["c"]["w"].item() == pytest.approx(c2)
+
+
+def test_corrected_server_step_two_clients_two_rounds():
+    s = get_strategy(strategy_config("fedpeptao", server_lr=0.1, server_momentum=0.9))
+    assert s.cfg.server_variant == "corrected" and s.cfg.correction_scale == 1.0
+    st = s.init_server({"w": torch.tensor([0.0], dtype=torch.float64)})
+    # round 1: A (n=1, K=2, y=1), B (n=3, K=1, y=2), eta_l = 0.5: d_A = -1, d_B = -4; c = (1 * -1 + 3 * -4) / 4
+    st = server_update(st, [_res(0, 1, 2, 1.0), _res(1, 3, 1, 2.0)], s, num_clients=4)
+    assert st.shared["w"].item() == pytest.approx(1.75)  # first step: FedAvg (and c equals the round's mean)
+    assert (st.controls["c0"]["w"].item(), st.controls["c1"]["w"].item()) == pytest.approx((-1.0, -4.0))
+    assert st.controls["c"]["w"].item() == pytest.approx(-3.25)
+    # round 2: A alone (y=2.75): d_A = (1.75 - 2.75) / (2 * 0.5) = -1; B's latest -4 stays; c = (1 * -1 + 3 * -4) / 4
+    st2 = server_update(st, [_res(0, 1, 2, 2.75)], s, num_clients=4)
+    g = (0 - 1.75) - (1.75 - 2.75)  # Delta_1 - Delta_2
+    V, eta, kappa = 0.1 * g, 0.1 * 0.99, 1 * 2 * 0.5  # kappa = sum_i p_i K_i eta_l
+    c, c_s = -3.25, -1.0
+    assert st2.controls["c"]["w"].item() == pytest.approx(c)
+    assert st2.shared["w"].item() == pytest.approx(2.75 - eta * V - kappa * (c - c_s))
+    assert st2.opt["V.w"].item() == pytest.approx(V)
+    diag = st2.scalars["diagnostics"]
+    assert diag["server_lr"] == pytest.approx(eta) and diag["c_norm"] == pytest.approx(3.25)
+    assert diag["server_ratio"] == pytest.approx(abs(eta * V + kappa * (c - c_s)) / 1.0)
+
+
+def _toy(strategy, seeds=range(100), **kw):
+    """Gap to the optimum, averaged over the last 10 of 40 rounds, per seed (K = 7 local AdamW steps)."""
+    return np.array([run_quadratic(Quadratic(s), strategy, **kw)["gap"][-10:].mean() for s in seeds])
+
+
+def test_corrected_step_beats_fedavg_on_heterogeneous_quadratics_and_the_reference_diverges():
+    fedavg = _toy(get_strategy("fedavg"))
+    corrected = _toy(get_strategy("fedpeptao"))
+    assert np.mean(corrected <= fedavg) >= 0.6  # measured: 0.76 of 100 seeds
+    assert np.median(corrected / fedavg) < 0.9  # measured: 0.82
+    reference = _toy(get_strategy(strategy_config("fedpeptao", server_variant="parallel")), seeds=range(10))
+    assert np.median(reference / fedavg[:10]) > 5  # the reference's growing variates (measured: ~15x)
+
+
+def test_latest_direction_variates_stay_bounded_when_one_client_takes_part_again_and_again():
+    weights = [20] + [1] * 9  # client 0 in nearly every round
+    for variant, bounded in [("corrected", True), ("parallel", False)]:
+        s = get_strategy(strategy_config("fedpeptao", server_variant=variant))
+        norms = run_quadratic(Quadratic(0), s, rounds=60, client_weights=weights)["c_i_norm"]
+        # |Adam step| / lr is about 1 per coordinate, so a latest direction has norm about sqrt(d) = 3.2
+        assert (norms.max() <= 2 * np.sqrt(10)) == bounded
+        assert (norms[-1] > 5 * norms[4]) == (not bounded)  # the reference's running sum keeps growing
 
 
 def test_control_variates_divide_by_each_tensors_own_learning_rate():
