@@ -3,12 +3,15 @@ optimiser to ``delta``, the size-weighted mean client change. Per tensor, elemen
 
 - ``fedavgm`` (Hsu et al. 2019):   m <- beta m + delta;  x <- x + eta * m
 - ``fedadam`` (Alg. 2):            m <- b1 m + (1-b1) delta;  v <- b2 v + (1-b2) delta^2;
-                                   x <- x + eta m / (sqrt(v) + tau)
+                                   x <- x + eta_t m / (sqrt(v) + tau),
+                                   eta_t = eta sqrt(1 - b2^(t+1)) / (1 - b1^(t+1)), t = 1, 2, ... the round
+                                   (Flower's bias-corrected step size, its exponent included)
 - ``fedyogi``:                     as fedadam with v <- v - (1-b2) delta^2 sign(v - delta^2)
 - ``fedadagrad``:                  m <- delta (b1 = 0);  v <- v + delta^2;  x <- x + eta m / (sqrt(v) + tau)
 
-Defaults follow Flower's strategies (``flwr.serverapp.strategy``): FedAvgM eta 1, beta 0.9; FedAdam eta 0.1,
-tau 1e-9; FedYogi eta 0.01, tau 1e-3; FedAdagrad eta 0.1, tau 1e-9; b1 0.9, b2 0.99.
+Each matches Flower's strategy of the same name (``flwr.serverapp.strategy``) on the same inputs (tested in
+``tests/test_strategies.py``). Defaults follow Flower's: FedAvgM eta 1 (beta 0.9 here, Flower's default 0);
+FedAdam eta 0.1; FedYogi eta 0.01; FedAdagrad eta 0.1; tau 1e-3 and b1 0.9, b2 0.99 for all three.
 """
 
 from __future__ import annotations
@@ -30,12 +33,16 @@ class ServerOptimizer(FedAvg):
     def direction(self, name: str, d: torch.Tensor, opt: Tensors) -> tuple[torch.Tensor, Tensors]:
         raise NotImplementedError
 
+    def rate(self, state: ServerState) -> float:
+        """The step size of this server step (``state.round`` steps taken before it)."""
+        return self.cfg.server_lr
+
     def server_step(self, state, results, avg, delta, num_clients):
-        x, opt = {}, dict(state.opt)
+        x, opt, eta = {}, dict(state.opt), self.rate(state)
         for name, d in delta.items():
             step, buffers = self.direction(name, d, state.opt)
             opt.update(buffers)
-            x[name] = state.shared[name] + self.cfg.server_lr * step
+            x[name] = state.shared[name] + eta * step
         return ServerState(state.round + 1, x, opt, state.controls, dict(state.scalars))
 
 
@@ -64,7 +71,7 @@ class FedAdamConfig(FedAvgConfig):
     server_lr: float = setting(0.1, "server learning rate eta")
     server_beta1: float = setting(0.9, "first-moment decay b1")
     server_beta2: float = setting(0.99, "second-moment decay b2")
-    server_tau: float = setting(1e-9, "adaptivity tau: x <- x + eta m / (sqrt(v) + tau)")
+    server_tau: float = setting(1e-3, "adaptivity tau: x <- x + eta m / (sqrt(v) + tau)")
 
     def validate(self) -> None:
         super().validate()
@@ -76,6 +83,13 @@ class FedAdamConfig(FedAvgConfig):
 @register
 class FedAdam(ServerOptimizer):
     name, Config, doc = "fedadam", FedAdamConfig, "FedAdam (Reddi et al. 2021)"
+    bias_corrected = True
+
+    def rate(self, state):
+        if not self.bias_corrected:
+            return self.cfg.server_lr
+        t = state.round + 2  # Flower: server_round (1-based) + 1
+        return self.cfg.server_lr * (1 - self.cfg.server_beta2**t) ** 0.5 / (1 - self.cfg.server_beta1**t)
 
     def second_moment(self, v0: torch.Tensor, d2: torch.Tensor) -> torch.Tensor:
         return self.cfg.server_beta2 * v0 + (1 - self.cfg.server_beta2) * d2
@@ -99,6 +113,7 @@ class FedYogiConfig(FedAdamConfig):
 @register
 class FedYogi(FedAdam):
     name, Config, doc = "fedyogi", FedYogiConfig, "FedYogi (Reddi et al. 2021)"
+    bias_corrected = False  # Flower's FedYogi takes eta as it is
 
     def second_moment(self, v0, d2):
         return v0 - (1 - self.cfg.server_beta2) * d2 * torch.sign(v0 - d2)
@@ -108,7 +123,7 @@ class FedYogi(FedAdam):
 class FedAdagradConfig(FedAvgConfig):
     name: str = setting("fedadagrad", "the federated strategy")
     server_lr: float = setting(0.1, "server learning rate eta")
-    server_tau: float = setting(1e-9, "adaptivity tau: x <- x + eta delta / (sqrt(v) + tau), v <- v + delta^2")
+    server_tau: float = setting(1e-3, "adaptivity tau: x <- x + eta delta / (sqrt(v) + tau), v <- v + delta^2")
 
     def validate(self) -> None:
         super().validate()

@@ -41,10 +41,12 @@ def test_fedavgm_two_rounds():
     assert torch.allclose(s2.shared["w"], torch.tensor([3.5 + 3.25, 0.5 - 1.35]))
 
 
-def test_fedadam_first_step_is_eta_times_sign():
+def test_fedadam_first_step_is_the_bias_corrected_eta_times_sign():
     s1 = _step("fedadam", init_server("fedadam"), R1)
-    # m = 0.1 d, v = 0.01 d^2 -> m / sqrt(v) = sign(d); eta = 0.1
-    assert torch.allclose(s1.shared["w"], torch.tensor([1.1, 1.9]))
+    # m = 0.1 d, v = 0.01 d^2 -> m / (sqrt(v) + tau) = d / (|d| + 10 tau); eta_1 = 0.1 sqrt(1 - 0.99^2) / (1 - 0.9^2)
+    eta = 0.1 * (1 - 0.99**2) ** 0.5 / (1 - 0.9**2)
+    want = torch.tensor([1 + eta * 2.5 / (2.5 + 1e-2), 2 - eta * 1.5 / (1.5 + 1e-2)])
+    assert torch.allclose(s1.shared["w"], want)
     assert torch.allclose(s1.opt["m.w"], torch.tensor([0.25, -0.15])) and torch.allclose(
         s1.opt["v.w"], torch.tensor([0.0625, 0.0225])
     )
@@ -59,7 +61,8 @@ def test_fedyogi_and_fedadagrad():
     v = torch.tensor([0.0625, 0.0225]) - 0.01 * 0.25 * torch.sign(torch.tensor([0.0625, 0.0225]) - 0.25)
     assert torch.allclose(y2.opt["v.w"], v)
     a = _step("fedadagrad", init_server("fedadagrad"), R1)
-    assert torch.allclose(a.shared["w"], torch.tensor([1.1, 1.9]))  # m = d, v = d^2
+    want = torch.tensor([1 + 0.1 * 2.5 / (2.5 + 1e-3), 2 - 0.1 * 1.5 / (1.5 + 1e-3)])  # m = d, v = d^2, tau 1e-3
+    assert torch.allclose(a.shared["w"], want)
 
 
 def test_scaffold_global_control_update():
@@ -122,3 +125,52 @@ def test_lora_learning_rate_is_its_own_typed_field():
     assert get_strategy("lora").client_lr(0.04) == 5e-3
     assert get_strategy(strategy_config("lora", lr=None)).client_lr(0.04) == 0.04
     assert get_strategy("fedavg").client_lr(0.04) == 0.04
+
+
+@pytest.mark.parametrize(
+    "name, flower, ours",
+    [
+        ("FedAvgM", {"server_momentum": 0.9, "server_learning_rate": 0.5}, {"server_momentum": 0.9, "server_lr": 0.5}),
+        ("FedAdam", {}, {}),
+        ("FedYogi", {}, {}),
+        ("FedAdagrad", {}, {}),
+    ],
+)
+def test_server_optimisers_match_flowers_strategies_of_the_same_name(name, flower, ours, monkeypatch):
+    """Flower's strategy and ours fed the same initial weights and the same two rounds of client replies."""
+    import numpy as np
+    from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+    from flwr.serverapp import strategy as flwr_strategy
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for field in ("_run_id", "_node_id", "_task_id"):  # what a message needs outside a Flower run
+        monkeypatch.setattr(TaskIdentity, field, 0)
+
+    theirs = getattr(flwr_strategy, name)(**flower)
+    mine = get_strategy(strategy_config(name.lower(), **ours))
+    x0 = {"w": np.array([1.0, -2.0, 0.5])}
+    state = mine.init_server({k: torch.tensor(v) for k, v in x0.items()})
+    current = x0
+    rounds = [[(np.array([1.5, -1.0, 0.0]), 1), (np.array([0.0, -3.0, 1.5]), 3)], [(np.array([2.0, -1.0, 1.0]), 2)]]
+    for t, replies in enumerate(rounds, start=1):
+        if name == "FedAvgM":
+            theirs.current_arrays = theirs.current_arrays or ArrayRecord(
+                {k: torch.tensor(v) for k, v in current.items()}
+            )
+        else:
+            theirs.current_arrays = dict(current)
+        msgs = [
+            Message(
+                RecordDict(
+                    {"arrays": ArrayRecord({"w": torch.tensor(y)}), "metrics": MetricRecord({"num-examples": n})}
+                ),
+                dst_node_id=0,
+                message_type="train",
+            )
+            for y, n in replies
+        ]
+        arrays, _ = theirs.aggregate_train(t, msgs)
+        current = {k: a.numpy() for k, a in arrays.items()}
+        results = [ClientResult(i, n, 1, 0.1, {"w": torch.tensor(y)}) for i, (y, n) in enumerate(replies)]
+        state = server_update(state, results, mine, num_clients=4)
+        assert np.allclose(state.shared["w"].numpy(), current["w"], atol=1e-7), (t, state.shared["w"], current["w"])
