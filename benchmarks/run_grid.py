@@ -64,6 +64,7 @@ def results_section(name: str, proto: dict, table, prov: dict, figures: list[str
         f"Protocol `{name}`: tasks {', '.join(proto['tasks'])}; {len(seeds)} seeds {seeds}; configuration "
         f"`{json.dumps(proto['experiment'], separators=(',', ':'))}`"
         + (f"; hyper-parameters `{json.dumps(proto['params'], separators=(',', ':'))}`" if proto.get("params") else "")
+        + (f"; variants `{json.dumps(proto['variants'], separators=(',', ':'))}`" if proto.get("variants") else "")
         + ".",
         f"Command: `{prov['command']}` at commit(s) {commits}."
         + (f" Sum of the runs' wall times: {wall_s / 60:.1f} min on {platform_name()}." if wall_s else ""),
@@ -120,9 +121,16 @@ def main() -> None:
     p.add_argument("--device")
     p.add_argument("--results", help="write the CSV to RESULTS.csv and figures to RESULTS/ (e.g. results/cpu-small)")
     p.add_argument("--readme", help="rewrite this README's marked results section")
+    p.add_argument("--tasks", help="comma-separated subset of the protocol's tasks: run or render a grid in parts")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     proto = yaml_load(Path(args.protocol).read_text())
+    if args.tasks:
+        subset = args.tasks.split(",")
+        unknown = sorted(set(subset) - set(proto["tasks"]))
+        if unknown:
+            raise SystemExit(f"--tasks: {unknown} not in the protocol's tasks {proto['tasks']}")
+        proto["tasks"] = [t for t in proto["tasks"] if t in subset]
     name = Path(args.protocol).stem
     base = ExperimentConfig.from_dict(proto["experiment"])
     if args.data_dir:
@@ -146,6 +154,7 @@ def main() -> None:
         out,
         targets=proto.get("targets"),
         params=proto.get("params"),
+        variants=proto.get("variants"),
     )
     figures = []
     for task in proto["tasks"]:

@@ -7,7 +7,8 @@ run's global metric first reached the task's fixed ``target`` (NaN: not within t
 strategies may include the reference rows of :mod:`fedlib.references` (``majority_local``, ``centralized``) and
 ``local_only``. A seed fixes the partition, the initial prompts and the client sampling, identically for every
 strategy, so rows of one seed are paired; strategies that share selected layers (``fedpeptao``, ``fedavg_selected``)
-compute the selection once per (task, seed) and are each charged its cost. Runs already in the CSV are skipped: an
+compute the selection once per (task, seed) and are each charged its cost. Labelled variants (config overrides)
+make rows of their own: the ablations. Runs already in the CSV are skipped: an
 interrupted grid resumes.
 
 The tables (:func:`view_table`, :func:`paired_table`, :func:`cost_table`) give means with 95% confidence
@@ -86,13 +87,17 @@ def run_grid(
     targets: dict[str, float] | None = None,
     progress: bool | None = None,
     params: dict[str, dict] | None = None,
+    variants: dict[str, dict] | None = None,
 ) -> pd.DataFrame:
     """Run the grid and return its table (:data:`COLUMNS`).
 
     ``targets``: per task, the global metric a run must reach (fixed in the protocol). ``params``: per strategy
-    name, hyper-parameters overriding its defaults (e.g. ``{"fedprox": {"mu": 0.1}}``).
+    name, hyper-parameters overriding its defaults (e.g. ``{"fedprox": {"mu": 0.1}}``). ``variants``: rows of
+    their own, a label -> config overrides (``{section: {field: value}}``, :meth:`ExperimentConfig.with_overrides`),
+    e.g. ``{"fedpeptao_first_k": {"strategy": {"name": "fedpeptao"}, "selection": {"choose": "first"}}}``;
+    list the label among ``strategies``.
     """
-    params, targets = params or {}, targets or {}
+    params, targets, variants = params or {}, targets or {}, variants or {}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     csv = out / "results.csv"
@@ -102,7 +107,10 @@ def run_grid(
     for task in tasks:
         cfg = base.replace(fed=base.fed.replace(task=task))
         for name in strategies:
-            configs[task, name] = cfg if name in REFERENCES else cfg.with_strategy(name, **params.get(name, {}))
+            if name in variants:
+                configs[task, name] = cfg.with_overrides(variants[name])
+            else:
+                configs[task, name] = cfg if name in REFERENCES else cfg.with_strategy(name, **params.get(name, {}))
     (out / "grid.json").write_text(
         json.dumps(
             {
@@ -111,6 +119,7 @@ def run_grid(
                 "seeds": seeds,
                 "targets": targets,
                 "params": params,
+                "variants": variants,
                 "config": base.to_dict(),
             },
             indent=2,
@@ -135,11 +144,12 @@ def run_grid(
                     # strategies sharing selected layers share the selection of their (task, seed): it does not
                     # depend on the strategy; each run is still charged its bytes and seconds (round 0)
                     selected = get_strategy(cfg.strategy).layers == "selected"
-                    selection = selections.get((task, seed)) if selected else None
+                    key = (task, seed, cfg.selection.to_json())  # one selection per (task, seed, selection config)
+                    selection = selections.get(key) if selected else None
                     res = run_simulation(cfg, run_dir, backbone=backbone, progress=progress, selection=selection)
                     history, shared = res.history, shared_layer_count(res)
                     if selected:
-                        selections.setdefault((task, seed), res.selection)
+                        selections.setdefault(key, res.selection)
                 wall = time.perf_counter() - t0
                 log.info("%s/%s/seed %d: %.1f s", task, name, seed, wall)
                 rows = [r for r in rows if (r["task"], r["strategy"], int(r["seed"])) != (task, name, seed)]

@@ -209,7 +209,7 @@ class SelectionConfig(Config):
     """Which prompt layers are shared, for strategies that select them (``docs/method.md``, "Layer selection").
 
     The k best-scored layers are shared; k is ``shared_layers``, else ``share_ratio`` of the layers, else
-    the Hessian criterion after ``hessian_warmup_rounds`` of FedAvg on all layers.
+    the Hessian criterion (``count_rule``) after ``hessian_warmup_rounds`` of FedAvg on all layers.
     """
 
     SECTION: ClassVar[str] = "selection"
@@ -223,6 +223,17 @@ class SelectionConfig(Config):
     hessian_warmup_rounds: int = setting(2, "rounds of FedAvg on all layers before the Hessian is measured")
     hessian_iters: int = setting(20, "Lanczos iterations of the Hessian eigenvalue density")
     hessian_relative: bool = setting(False, "measure eigenvalues relative to the largest one (scale-free)")
+    choose: typing.Literal["score", "random", "first", "last"] = setting(
+        "score",
+        "which k layers are shared: 'score', the k best-scored (the method); 'random' (seeded by fed.seed), "
+        "'first' or 'last' k layers (the ablation's naive choices; scores are still computed and recorded)",
+    )
+    count_rule: typing.Literal["density", "trace"] = setting(
+        "density",
+        "how the Hessian sets k: 'density', the reference's eigenvalue-density ratio; 'trace', the fewest layers "
+        "whose Hessian-block traces cover trace_coverage of the total (scale-free)",
+    )
+    trace_coverage: float = setting(0.9, "'trace' rule: the fraction tau of the total trace the shared layers cover")
 
     def validate(self) -> None:
         o = "selection"
@@ -231,6 +242,7 @@ class SelectionConfig(Config):
         check(self.score_batch >= 2, o, "score_batch", self.score_batch, "must be >= 2 (a B x B similarity matrix)")
         check(self.hessian_iters >= 2, o, "hessian_iters", self.hessian_iters, "must be >= 2")
         check(self.hessian_warmup_rounds >= 0, o, "hessian_warmup_rounds", self.hessian_warmup_rounds, "must be >= 0")
+        check(0.0 < self.trace_coverage <= 1.0, o, "trace_coverage", self.trace_coverage, "must be in (0, 1]")
 
     @property
     def automatic(self) -> bool:
@@ -284,6 +296,17 @@ class ExperimentConfig(Config):
     def with_strategy(self, name: str, **params) -> "ExperimentConfig":
         """A copy running strategy ``name`` with ``params`` (its defaults for the rest)."""
         return self.replace(strategy=strategy_config(name, **params))
+
+    def with_overrides(self, overrides: dict) -> "ExperimentConfig":
+        """A copy with ``{section: {field: value}}`` changed (validated); a ``strategy`` mapping with a ``name``
+        replaces the strategy (its defaults for the fields not given), without one it changes fields."""
+        data = self.to_dict()
+        for section, fields in overrides.items():
+            if not isinstance(fields, dict) or section not in data:
+                raise ConfigError(f"overrides: {section!r} must be a config section mapping; sections: {list(data)}")
+            fresh = section == "strategy" and "name" in fields
+            data[section] = dict(fields) if fresh else {**data[section], **fields}
+        return ExperimentConfig.from_dict(data)
 
 
 def config_reference() -> str:

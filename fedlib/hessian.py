@@ -11,6 +11,12 @@
    restart from 0; once 4 consecutive ratios differ pairwise by < 0.005, return the last ratio.
    The fraction of layers to keep is that ratio (averaged over clients by the caller).
 
+That rule is not scale-free: with eigenvalues far below its absolute kernel width it returns about one half
+whatever the spectrum. :func:`layer_traces` is the scale-free alternative (``selection.count_rule: trace``):
+Hutchinson estimates of the trace of each layer's diagonal Hessian block, tr(H_ll) = E[v_l^T (H v)_l] for
+Rademacher v (one Hessian-vector product estimates all L blocks at once; the cross terms have mean zero);
+:func:`coverage_count` keeps the fewest layers whose (clipped, client-averaged) traces cover ``tau`` of the total.
+
 Double backward through PyTorch's fused CPU attention is not implemented, so the model runs with its
 eager attention inside :func:`keep_ratio` (and the fast kernel again afterwards). The loss is the
 task's classification loss on the batch (the reference used a plain LM loss on ``labels=input_ids``,
@@ -19,13 +25,25 @@ padding included, digest bug 8).
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["lanczos", "ritz", "eigen_density", "ratio_above", "threshold_ratio", "keep_ratio", "layer_count"]
+__all__ = [
+    "lanczos",
+    "ritz",
+    "eigen_density",
+    "ratio_above",
+    "threshold_ratio",
+    "keep_ratio",
+    "layer_count",
+    "block_traces",
+    "layer_traces",
+    "coverage_count",
+]
 
 
 def lanczos(
@@ -109,6 +127,27 @@ def threshold_ratio(
     return ratios[-1] if ratios else first
 
 
+@contextlib.contextmanager
+def prompt_hvp(model, batch: dict, device: torch.device, names=lambda n: n.startswith("prompt.")):
+    """``(params, hvp)``: the prompt parameters selected by ``names`` and ``hvp: [dim] -> [dim]`` (float64), the
+    Hessian of the batch's task loss w.r.t. them times a vector (double backward under eager attention)."""
+    from .prompts import eager_attention
+
+    params = [p for n, p in model.trainable().items() if names(n)]
+    batch = {k: v.to(device) for k, v in batch.items()}
+    model.eval()
+    with eager_attention(model.backbone):
+        loss = F.cross_entropy(model(**batch).float(), batch["labels"])
+        grads = torch.autograd.grad(loss, params, create_graph=True)
+        flat = torch.cat([g.reshape(-1) for g in grads])
+
+        def hvp(v):
+            hv = torch.autograd.grad(flat, params, grad_outputs=v.view(-1).to(flat.dtype), retain_graph=True)
+            return torch.cat([h.reshape(-1) for h in hv]).detach().double()
+
+        yield params, hvp
+
+
 def keep_ratio(model, batch: dict, iters: int, seed: int, device: torch.device, relative: bool = False) -> dict:
     """One client's fraction of prompt layers to keep, from the Hessian of its batch's loss w.r.t. all
     prompt tensors (all layers together, as the reference). Returns ratio, Ritz values and weights.
@@ -118,24 +157,9 @@ def keep_ratio(model, batch: dict, iters: int, seed: int, device: torch.device, 
     rule returns about 0.5 whatever the spectrum. ``relative=True`` divides the Ritz values by their
     largest magnitude first, making the rule scale-free (not in the reference).
     """
-    from .prompts import eager_attention
-
-    params = [p for n, p in model.trainable().items() if n.startswith("prompt.")]
-    dim = sum(p.numel() for p in params)
-    batch = {k: v.to(device) for k, v in batch.items()}
-    model.eval()
-    with eager_attention(model.backbone):
-        loss = F.cross_entropy(model(**batch).float(), batch["labels"])
-        grads = torch.autograd.grad(loss, params, create_graph=True)
-        flat = torch.cat([g.reshape(-1) for g in grads])
-
-        def hvp(v):
-            hv = torch.autograd.grad(flat, params, grad_outputs=v.to(flat.dtype), retain_graph=True)
-            return torch.cat([h.reshape(-1) for h in hv]).detach().double()
-
-        alphas, betas = lanczos(
-            lambda v: hvp(v.view(-1)), dim, iters, torch.Generator().manual_seed(seed), device=device
-        )
+    with prompt_hvp(model, batch, device) as (params, hvp):
+        dim = sum(p.numel() for p in params)
+        alphas, betas = lanczos(hvp, dim, iters, torch.Generator().manual_seed(seed), device=device)
     eigs, weights = ritz(alphas, betas)
     scaled = eigs / max(np.abs(eigs).max(), 1e-30) if relative else eigs
     grid, dens = eigen_density(scaled, weights)
@@ -145,6 +169,38 @@ def keep_ratio(model, batch: dict, iters: int, seed: int, device: torch.device, 
         "weights": weights.tolist(),
         "relative": relative,
     }
+
+
+def block_traces(hvp, sizes: list[int], probes: int, generator: torch.Generator, device=None) -> np.ndarray:
+    """Hutchinson estimates of the traces of the diagonal blocks of a symmetric operator ``hvp: [sum(sizes)] ->
+    [sum(sizes)]`` whose blocks have ``sizes``: ``[len(sizes)]``, the mean over ``probes`` Rademacher vectors of
+    ``v_b . (H v)_b`` (unbiased: the off-diagonal blocks' terms have mean zero)."""
+    out = np.zeros(len(sizes))
+    for _ in range(probes):
+        v = (torch.randint(0, 2, (sum(sizes),), generator=generator).double() * 2 - 1).to(device)
+        out += np.array([float(part.sum()) for part in (v * hvp(v)).split(sizes)]) / probes
+    return out
+
+
+def layer_traces(model, batch: dict, probes: int, seed: int, device: torch.device) -> np.ndarray:
+    """tr(H_ll), each prompt layer's Hessian block of the batch's task loss (:func:`block_traces`): ``[L]``,
+    0 for layers without prompt parameters (off)."""
+    names = [n for n in model.trainable() if n.startswith("prompt.layer.")]
+    with prompt_hvp(model, batch, device, names=lambda n: n in names) as (params, hvp):
+        blocks = block_traces(hvp, [p.numel() for p in params], probes, torch.Generator().manual_seed(seed), device)
+    traces = np.zeros(model.info.num_layers)
+    for name, value in zip(names, blocks):
+        traces[int(name.rsplit(".", 1)[1])] = value
+    return traces
+
+
+def coverage_count(traces: np.ndarray, tau: float) -> int:
+    """The fewest layers whose traces (negative estimates clipped to 0) cover ``tau`` of their sum (>= 1)."""
+    t = np.clip(np.asarray(traces, float), 0.0, None)
+    if t.sum() <= 0:
+        return len(t)
+    covered = np.cumsum(np.sort(t)[::-1]) / t.sum()
+    return int(min(len(t), np.searchsorted(covered, tau - 1e-12) + 1))
 
 
 def layer_count(ratio: float, num_layers: int) -> int:

@@ -8,14 +8,17 @@ encoded training data, the partition and the config. Steps:
    weighted over clients by data size;
 2. choose how many layers to share, k: ``selection.shared_layers``, else ``share_ratio`` of the layers, else
    the Hessian criterion (:func:`hessian_ratio`): ``hessian_warmup_rounds`` of FedAvg on all layers, run by
-   the simulator's own round function (:class:`fedlib.rounds.Federation`), then the Hessian eigenvalue density
-   of each sampled client's prompt loss (:mod:`fedlib.hessian`); the model then returns to its initial prompts;
+   the simulator's own round function (:class:`fedlib.rounds.Federation`), then, on each sampled client's
+   prompt loss (:mod:`fedlib.hessian`), both rules: the eigenvalue density's keep ratio (the reference's,
+   ``count_rule: density``) and the per-layer Hessian-block traces (``count_rule: trace``, scale-free: the
+   fewest layers covering ``trace_coverage`` of the client-averaged total); the model then returns to its
+   initial prompts;
 3. share the k best-scored layers; the others are ``selection.nonselected`` (``"auto"``: personal for
    encoders, off for decoders, the reference's GPT-2 choice).
 
 The simulator calls it when a run starts (not when it is built); notebook 02 calls it as well. Its cost is
 part of the run's: every client downloads the initial prompts and uploads its L scores; the warm-up rounds
-cost what FedAvg rounds cost; the probed clients download the warmed-up prompts and upload one number each
+cost what FedAvg rounds cost; the probed clients download the warmed-up prompts and upload 1 + L numbers each
 (``bytes_down``/``bytes_up``; the simulator logs them as round 0, phase "selection").
 """
 
@@ -28,7 +31,7 @@ import numpy as np
 
 from .client import ClientStore, client_seed
 from .encode import Encoded, collate
-from .hessian import keep_ratio, layer_count
+from .hessian import coverage_count, keep_ratio, layer_count, layer_traces
 from .rounds import Federation
 from .scoring import score_layers
 from .server import tensor_bytes
@@ -64,33 +67,38 @@ def hessian_ratio(model, train: Encoded, partition, cfg, device) -> dict:
     model.load_state(server.shared)
     sampled = sampled or fl.sample(0)
     pad = model.info.tokenizer.pad_token_id
-    per_client = []
+    per_client, traces = [], []
     for k in sampled:
         idx = partition.train[k]
         order = np.random.default_rng([fed.seed, k, 13]).permutation(len(idx))[: cfg.train.batch_size]
-        per_client.append(
-            keep_ratio(
-                model,
-                collate(train, [idx[i] for i in order], pad),
-                sel.hessian_iters,
-                client_seed(fed.seed, 0, k, stream=2),
-                device,
-                relative=sel.hessian_relative,
-            )
-        )
+        batch, seed = collate(train, [idx[i] for i in order], pad), client_seed(fed.seed, 0, k, stream=2)
+        per_client.append(keep_ratio(model, batch, sel.hessian_iters, seed, device, relative=sel.hessian_relative))
+        traces.append(layer_traces(model, batch, sel.hessian_iters, seed, device))
     model.load_state(init)  # training proper starts from the initial prompts
     ratios = [r["ratio"] for r in per_client]
+    mean_traces = np.mean(traces, axis=0)
     return {
         "ratio": float(np.mean(ratios)),
         "client_ratios": ratios,
+        "traces": mean_traces.tolist(),
+        "client_traces": [t.tolist() for t in traces],
+        "trace_count": coverage_count(mean_traces, sel.trace_coverage),
         "clients": sampled,
         "eigenvalues": per_client[0]["eigenvalues"],
         "weights": per_client[0]["weights"],
         "relative": sel.hessian_relative,
         "warmup": records,
         "bytes_down": sum(r["bytes_down"] for r in records) + len(sampled) * tensor_bytes(server.shared),
-        "bytes_up": sum(r["bytes_up"] for r in records) + 8 * len(sampled),
+        "bytes_up": sum(r["bytes_up"] for r in records) + 8 * (1 + model.info.num_layers) * len(sampled),
     }
+
+
+def _ranking(by_score: list[int], choose: str, seed: int) -> list[int]:
+    """The order in which layers are shared: by score (the method), or a naive order for the ablation."""
+    layers = sorted(by_score)
+    if choose == "random":
+        return [int(i) for i in np.random.default_rng([seed, 29]).permutation(layers)]
+    return {"score": list(by_score), "first": layers, "last": layers[::-1]}[choose]
 
 
 def select_layers(model, train: Encoded, partition, cfg, device) -> dict:
@@ -108,22 +116,27 @@ def select_layers(model, train: Encoded, partition, cfg, device) -> dict:
         k, how = layer_count(sel.share_ratio, num_layers), "fixed ratio (selection.share_ratio)"
     else:
         hessian = hessian_ratio(model, train, partition, cfg, device)
-        k, how = layer_count(hessian["ratio"], num_layers), "Hessian eigen-density"
+        if sel.count_rule == "trace":
+            k, how = hessian["trace_count"], f"Hessian-block traces covering {sel.trace_coverage:g}"
+        else:
+            k, how = layer_count(hessian["ratio"], num_layers), "Hessian eigen-density"
         down, up = down + hessian["bytes_down"], up + hessian["bytes_up"]
     nonselected = sel.nonselected
     if nonselected == "auto":
         nonselected = "off" if model.info.kind == "decoder" else "personal"
-    roles = roles_from_ranking(scores["ranking"], k, nonselected)
+    ranking = _ranking(scores["ranking"], sel.choose, cfg.fed.seed)
+    roles = roles_from_ranking(ranking, k, nonselected)
     log.info(
         "layer selection: sharing %d of %d layers %s (%s); others %s",
         k,
         num_layers,
-        sorted(scores["ranking"][:k]),
-        how,
+        sorted(ranking[:k]),
+        how if sel.choose == "score" else f"{how}; the {sel.choose} {k} layers",
         nonselected,
     )
     return {
-        "ranking": scores["ranking"],
+        "ranking": ranking,
+        "choose": sel.choose,
         "scores": scores["scores"].tolist(),
         "per_client": np.nan_to_num(scores["per_client"]).tolist(),
         "weights": scores["weights"].tolist(),

@@ -65,8 +65,9 @@ def test_run_grid_renders_results_and_readme(tmp_path):
     proto = tmp_path / "tiny.yaml"
     proto.write_text(
         "tasks: [rte]\nstrategies: [majority_local, local_only, centralized, fedavg, fedprox, fedpeptao, "
-        "fedavg_selected]\n"
+        "fedavg_selected, pep_last]\n"
         "seeds: [0, 1]\nparams: {fedprox: {mu: 0.05}}\ntargets: {rte: 0.5}\n"
+        "variants: {pep_last: {strategy: {name: fedpeptao, server_variant: parallel}, selection: {choose: last}}}\n"
         "experiment:\n  model: {prompt_len: 2, max_length: 64}\n  train: {batch_size: 8}\n"
         "  fed: {num_clients: 2, clients_per_round: 2, rounds: 1}\n"
         "  data: {train_limit: 16, eval_limit: 8}\n  selection: {shared_layers: 2}\n"
@@ -86,7 +87,7 @@ def test_run_grid_renders_results_and_readme(tmp_path):
     import pandas as pd
 
     table = pd.read_csv(tmp_path / "res.csv")
-    assert len(table) == 14 and list(table.columns[:6]) == [
+    assert len(table) == 16 and list(table.columns[:6]) == [
         "task",
         "strategy",
         "seed",
@@ -102,6 +103,9 @@ def test_run_grid_renders_results_and_readme(tmp_path):
     assert (seed1 / "fedpeptao" / "selection.json").read_text() == (
         seed1 / "fedavg_selected" / "selection.json"
     ).read_text()
+    last = json.loads((seed1 / "pep_last" / "selection.json").read_text())
+    assert last["choose"] == "last" and sorted(last["ranking"][:2]) == [4, 5]  # the variant's own selection
+    assert json.loads((seed1 / "pep_last" / "config.json").read_text())["strategy"]["server_variant"] == "parallel"
     assert (pep["selection_bytes"] > 0).all() and (
         table.loc[table["strategy"] == "majority_local", "bytes_total"] == 0
     ).all()
@@ -115,3 +119,23 @@ def test_run_grid_renders_results_and_readme(tmp_path):
         "server_lr": 1.0,
         "mu": 0.05,
     }
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "benchmarks" / "protocols").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_protocol_builds_its_configs(path):
+    """Every row of every shipped protocol is a valid config (strategies, params and variants), before any run."""
+    from fedlib.config import ExperimentConfig
+    from fedlib.configbase import yaml_load
+    from fedlib.references import REFERENCES
+    from fedlib.strategies import STRATEGIES
+
+    proto = yaml_load(path.read_text())
+    base = ExperimentConfig.from_dict(proto["experiment"])
+    variants, params = proto.get("variants", {}), proto.get("params", {})
+    for name in proto["strategies"]:
+        assert name in variants or name in STRATEGIES or name in REFERENCES, name
+        cfg = base.with_overrides(variants[name]) if name in variants else base
+        if name in STRATEGIES:
+            cfg = cfg.with_strategy(name, **params.get(name, {}))
+    assert set(params) <= set(proto["strategies"]) and set(variants) <= set(proto["strategies"])
+    assert set(proto.get("targets", {})) <= set(proto["tasks"])

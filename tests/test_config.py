@@ -128,3 +128,17 @@ def test_command_line_sets_every_field_and_strategy_hyper_parameters(capsys):
         parser.parse_args(["--help"])
     out = capsys.readouterr().out
     assert "--fed.rounds" in out and "T, communication rounds" in out and "--strategy.server_momentum" in out
+
+
+def test_with_overrides_changes_sections_and_replaces_a_named_strategy():
+    from fedlib.config import ExperimentConfig
+
+    base = ExperimentConfig().with_strategy("fedpeptao", server_lr=0.1)
+    cfg = base.with_overrides({"selection": {"choose": "first"}, "strategy": {"server_momentum": 0.0}})
+    assert (cfg.selection.choose, cfg.strategy.server_lr, cfg.strategy.server_momentum) == ("first", 0.1, 0.0)
+    fresh = base.with_overrides({"strategy": {"name": "fedpeptao", "server_variant": "parallel"}})
+    assert (fresh.strategy.server_lr, fresh.strategy.server_variant) == (0.05, "parallel")  # defaults again
+    with pytest.raises(ConfigError, match="selection.choose='best' is invalid"):
+        base.with_overrides({"selection": {"choose": "best"}})
+    with pytest.raises(ConfigError, match="'sel' must be a config section"):
+        base.with_overrides({"sel": {"choose": "first"}})

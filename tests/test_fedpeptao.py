@@ -4,7 +4,17 @@ import torch
 
 from fedlib.client import ClientResult
 from fedlib.config import SelectionConfig, strategy_config
-from fedlib.hessian import eigen_density, keep_ratio, lanczos, layer_count, ritz, threshold_ratio
+from fedlib.hessian import (
+    block_traces,
+    coverage_count,
+    eigen_density,
+    keep_ratio,
+    lanczos,
+    layer_count,
+    layer_traces,
+    ritz,
+    threshold_ratio,
+)
 from fedlib.quadratic import Quadratic, run_quadratic
 from fedlib.scoring import similarity_scores
 from fedlib.server import server_update
@@ -249,3 +259,45 @@ def test_selection_is_deterministic_and_shares_the_top_scored_layers(bundled_bac
     f = select_layers(sim.model, sim.train, sim.partition, fixed, sim.device)
     assert f["roles"].count("shared") == 2 and f["roles"].count("off") == 4
     assert f["hessian"] is None
+
+
+def test_hutchinson_block_traces_of_a_known_matrix():
+    torch.manual_seed(0)
+    m = torch.randn(9, 9, dtype=torch.float64)
+    a = m @ m.T  # symmetric; blocks of sizes 2, 3, 4
+    want = [float(a[:2, :2].trace()), float(a[2:5, 2:5].trace()), float(a[5:, 5:].trace())]
+    got = block_traces(lambda v: a @ v, [2, 3, 4], 4000, torch.Generator().manual_seed(1))
+    assert np.allclose(got, want, rtol=0.08)
+
+
+def test_coverage_count_keeps_the_fewest_layers_covering_tau():
+    assert coverage_count(np.array([1.0, 6.0, 2.0, 1.0]), 0.6) == 1  # 6 / 10
+    assert coverage_count(np.array([1.0, 6.0, 2.0, 1.0]), 0.8) == 2  # 8 / 10
+    assert coverage_count(np.array([1.0, 6.0, 2.0, -1.0]), 0.95) == 3  # negative estimates clipped: 9 of 9
+    assert coverage_count(np.ones(6), 0.5) == 3 and coverage_count(np.zeros(4), 0.9) == 4
+    assert coverage_count(np.ones(6) * 1e-9, 0.5) == coverage_count(np.ones(6) * 1e9, 0.5)  # scale-free
+
+
+def test_layer_traces_estimate_each_layers_block_of_the_exact_hessian(tokenizer):
+    from fedlib.classifier import PromptClassifier
+    from fedlib.config import ModelConfig
+    from fedlib.encode import collate, encode_dataset
+    from fedlib.hessian import prompt_hvp
+    from fedlib.models import wrap_backbone
+    from fedlib.tasks import get_task, load_task
+
+    from .conftest import make_tiny
+
+    backbone = wrap_backbone(make_tiny("bert", tokenizer.vocab_size), tokenizer, name="tiny-bert")
+    model = PromptClassifier(backbone, get_task("sst2"), ModelConfig(prompt_len=1, prompt_dropout=0.0))
+    g = torch.Generator().manual_seed(0)
+    for p in model.trainable().values():  # away from the initial prompts, where curvature is small
+        p.data = torch.randn(p.shape, generator=g)
+    data = encode_dataset(load_task("sst2", "train", limit=2), tokenizer, model.task, "linear", 8)
+    batch = collate(data, range(2), tokenizer.pad_token_id)
+    with prompt_hvp(model, batch, torch.device("cpu"), names=lambda n: n.startswith("prompt.layer.")) as (ps, hvp):
+        h = torch.stack([hvp(e) for e in torch.eye(sum(p.numel() for p in ps), dtype=torch.float64)])
+    sizes = [p.numel() for p in ps]
+    want = block_traces(lambda v: h @ v, sizes, 5, torch.Generator().manual_seed(3))  # the same probes
+    got = layer_traces(model, batch, 5, 3, torch.device("cpu"))
+    assert np.allclose(got, want, rtol=1e-5, atol=1e-12) and (np.abs(got) > 0).all()
