@@ -178,10 +178,16 @@ class DataConfig(Config):
     )
     train_limit: int = setting(0, "use the first N training examples (0: all)")
     eval_limit: int = setting(0, "use the first N evaluation examples (0: all)")
+    validation: int = setting(
+        0,
+        "evaluate on N training examples held out (a fixed seeded draw from the first train_limit + N) instead of "
+        "the task's eval split: for choosing hyper-parameters without touching the eval set (0: the eval split)",
+    )
 
     def validate(self) -> None:
         check(self.train_limit >= 0, "data", "train_limit", self.train_limit, "must be >= 0 (0: all)")
         check(self.eval_limit >= 0, "data", "eval_limit", self.eval_limit, "must be >= 0 (0: all)")
+        check(self.validation >= 0, "data", "validation", self.validation, "must be >= 0 (0: the eval split)")
 
 
 @dataclass

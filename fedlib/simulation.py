@@ -26,12 +26,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from .checkpoint import load_run_checkpoint, save_run_checkpoint
 from .classifier import PromptClassifier
 from .client import ClientStore, client_update
-from .config import ExperimentConfig
+from .config import ConfigError, ExperimentConfig
 from .encode import encode_dataset
 from .evaluation import evaluate_global, evaluate_personal, pooled_by_shard, view_record
 from .models import backbone_for
@@ -124,9 +125,22 @@ def set_roles(model, strategy, selection: dict | None) -> None:
 
 
 def load_rows(cfg: ExperimentConfig, split: str):
-    """``split`` ("train" or "eval") of the task as the config limits it (``data.train_limit``/``eval_limit``)."""
-    limit = cfg.data.train_limit if split == "train" else cfg.data.eval_limit
-    return load_task(cfg.fed.task, split, cfg.data.data_dir, limit=limit or None)
+    """``split`` ("train" or "eval") of the task as the config limits it (``data.train_limit``/``eval_limit``).
+
+    With ``data.validation`` N, the "eval" rows are N training examples held out (the same for every seed and
+    strategy) and the "train" rows the rest: the task's eval split is not read."""
+    d = cfg.data
+    if d.validation:
+        rows = load_task(cfg.fed.task, "train", d.data_dir, limit=(d.train_limit + d.validation) or None)
+        if d.validation >= len(rows):
+            raise ConfigError(
+                f"data.validation={d.validation} is invalid: only {len(rows)} training examples to hold out from"
+            )
+        order = np.random.default_rng(20231206).permutation(len(rows))  # fixed: one validation set per task
+        keep = order[: d.validation] if split == "eval" else order[d.validation :]
+        return rows.select(sorted(int(i) for i in keep))
+    limit = d.train_limit if split == "train" else d.eval_limit
+    return load_task(cfg.fed.task, split, d.data_dir, limit=limit or None)
 
 
 def load_split(cfg: ExperimentConfig, model, split: str, rows: list[int] | None = None):

@@ -25,7 +25,14 @@ def run(script: str, *args: str, timeout: int = 400) -> str:
 
 def test_every_benchmark_script_has_a_smoke_test():
     scripts = {p.name for p in BENCH.glob("*.py")}
-    assert scripts == {"step_cost.py", "batched_clients.py", "flower_parity.py", "run_grid.py", "node_memory.py"}
+    assert scripts == {
+        "step_cost.py",
+        "batched_clients.py",
+        "flower_parity.py",
+        "run_grid.py",
+        "node_memory.py",
+        "tune.py",
+    }
 
 
 def test_step_cost():
@@ -119,6 +126,24 @@ def test_run_grid_renders_results_and_readme(tmp_path):
         "server_lr": 1.0,
         "mu": 0.05,
     }
+
+
+def test_tune_chooses_on_the_validation_split_and_writes_the_protocol(tmp_path):
+    proto = tmp_path / "tiny.yaml"
+    proto.write_text(
+        "# a comment that stays\ntasks: [rte]\nstrategies: [fedavg, fedprox]\nseeds: [0]\n"
+        "tuning: {validation: 8, seeds: [0], grid: {fedprox: {mu: [0.01, 1.0]}}}\n"
+        "experiment:\n  model: {prompt_len: 2, max_length: 48}\n  train: {batch_size: 8}\n"
+        "  fed: {num_clients: 2, clients_per_round: 2, rounds: 1}\n  data: {train_limit: 16, eval_limit: 8}\n"
+    )
+    line = run("tune.py", str(proto), "--out", str(tmp_path / "out"), "--write")
+    assert line.startswith("wrote params into")
+    text = proto.read_text()
+    assert text.startswith("# a comment that stays\n") and re.search(
+        r"^params: \{fedprox: \{mu: (0.01|1.0)\}\}$", text, re.M
+    )
+    runs = json.loads((tmp_path / "out" / "rte" / "seed0" / "fedprox_mu=0.01" / "config.json").read_text())
+    assert runs["data"]["validation"] == 8 and runs["strategy"]["mu"] == 0.01
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "benchmarks" / "protocols").glob("*.yaml")), ids=lambda p: p.stem)

@@ -159,3 +159,19 @@ def test_disk_client_state(bundled_backbone, tmp_path):
     disk = run_simulation(cfg, tmp_path, backbone=bundled_backbone, progress=False)
     assert list((tmp_path / "clients").glob("client_*.safetensors"))
     _same(mem.server.shared, disk.server.shared)
+
+
+def test_validation_holds_out_training_examples_instead_of_the_eval_split():
+    from fedlib.simulation import load_rows
+    from fedlib.tasks import load_task
+
+    cfg = build(task="rte", train_limit=40, validation=10)
+    train, val = load_rows(cfg, "train"), load_rows(cfg, "eval")
+    pool = load_task("rte", "train", limit=50)
+    assert (len(train), len(val)) == (40, 10)
+    assert sorted(list(train["text"]) + list(val["text"])) == sorted(
+        pool["text"]
+    )  # a split of the training rows, no overlap
+    assert load_rows(build(task="rte", train_limit=40, validation=10, seed=7), "eval")["text"] == list(val["text"])
+    with pytest.raises(ConfigError, match="data.validation=5000 is invalid"):
+        load_rows(build(task="rte", validation=5000), "eval")
