@@ -35,7 +35,8 @@ and costs no communication. Differences from the reference (``server_variant="pa
    once, outside V, at a scale set in model units, so it does not depend on the learning rate's size.
 3. Per-client server steps from one V (the reference's per-client "momentum reset") average to one step here.
 
-``control_variates=False`` drops the correction (the ablation); ``server_momentum=0`` drops the momentum.
+``control_variates=False`` drops the correction (the ablation); ``server_momentum=0`` drops the momentum;
+``adaptive_head=False`` averages the head plainly (the reference has a frozen verbalizer, no trained head).
 Unlike the reference, variates cover only the shared tensors. Each step records diagnostics in
 ``state.scalars["diagnostics"]``: ||theta - x̄|| / ||Delta_t||, ||c||, mean ||c_i|| over S, eta_s.
 """
@@ -73,6 +74,9 @@ class FedPepTAOConfig(FedAvgConfig):
         1.0, "'corrected' only: the correction's step is this times sum_i p_i K_i eta_i (1: MIFA/FedVARP)"
     )
     control_variates: bool = setting(True, "apply the server-held correction (False: the ablation without it)")
+    adaptive_head: bool = setting(
+        True, "the head goes through the adaptive step as the prompts do (False: the head is plainly averaged)"
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -133,6 +137,8 @@ def fedpeptao_server_step(
         V = {k: opt.get(f"V.{k}", torch.zeros_like(v)) for k, v in theta.items()}
         step = _corrected if cfg.server_variant == "corrected" else _reference
         new_theta, new_V = step(cfg, results, p, avg, g, V, c, controls, eta)
+        if not cfg.adaptive_head:
+            new_theta = {k: (avg[k] if k.startswith("head.") else v) for k, v in new_theta.items()}
         opt.update({f"V.{k}": v for k, v in new_V.items()})
     scalars["diagnostics"] = {
         "server_ratio": _norm({k: new_theta[k] - avg[k] for k in theta}) / max(_norm(d_t), 1e-30),

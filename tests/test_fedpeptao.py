@@ -145,6 +145,22 @@ def test_corrected_server_step_two_clients_two_rounds():
     assert diag["server_ratio"] == pytest.approx(abs(eta * V + kappa * (c - c_s)) / 1.0)
 
 
+def test_head_plainly_averaged_when_adaptive_head_is_off():
+    s = get_strategy(strategy_config("fedpeptao", adaptive_head=False))
+    x = {"prompt": torch.zeros(1, dtype=torch.float64), "head.linear.weight": torch.zeros(1, dtype=torch.float64)}
+    st = s.init_server(x)
+    for ys in ([1.0, 3.0], [2.0, 5.0]):  # two rounds, so the second takes the adaptive step
+        res = [
+            ClientResult(
+                i, 1 + i, 2, 0.1, {k: torch.tensor([y], dtype=torch.float64) for k in x}, lrs=dict.fromkeys(x, 0.5)
+            )
+            for i, y in enumerate(ys)
+        ]
+        st = server_update(st, res, s, num_clients=4)
+    assert st.shared["head.linear.weight"].item() == pytest.approx((2.0 + 2 * 5.0) / 3)  # the weighted mean
+    assert st.shared["prompt"].item() != pytest.approx((2.0 + 2 * 5.0) / 3)  # the prompts moved beyond it
+
+
 def _toy(strategy, seeds=range(100), **kw):
     """Gap to the optimum, averaged over the last 10 of 40 rounds, per seed (K = 7 local AdamW steps)."""
     return np.array([run_quadratic(Quadratic(s), strategy, **kw)["gap"][-10:].mean() for s in seeds])
