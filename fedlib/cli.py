@@ -138,8 +138,8 @@ def config_from_args(args: argparse.Namespace, base: ExperimentConfig | None = N
     return apply_overrides(base, {k: v for k, v in vars(args).items() if "." in k and v is not None})
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m fedlib.cli", description="fedlib's configuration")
+def main(argv: list[str] | None = None, prog: str = "python -m fedlib.cli") -> None:
+    parser = argparse.ArgumentParser(prog=prog, description="fedlib's configuration")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("docs", help="print the configuration reference (docs/config.md)")
     show = sub.add_parser("show", help="print the config (defaults, --config file, overrides) as YAML")

@@ -34,8 +34,8 @@ DEFAULT = ExperimentConfig(
 )
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m fedlib.experiment", description=__doc__.splitlines()[0])
+def parse_args(argv=None, prog: str = "python -m fedlib.experiment") -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     p.add_argument("--config", help="ExperimentConfig as YAML or JSON (defaults: a small SST-2 run)")
     p.add_argument(
         "--strategies", default="fedavg,fedpeptao", help=f"comma-separated, or 'all': {', '.join(STRATEGIES)}"
@@ -49,8 +49,8 @@ def build_config(args) -> ExperimentConfig:
     return config_from_args(args, DEFAULT)
 
 
-def main(argv=None) -> pd.DataFrame:
-    args = parse_args(argv)
+def main(argv=None, prog: str = "python -m fedlib.experiment") -> pd.DataFrame:
+    args = parse_args(argv, prog)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

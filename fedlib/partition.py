@@ -323,3 +323,30 @@ def plot_partition(stats, ax=None, title: str | None = None, max_clients: int = 
     ax.set_title(title or "Label counts per client")
     ax.legend(title="label", fontsize=8, ncols=min(len(counts.columns), 6))
     return ax
+
+
+class IndexPartitioner(Partitioner):
+    """A :class:`Partition`'s training shards as a Flower Datasets partitioner over ``dataset`` (for its plots)."""
+
+    def __init__(self, part: Partition, dataset):
+        super().__init__()
+        self._shards = part.train
+        self.dataset = dataset
+
+    @property
+    def num_partitions(self) -> int:
+        return len(self._shards)
+
+    def load_partition(self, partition_id: int):
+        return self.dataset.select(self._shards[partition_id])
+
+
+def plot_label_distributions(part: Partition, dataset, label: str = "label", **kwargs):
+    """Per-client label distribution drawn by ``flwr_datasets.visualization.plot_label_distributions`` (stacked
+    bars, label names in the legend); ``kwargs`` go to it (e.g. ``plot_type="heatmap"``, ``size_unit="percent"``).
+    Returns the figure."""
+    from flwr_datasets.visualization import plot_label_distributions as flwr_plot
+
+    kwargs = {"legend": True, "title": f"{part.method} partition, {part.num_clients} clients", **kwargs}
+    fig, _, _ = flwr_plot(IndexPartitioner(part, dataset), label, **kwargs)
+    return fig

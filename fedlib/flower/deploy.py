@@ -2,7 +2,7 @@
 
 This is Flower's Deployment Runtime, not its simulation: every node is its own ``flower-supernode``
 process that talks to the ``flower-superlink`` over HTTP(S), exactly as on several machines (replace
-127.0.0.1 by the server's address). Used by ``tests/test_flower_deployment.py`` and the README's
+127.0.0.1 by the server's address). Used by ``tests/test_flower_deployment.py`` and ``docs/flower.md``'s
 multi-machine section::
 
     with LocalDeployment(num_nodes=2, workdir="runs/deploy", tls=True) as fed:

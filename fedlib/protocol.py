@@ -1,0 +1,185 @@
+"""Run a benchmark protocol: tasks x strategies x seeds, one CSV row each (see :mod:`fedlib.benchmark`).
+
+    fedlib grid benchmarks/protocols/cpu-small.yaml --out runs/cpu-small \
+        --results results/cpu-small --readme docs/results.md
+    fedlib grid benchmarks/protocols/paper.yaml --out runs/paper --data-dir /data/glue
+
+(``benchmarks/run_grid.py`` is the same command.) A protocol is a YAML file: ``tasks``, ``strategies`` (registered
+names, reference rows, or labels of ``variants``), ``seeds``, ``targets``, optional ``params`` and ``variants``, and
+``experiment``, the base :class:`~fedlib.config.ExperimentConfig`.
+
+Writes ``<out>/results.csv``, ``<out>/results.md`` (mean over seeds), ``<out>/<task>.png`` (mean over seeds)
+and each run's ``results.jsonl``; ``<out>/provenance.json`` records the command and the commit(s) the grid ran
+at. Runs already in the CSV are skipped, so an interrupted grid resumes (and a finished one only re-renders).
+``--results P`` copies the CSV to ``P.csv`` and the figures to ``P/``; ``--readme PAGE`` rewrites the part of
+the page (``docs/results.md``) between ``<!-- results:NAME:begin -->`` and ``<!-- results:NAME:end -->`` (NAME =
+the protocol's name), figures linked relative to the page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .benchmark import cost_table, paired_table, plot_grid, run_grid, view_table
+from .config import ExperimentConfig
+from .configbase import yaml_load
+from .report import markdown_table
+
+
+def git_commit() -> str:
+    """HEAD's short hash, with ``+dirty`` when tracked files differ from it."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+    ).stdout.strip()
+    return (head or "unknown") + ("+dirty" if dirty else "")
+
+
+def platform_name() -> str:
+    import os
+
+    import torch
+
+    dev = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{os.cpu_count()} CPU cores"
+    return f"{dev}, torch {torch.__version__}"
+
+
+def record_provenance(out: Path, command: str) -> dict:
+    path = out / "provenance.json"
+    prov = json.loads(path.read_text()) if path.exists() else {"command": command, "commits": [], "started": []}
+    prov["commits"].append(git_commit())
+    prov["started"].append(time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+    path.write_text(json.dumps(prov, indent=2))
+    return prov
+
+
+def results_section(name: str, proto: dict, table, prov: dict, figures: list[str], wall_s: float | None) -> str:
+    """The results page's section for one protocol, rendered from the grid's CSV."""
+    commits = ", ".join(dict.fromkeys(prov["commits"]))
+    seeds = proto["seeds"]
+    lines = [
+        f"Protocol `{name}`: tasks {', '.join(proto['tasks'])}; {len(seeds)} seeds {seeds}; configuration "
+        f"`{json.dumps(proto['experiment'], separators=(',', ':'))}`"
+        + (f"; hyper-parameters `{json.dumps(proto['params'], separators=(',', ':'))}`" if proto.get("params") else "")
+        + (f"; variants `{json.dumps(proto['variants'], separators=(',', ':'))}`" if proto.get("variants") else "")
+        + ".",
+        f"Command: `{prov['command']}` at commit(s) {commits}."
+        + (f" Sum of the runs' wall times: {wall_s / 60:.1f} min on {platform_name()}." if wall_s else ""),
+        "",
+        "Final dev metric (accuracy; MCC for CoLA; (acc+F1)/2 for MRPC), mean ± half-width of the 95% CI over seeds, "
+        "in three views: `global` (the shared model on the whole eval set), `personal` (each client's model on an "
+        "eval shard with its own training label mix: the reference's protocol, where knowing the label prior "
+        "scores) and `personal_iid` (each client's model on an eval shard with the eval set's label mix). "
+        "`majority_local` (no model: each client's majority label) is the floor, `local_only` the no-federation "
+        "and `centralized` (pooled data, same steps) the upper reference.",
+        "",
+        markdown_table(view_table(table)),
+        "",
+    ]
+    paired = paired_table(table)
+    if len(paired):
+        lines += [
+            "FedPepTAO minus each other row, paired by seed (mean difference ± 95% CI; `wins`: seeds where it is "
+            "ahead):",
+            "",
+            markdown_table(paired[["task", "view", "vs", "diff ± CI", "wins", "seeds"]]),
+            "",
+        ]
+    if table["target"].notna().any():
+        lines += [
+            "Cost to the fixed per-task target on the global metric (medians over seeds; `>R`: the median seed did "
+            "not reach it within R rounds; bytes and seconds include layer selection, whose MB are also shown):",
+            "",
+            markdown_table(cost_table(table)),
+            "",
+        ]
+    lines += [f"![{Path(f).stem}]({f})" for f in figures]
+    return "\n".join(lines) + "\n"
+
+
+def replace_marked(readme: Path, name: str, body: str) -> None:
+    begin, end = f"<!-- results:{name}:begin -->", f"<!-- results:{name}:end -->"
+    text = readme.read_text()
+    if begin not in text or end not in text:
+        raise SystemExit(f"{readme}: add the markers {begin} and {end} where the results should go")
+    head, rest = text.split(begin, 1)
+    readme.write_text(head + begin + "\n" + body + end + rest.split(end, 1)[1])
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    p.add_argument(
+        "protocol",
+        help="YAML with tasks, strategies, seeds, an 'experiment' ExperimentConfig and optional "
+        "'params' (per strategy, hyper-parameters overriding its defaults)",
+    )
+    p.add_argument("--out", required=True)
+    p.add_argument("--data-dir", help="folder holding <task>/ TSV folders (default: $FEDLIB_DATA or data/)")
+    p.add_argument("--device")
+    p.add_argument("--results", help="write the CSV to RESULTS.csv and figures to RESULTS/ (e.g. results/cpu-small)")
+    p.add_argument("--readme", help="rewrite this page's marked results section (e.g. docs/results.md)")
+    p.add_argument("--tasks", help="comma-separated subset of the protocol's tasks: run or render a grid in parts")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    proto = yaml_load(Path(args.protocol).read_text())
+    if args.tasks:
+        subset = args.tasks.split(",")
+        unknown = sorted(set(subset) - set(proto["tasks"]))
+        if unknown:
+            raise SystemExit(f"--tasks: {unknown} not in the protocol's tasks {proto['tasks']}")
+        proto["tasks"] = [t for t in proto["tasks"] if t in subset]
+    name = Path(args.protocol).stem
+    base = ExperimentConfig.from_dict(proto["experiment"])
+    if args.data_dir:
+        base = base.replace(data=base.data.replace(data_dir=args.data_dir))
+    if args.device:
+        base = base.replace(run=base.run.replace(device=args.device))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    csv, expected = out / "results.csv", len(proto["tasks"]) * len(proto["strategies"]) * len(proto["seeds"])
+    done = sum(1 for _ in csv.open()) - 1 if csv.exists() else 0
+    prov_path = out / "provenance.json"
+    if done < expected or not prov_path.exists():  # runs to do: record the commit they run at
+        prov = record_provenance(out, ("python " if sys.argv[0].endswith(".py") else "") + shlex.join(sys.argv))
+    else:  # a finished grid is only re-rendered
+        prov = json.loads(prov_path.read_text())
+    table = run_grid(
+        base,
+        proto["tasks"],
+        proto["strategies"],
+        proto["seeds"],
+        out,
+        targets=proto.get("targets"),
+        params=proto.get("params"),
+        variants=proto.get("variants"),
+    )
+    figures = []
+    for task in proto["tasks"]:
+        fig = plot_grid(out, task, proto["seeds"])
+        fig.savefig(out / f"{task}.png", dpi=90)
+        figures.append(out / f"{task}.png")
+    section = results_section(name, proto, table, prov, [str(f) for f in figures], table["wall_seconds"].sum())
+    (out / "results.md").write_text(section)
+    print(section)
+    if args.results:
+        res = Path(args.results)
+        res.mkdir(parents=True, exist_ok=True)
+        table.to_csv(res.with_suffix(".csv"), index=False)
+        figures = [shutil.copy(f, res / f.name) for f in figures]
+        if args.readme:
+            readme = Path(args.readme)
+            rel = [os.path.relpath(Path(f).resolve(), readme.parent.resolve()) for f in figures]  # as the page links
+            replace_marked(readme, name, results_section(name, proto, table, prov, rel, table["wall_seconds"].sum()))
+
+
+if __name__ == "__main__":
+    main()

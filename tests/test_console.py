@@ -1,0 +1,69 @@
+"""The ``fedlib`` command: every subcommand parses its options from the typed configs and calls the library."""
+
+import json
+from pathlib import Path
+
+import pytest
+import tomllib
+
+from fedlib.console import COMMANDS, main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_command_is_installed_with_the_package():
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["fedlib"] == "fedlib.console:main"
+
+
+def test_no_command_lists_them_and_an_unknown_one_fails(capsys):
+    main([])
+    out = capsys.readouterr().out
+    assert all(name in out for name in COMMANDS)
+    with pytest.raises(SystemExit) as err:
+        main(["trian"])
+    assert err.value.code == 2 and "unknown command 'trian'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["run", "experiment", "grid", "partition"])
+def test_help_is_generated_from_the_configs(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert f"fedlib {command}" in out
+    if command != "grid":
+        assert "--strategy.server_variant" in out and "--selection.count_rule" in out
+
+
+def test_config_show_applies_flags(capsys):
+    main(["config", "show", "--fed.rounds", "3", "--strategy.name", "fedpeptao", "--strategy.correction_scale", "0.5"])
+    out = capsys.readouterr().out
+    assert "rounds: 3" in out and "correction_scale: 0.5" in out
+
+
+def test_partition_prints_sizes_saves_json_and_plots(tmp_path, capsys):
+    args = [
+        "--task",
+        "rte",
+        "--num-clients",
+        "4",
+        "--clients-per-round",
+        "2",
+        "--train-limit",
+        "80",
+        "--eval-limit",
+        "40",
+    ]
+    main(["partition", *args, "--save", str(tmp_path / "p.json"), "--plot", str(tmp_path / "p.png")])
+    out = capsys.readouterr().out
+    assert "entailment" in out and (tmp_path / "p.png").stat().st_size > 0
+    part = json.loads((tmp_path / "p.json").read_text())
+    assert part["num_clients"] == 4 and sum(len(s) for s in part["train"]) == 80
+
+
+def test_run_trains_and_reports_the_three_views(tmp_path, capsys):
+    args = ["--task", "rte", "--num-clients", "2", "--clients-per-round", "2", "--rounds", "1", "--train-limit", "16"]
+    main(["run", *args, "--eval-limit", "8", "--model.prompt_len", "2", "--out", str(tmp_path / "r")])
+    out = capsys.readouterr().out
+    summary = json.loads(out[: out.rindex("}") + 1])
+    assert 0 <= summary["final_global_metric"] <= 1 and (tmp_path / "r" / "results.jsonl").exists()
