@@ -162,6 +162,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         params=proto.get("params"),
         variants=proto.get("variants"),
     )
+    table = table[table["task"].isin(proto["tasks"])].reset_index(drop=True)  # --tasks: only those rendered
     figures = []
     for task in proto["tasks"]:
         fig = plot_grid(out, task, proto["seeds"])

@@ -289,7 +289,7 @@ def test_hutchinson_block_traces_of_a_known_matrix():
 def test_coverage_count_keeps_the_fewest_layers_covering_tau():
     assert coverage_count(np.array([1.0, 6.0, 2.0, 1.0]), 0.6) == 1  # 6 / 10
     assert coverage_count(np.array([1.0, 6.0, 2.0, 1.0]), 0.8) == 2  # 8 / 10
-    assert coverage_count(np.array([1.0, 6.0, 2.0, -1.0]), 0.95) == 3  # negative estimates clipped: 9 of 9
+    assert coverage_count(np.array([1.0, -6.0, 2.0, -1.0]), 0.6) == 1  # magnitudes: |-6| / 10
     assert coverage_count(np.ones(6), 0.5) == 3 and coverage_count(np.zeros(4), 0.9) == 4
     assert coverage_count(np.ones(6) * 1e-9, 0.5) == coverage_count(np.ones(6) * 1e9, 0.5)  # scale-free
 

@@ -106,7 +106,7 @@ def _scoring(s, out):
         assert min(r["scores"]) >= r["score_batch"] - 1e-6  # s >= B always
         assert 1 <= r["k"] <= 6 and r["chosen"] == sorted(r["ranking"][: r["k"]])
         assert 0.0 <= r["ratio"] <= 1.0
-        assert 1 <= r["trace_count"] <= 6 and len(r["traces"]) == 6 and max(r["traces"]) > 0
+        assert 1 <= r["trace_count"] <= 6 and len(r["traces"]) == 6 and max(abs(t) for t in r["traces"]) > 0
 
 
 def _drift(s, out):

@@ -98,9 +98,9 @@ def test_selection_costs_are_round_zero_and_in_the_totals(bundled_backbone):
     warm = sel["hessian"]["warmup"][0]
     everything = 6 * 2 * 2 * 384 * 4 + (384 * 2 + 2) * 4  # all six layers' [2, 768] prompts and the head, float32
     # scoring: 4 clients get the initial prompts, send 6 scores and a count; warm-up: a FedAvg round; Hessian:
-    # the 2 probed clients get the warmed-up prompts and send one ratio each
+    # the 2 probed clients get the warmed-up prompts and send their keep ratio and L = 6 layer traces each
     assert first["bytes_down"] == 4 * everything + warm["bytes_down"] + 2 * everything
-    assert first["bytes_up"] == 4 * 8 * 7 + warm["bytes_up"] + 2 * 8
+    assert first["bytes_up"] == 4 * 8 * 7 + warm["bytes_up"] + 2 * 8 * 7
     s = summarize(h)
     assert s["selection_bytes"] == first["bytes_up"] + first["bytes_down"] and s["rounds"] == 2
     assert s["bytes_total"] == h["cum_bytes"].iloc[-1] == s["selection_bytes"] + 2 * s["bytes_per_round"]
