@@ -29,7 +29,9 @@ import sys
 import time
 from pathlib import Path
 
-from .benchmark import cost_table, paired_table, plot_grid, run_grid, view_table
+import pandas as pd
+
+from .benchmark import COLUMNS, cost_table, paired_table, plot_grid, run_grid, view_table
 from .config import ExperimentConfig
 from .configbase import yaml_load
 from .report import markdown_table
@@ -128,6 +130,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     p.add_argument("--results", help="write the CSV to RESULTS.csv and figures to RESULTS/ (e.g. results/cpu-small)")
     p.add_argument("--readme", help="rewrite this page's marked results section (e.g. docs/results.md)")
     p.add_argument("--tasks", help="comma-separated subset of the protocol's tasks: run or render a grid in parts")
+    p.add_argument("--render-only", action="store_true", help="render the runs the CSV holds; run nothing")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     proto = yaml_load(Path(args.protocol).read_text())
@@ -146,22 +149,25 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     csv, expected = out / "results.csv", len(proto["tasks"]) * len(proto["strategies"]) * len(proto["seeds"])
-    done = sum(1 for _ in csv.open()) - 1 if csv.exists() else 0
+    done = int(pd.read_csv(csv)["task"].isin(proto["tasks"]).sum()) if csv.exists() else 0  # of these tasks
     prov_path = out / "provenance.json"
-    if done < expected or not prov_path.exists():  # runs to do: record the commit they run at
+    if (done < expected and not args.render_only) or not prov_path.exists():  # runs to do: record their commit
         prov = record_provenance(out, ("python " if sys.argv[0].endswith(".py") else "") + shlex.join(sys.argv))
     else:  # a finished grid is only re-rendered
         prov = json.loads(prov_path.read_text())
-    table = run_grid(
-        base,
-        proto["tasks"],
-        proto["strategies"],
-        proto["seeds"],
-        out,
-        targets=proto.get("targets"),
-        params=proto.get("params"),
-        variants=proto.get("variants"),
-    )
+    if args.render_only:  # what the CSV holds so far, nothing run
+        table = pd.read_csv(csv).reindex(columns=COLUMNS)
+    else:
+        table = run_grid(
+            base,
+            proto["tasks"],
+            proto["strategies"],
+            proto["seeds"],
+            out,
+            targets=proto.get("targets"),
+            params=proto.get("params"),
+            variants=proto.get("variants"),
+        )
     table = table[table["task"].isin(proto["tasks"])].reset_index(drop=True)  # --tasks: only those rendered
     figures = []
     for task in proto["tasks"]:
