@@ -118,6 +118,9 @@ def test_run_grid_renders_results_and_readme(tmp_path):
     ).all()
     text = readme.read_text()
     assert text.startswith("x\n") and text.endswith("y\n") and "| fedprox |" in text and "rte.png" in text
+    (tmp_path / "out" / "rte" / "seed1" / "fedavg" / "results.jsonl").unlink()  # a run to do: --render-only skips it
+    run("run_grid.py", str(proto), "--out", str(tmp_path / "out"), "--readme", str(readme), "--render-only")
+    assert not (tmp_path / "out" / "rte" / "seed1" / "fedavg" / "results.jsonl").exists()
     assert "FedPepTAO minus each other row, paired by seed" in text and "| rte | majority_local |" in text
     assert "Cost to the fixed per-task target" in text
     assert json.loads((tmp_path / "out" / "grid.json").read_text())["params"] == {"fedprox": {"mu": 0.05}}
