@@ -42,6 +42,7 @@ __all__ = [
     "layer_count",
     "block_traces",
     "layer_traces",
+    "client_curvature",
     "coverage_count",
 ]
 
@@ -158,8 +159,11 @@ def keep_ratio(model, batch: dict, iters: int, seed: int, device: torch.device, 
     largest magnitude first, making the rule scale-free (not in the reference).
     """
     with prompt_hvp(model, batch, device) as (params, hvp):
-        dim = sum(p.numel() for p in params)
-        alphas, betas = lanczos(hvp, dim, iters, torch.Generator().manual_seed(seed), device=device)
+        return _density(hvp, sum(p.numel() for p in params), iters, seed, device, relative)
+
+
+def _density(hvp, dim: int, iters: int, seed: int, device, relative: bool) -> dict:
+    alphas, betas = lanczos(hvp, dim, iters, torch.Generator().manual_seed(seed), device=device)
     eigs, weights = ritz(alphas, betas)
     scaled = eigs / max(np.abs(eigs).max(), 1e-30) if relative else eigs
     grid, dens = eigen_density(scaled, weights)
@@ -185,13 +189,39 @@ def block_traces(hvp, sizes: list[int], probes: int, generator: torch.Generator,
 def layer_traces(model, batch: dict, probes: int, seed: int, device: torch.device) -> np.ndarray:
     """tr(H_ll), each prompt layer's Hessian block of the batch's task loss (:func:`block_traces`): ``[L]``,
     0 for layers without prompt parameters (off)."""
-    names = [n for n in model.trainable() if n.startswith("prompt.layer.")]
-    with prompt_hvp(model, batch, device, names=lambda n: n in names) as (params, hvp):
-        blocks = block_traces(hvp, [p.numel() for p in params], probes, torch.Generator().manual_seed(seed), device)
+    with prompt_hvp(model, batch, device) as (params, hvp):
+        return _layer_traces(model, params, hvp, probes, seed, device)
+
+
+def _layer_traces(model, params, hvp, probes: int, seed: int, device) -> np.ndarray:
+    """:func:`layer_traces` on the prompt Hessian ``hvp`` over ``params`` (all ``prompt.*``), restricted to the
+    ``prompt.layer.<l>`` blocks (other prompt parameters, e.g. the reparametrisation MLP, padded with zeros)."""
+    names = [n for n in model.trainable() if n.startswith("prompt.")]
+    keep = [i for i, n in enumerate(names) if n.startswith("prompt.layer.")]
+    sizes = [p.numel() for p in params]
+    if len(keep) < len(names):  # H_LL v = [H (v, 0)]_L
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        index = torch.cat([torch.arange(offsets[i], offsets[i + 1]) for i in keep]).to(device)
+        full = hvp
+
+        def hvp(v):
+            padded = torch.zeros(int(offsets[-1]), dtype=v.dtype, device=v.device).index_copy(0, index, v)
+            return full(padded)[index]
+
+    blocks = block_traces(hvp, [sizes[i] for i in keep], probes, torch.Generator().manual_seed(seed), device)
     traces = np.zeros(model.info.num_layers)
-    for name, value in zip(names, blocks):
-        traces[int(name.rsplit(".", 1)[1])] = value
+    for i, value in zip(keep, blocks):
+        traces[int(names[i].rsplit(".", 1)[1])] = value
     return traces
+
+
+def client_curvature(model, batch: dict, iters: int, seed: int, device: torch.device, relative: bool = False) -> dict:
+    """:func:`keep_ratio`'s result plus ``"traces"`` (:func:`layer_traces` with ``iters`` probes), both from one
+    Hessian-vector-product graph (one forward and one differentiable backward for the two rules)."""
+    with prompt_hvp(model, batch, device) as (params, hvp):
+        out = _density(hvp, sum(p.numel() for p in params), iters, seed, device, relative)
+        out["traces"] = _layer_traces(model, params, hvp, iters, seed, device)
+    return out
 
 
 def coverage_count(traces: np.ndarray, tau: float) -> int:

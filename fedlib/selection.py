@@ -31,7 +31,7 @@ import numpy as np
 
 from .client import ClientStore, client_seed
 from .encode import Encoded, collate
-from .hessian import coverage_count, keep_ratio, layer_count, layer_traces
+from .hessian import client_curvature, coverage_count, layer_count
 from .rounds import Federation
 from .scoring import score_layers
 from .server import tensor_bytes
@@ -72,8 +72,8 @@ def hessian_ratio(model, train: Encoded, partition, cfg, device) -> dict:
         idx = partition.train[k]
         order = np.random.default_rng([fed.seed, k, 13]).permutation(len(idx))[: cfg.train.batch_size]
         batch, seed = collate(train, [idx[i] for i in order], pad), client_seed(fed.seed, 0, k, stream=2)
-        per_client.append(keep_ratio(model, batch, sel.hessian_iters, seed, device, relative=sel.hessian_relative))
-        traces.append(layer_traces(model, batch, sel.hessian_iters, seed, device))
+        per_client.append(client_curvature(model, batch, sel.hessian_iters, seed, device, sel.hessian_relative))
+        traces.append(per_client[-1]["traces"])
     model.load_state(init)  # training proper starts from the initial prompts
     ratios = [r["ratio"] for r in per_client]
     mean_traces = np.mean(traces, axis=0)
