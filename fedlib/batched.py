@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from .client import LocalRun, finish_client, prepare_client
 from .encode import Encoded, collate
-from .train import optimizer_step, step_plan
+from .train import autocast, optimizer_step, step_plan
 
 __all__ = ["supports_batching", "workspaces", "batched_local_train", "client_updates_batched", "default_chunk"]
 
@@ -109,7 +109,8 @@ def batched_local_train(
         order = sorted(range(len(joint)), key=lambda j: len(joint.input_ids[j]))
         losses = dict.fromkeys(active, 0.0)
         for start in range(0, len(order), chunk):
-            loss, parts = _joint_chunk_loss(runs, joint, owner, sizes, order[start : start + chunk], device)
+            with autocast(cfg, device):
+                loss, parts = _joint_chunk_loss(runs, joint, owner, sizes, order[start : start + chunk], device)
             loss.backward()
             for c, v in parts.items():
                 losses[c] += v

@@ -15,11 +15,11 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from .client_store import ClientStore
 from .config import TrainConfig
 from .encode import Encoded
 from .train import local_train, make_optimizer
@@ -180,39 +180,3 @@ def client_update(
         model, run.opt, data, run.cfg, device, gen, extra_loss=run.extra_loss, after_backward=run.after_backward
     )
     return finish_client(run, client, len(data), stats, strategy)
-
-
-class ClientStore:
-    """Every client's state between rounds: in memory (CPU tensors) or on disk (one safetensors file each)."""
-
-    def __init__(self, where: str = "memory", folder: str | Path | None = None) -> None:
-        self.where, self.folder = where, Path(folder) if folder else None
-        self._mem: dict[int, Tensors] = {}
-        if where == "disk":
-            if self.folder is None:
-                raise ValueError("ClientStore('disk') needs a folder")
-            self.folder.mkdir(parents=True, exist_ok=True)
-
-    def get(self, client: int) -> Tensors:
-        if self.where == "memory":
-            return self._mem.get(client, {})
-        from safetensors.torch import load_file
-
-        path = self.folder / f"client_{client:05d}.safetensors"
-        return load_file(str(path)) if path.exists() else {}
-
-    def put(self, client: int, state: Tensors) -> None:
-        if self.where == "memory":
-            self._mem[client] = state
-            return
-        from safetensors.torch import save_file
-
-        path = self.folder / f"client_{client:05d}.safetensors"
-        tmp = path.with_suffix(".tmp")
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
-        tmp.replace(path)
-
-    def clients(self) -> list[int]:
-        if self.where == "memory":
-            return sorted(self._mem)
-        return sorted(int(p.stem.split("_")[1]) for p in self.folder.glob("client_*.safetensors"))

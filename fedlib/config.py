@@ -119,6 +119,9 @@ class TrainConfig(Config):
     epochs: int = setting(1, "local epochs per round (passes over the client's data)")
     max_steps: int = setting(0, "at most this many local steps per round (0: no limit, epochs decide)")
     optimizer: typing.Literal["adamw", "sgd"] = setting("adamw", "the local optimiser")
+    autocast: typing.Literal["off", "bf16"] = setting(
+        "off", "run the local forward passes under bf16 autocast ('bf16': CUDA with bf16 support, or CPU)"
+    )
 
     def validate(self) -> None:
         o = "train"
@@ -269,6 +272,11 @@ class RunConfig(Config):
     client_state: typing.Literal["memory", "disk"] = setting(
         "memory", "where clients' personal state lives between rounds ('disk': safetensors under out_dir)"
     )
+    client_memory_mb: float = setting(
+        0.0,
+        "'memory': keep at most this many MB of client state in memory, writing the least recently used beyond it "
+        "to safetensors files (under out_dir/clients, else a temporary folder); 0: no budget",
+    )
     batch_clients: typing.Literal["auto", "on", "off"] = setting(
         "auto",
         "train the sampled clients as joint batches when the strategy allows it ('auto' and 'on'), or one "
@@ -283,6 +291,7 @@ class RunConfig(Config):
         check(self.checkpoint_every >= 0, o, "checkpoint_every", self.checkpoint_every, "must be >= 0 (0: never)")
         check(self.max_failed_rounds >= 1, o, "max_failed_rounds", self.max_failed_rounds, "must be >= 1")
         check(self.max_update_norm > 0, o, "max_update_norm", self.max_update_norm, "must be > 0")
+        check(self.client_memory_mb >= 0, o, "client_memory_mb", self.client_memory_mb, "must be >= 0 (0: no budget)")
         check(self.batch_chunk >= 0, o, "batch_chunk", self.batch_chunk, "must be >= 0 (0: by device)")
 
 

@@ -190,8 +190,8 @@ class Simulation(Federation):
         self.eval = load_split(cfg, model, "eval")
         self.out_dir = Path(out_dir) if out_dir else None
         self.partition = self._partition(cfg, train)
-        where = cfg.run.client_state
-        store = ClientStore(where, (self.out_dir / "clients") if where == "disk" and self.out_dir else None)
+        folder = (self.out_dir / "clients") if self.out_dir else None
+        store = ClientStore(cfg.run.client_state, folder, cfg.run.client_memory_mb)
         super().__init__(
             cfg,
             model,

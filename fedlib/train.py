@@ -19,7 +19,16 @@ from .config import TrainConfig
 from .encode import Encoded, batch_indices, collate
 from .tasks import compute_metric
 
-__all__ = ["make_optimizer", "step_plan", "optimizer_step", "local_train", "predict", "evaluate", "train_centralized"]
+__all__ = [
+    "autocast",
+    "make_optimizer",
+    "step_plan",
+    "optimizer_step",
+    "local_train",
+    "predict",
+    "evaluate",
+    "train_centralized",
+]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +53,11 @@ def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 def _to(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device) for k, v in batch.items()}
+
+
+def autocast(cfg: TrainConfig, device: torch.device):
+    """The forward's precision context: bf16 autocast when ``cfg.autocast == "bf16"``, else nothing."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.autocast == "bf16")
 
 
 def step_plan(
@@ -96,7 +110,8 @@ def local_train(
     for idx in step_plan(len(data), cfg, generator, epochs, max_steps):
         batch = _to(collate(data, idx, pad), device)
         optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(**batch).float(), batch["labels"])
+        with autocast(cfg, device):
+            loss = F.cross_entropy(model(**batch).float(), batch["labels"])
         if extra_loss is not None:
             loss = loss + extra_loss(model)
         loss.backward()

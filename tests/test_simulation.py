@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from fedlib.client import client_update
+from fedlib.client_store import ClientStore, state_bytes
 from fedlib.config import ConfigError, ModelConfig, TrainConfig
 from fedlib.simulation import Simulation, SimulationError, run_simulation
 
@@ -150,15 +151,20 @@ def test_invalid_config_fails_before_training(field, value, needle):
     assert f"{field}={value!r}" in str(err.value) and needle in str(err.value)
 
 
-def test_disk_client_state(bundled_backbone, tmp_path):
-    cfg = tiny_cfg(rounds=2, client_state="disk")
+@pytest.mark.parametrize("run", [{"client_state": "disk"}, {"client_memory_mb": 1e-3}], ids=["disk", "budget"])
+def test_client_state_on_disk_gives_the_same_run(bundled_backbone, tmp_path, run):
+    """All states on disk, or spilled beyond a (tiny) memory budget: the same run as all in memory."""
+    cfg = tiny_cfg(rounds=2)
     cfg = cfg.replace(model=cfg.model.replace(layer_roles=("personal",) + ("shared",) * 5))
-    mem = run_simulation(
-        cfg.replace(run=cfg.run.replace(client_state="memory")), backbone=bundled_backbone, progress=False
-    )
-    disk = run_simulation(cfg, tmp_path, backbone=bundled_backbone, progress=False)
-    assert list((tmp_path / "clients").glob("client_*.safetensors"))
-    _same(mem.server.shared, disk.server.shared)
+    sim = Simulation(cfg.replace(run=cfg.run.replace(**run)), tmp_path, backbone=bundled_backbone, progress=False)
+    mem = Simulation(cfg, backbone=bundled_backbone, progress=False)
+    spilled_result, mem_result = sim.run(), mem.run()
+    assert list((tmp_path / "clients").glob("client_*.safetensors")) and sim.store.stats["stored"] > 0
+    assert sim.store.nbytes <= max(state_bytes(sim.store.get(k)) for k in sim.store.clients())  # one state at most
+    _same(mem_result.server.shared, spilled_result.server.shared)
+    assert sim.store.clients() == mem.store.clients()
+    for k in mem.store.clients():
+        _same(mem.store.get(k), sim.store.get(k))
 
 
 def test_validation_holds_out_training_examples_instead_of_the_eval_split():
@@ -175,3 +181,21 @@ def test_validation_holds_out_training_examples_instead_of_the_eval_split():
     assert load_rows(build(task="rte", train_limit=40, validation=10, seed=7), "eval")["text"] == list(val["text"])
     with pytest.raises(ConfigError, match="data.validation=5000 is invalid"):
         load_rows(build(task="rte", validation=5000), "eval")
+
+
+def test_client_store_spills_least_recently_used_beyond_its_budget(tmp_path):
+    def state(v):
+        return {"personal/p": torch.full((256,), float(v)), "opt/p/exp_avg": torch.full((256,), -float(v))}
+
+    store = ClientStore("memory", tmp_path, memory_mb=3 * state_bytes(state(0)) / 2**20)  # room for three
+    for k in range(10):
+        store.put(k, state(k))
+        assert store.nbytes <= store.budget
+    assert store.stats["stored"] == 7 and len(list(tmp_path.glob("*.safetensors"))) == 7
+    store.get(0)  # read back from disk; 7, 8, 9 stay in memory
+    store.put(0, state(100))  # the new state wins over its stale file
+    assert store.get(0)["personal/p"][0] == 100 and store.get(3)["opt/p/exp_avg"][0] == -3
+    assert store.clients() == list(range(10)) and store.get(42) == {}
+    assert store.peak_bytes <= store.budget and store.stats["loaded"] >= 2
+    with pytest.raises(ValueError, match="memory_mb"):
+        ClientStore("memory", memory_mb=-1)

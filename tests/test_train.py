@@ -49,3 +49,21 @@ def test_mlm_and_decoder_heads_train_on_tiny_models(tokenizer):
             model, data, data, TrainConfig(batch_size=16, max_steps=40, lr=0.1), torch.device("cpu"), progress=False
         )
         assert evaluate(model, data, model.task, 16, torch.device("cpu"))["loss"] < before
+
+
+def test_bf16_autocast_trains_close_to_fp32(bundled_backbone):
+    """train.autocast="bf16" (here on CPU): the same steps in bf16 move the prompts like fp32, not identically."""
+
+    def run(precision):
+        torch.manual_seed(1)
+        model = PromptClassifier(bundled_backbone, get_task("rte"), ModelConfig(prompt_len=2))
+        data = encode_dataset(load_task("rte", "train", limit=16), bundled_backbone.tokenizer, model.task, "linear", 64)
+        start = {k: v.clone() for k, v in model.state().items()}
+        cfg = TrainConfig(batch_size=8, max_steps=2, autocast=precision)
+        train_centralized(model, data, data, cfg, torch.device("cpu"), progress=False, seed=3)
+        return {k: v - start[k] for k, v in model.state().items()}
+
+    fp32, bf16 = run("off"), run("bf16")
+    moved = torch.cat([v.flatten() for v in fp32.values()])
+    diff = torch.cat([(bf16[k] - fp32[k]).flatten() for k in fp32])
+    assert torch.isfinite(diff).all() and 0 < diff.norm() < 0.5 * moved.norm()
