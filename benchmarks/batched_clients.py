@@ -10,6 +10,7 @@ interleaved (sequential, batched by device, batched in one chunk, ...) so drift 
 
 Prints, as its last line, ``batched_clients m=<m> speedup=<x>``: sequential / batched-by-device wall time.
 Usage: python benchmarks/batched_clients.py [--clients 10] [--batch 8] [--per-client 32] [--reps 5] [--device cpu]
+       [--autocast bf16]
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ def main() -> None:
     p.add_argument("--per-client", type=int, default=32)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--device", default="auto")
+    p.add_argument("--autocast", choices=["off", "bf16"], default="off", help="TrainConfig.autocast of every side")
     args = p.parse_args()
     from fedlib.batched import client_updates_batched, default_chunk, workspaces
     from fedlib.classifier import PromptClassifier
@@ -49,7 +51,7 @@ def main() -> None:
     model = PromptClassifier(backbone, task, ModelConfig(prompt_len=8, max_length=128)).to(device)
     data = encode_dataset(load_task("sst2", "train", limit=m * n), backbone.tokenizer, task, model.head_kind, 128)
     shards = [data.subset(range(k * n, (k + 1) * n)) for k in range(m)]
-    cfg, strategy = TrainConfig(batch_size=args.batch), get_strategy("fedavg")
+    cfg, strategy = TrainConfig(batch_size=args.batch, autocast=args.autocast), get_strategy("fedavg")
     shared, personal = model.state("shared"), model.state("personal")
     spaces: list = []
     seeds = list(range(100, 100 + m))
@@ -98,7 +100,7 @@ def main() -> None:
     seq = med["sequential"]
     print(
         f"device {device}, torch threads {torch.get_num_threads()}, {m} clients x {n} examples, batch {args.batch}, "
-        f"{args.reps} reps"
+        f"autocast {args.autocast}, {args.reps} reps"
     )
     for name, t in med.items():
         print(f"  {name:32s} {t:7.3f} s   speedup {seq / t:.3f}")

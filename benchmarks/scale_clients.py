@@ -76,6 +76,7 @@ def worker(args) -> dict:
             "smallest_client": int(min(len(s) for s in sim.partition.train)),
             "build_s": build,
             "round_s": statistics.median(per_round),
+            "local_steps_per_round": statistics.median(r["local_steps"] for r in rows),
             "peak_rss_mb": peak_rss_mb(),
             "rss_growth_mb": peak_rss_mb() - rss_built,
             "clients_with_state": len(sim.store.clients()),
@@ -147,6 +148,8 @@ def plot(rows: list[dict], path: str) -> None:
     axes[0].set(xscale="log", ylabel="MB", xlabel="clients N", title="memory")
     axes[0].legend()
     axes[1].plot(n, [r["round_s"] for r in rows], "o-")
+    for r in rows:  # fewer examples per client than steps x batch at large N: fewer steps, shorter rounds
+        axes[1].annotate(f"{r['local_steps_per_round']:.0f} steps", (r["n"], r["round_s"]), fontsize=8)
     axes[1].set(xscale="log", ylabel="seconds per round (median)", xlabel="clients N", title="time, m = 10 per round")
     axes[1].set_ylim(bottom=0)
     fig.tight_layout()
@@ -187,7 +190,8 @@ def main() -> None:
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         r = rows[-1]
         print(
-            f"N={n:>6}: build {r['build_s']:.1f} s, {r['round_s']:.2f} s/round, peak RSS {r['peak_rss_mb']:.0f} MB "
+            f"N={n:>6}: build {r['build_s']:.1f} s, {r['round_s']:.2f} s/round ({r['local_steps_per_round']:.0f} local "
+            f"steps), peak RSS {r['peak_rss_mb']:.0f} MB "
             f"(+{r['rss_growth_mb']:.0f} over the rounds), {r['clients_with_state']} clients with state: "
             f"{r['state_memory_mb']:.1f} MB in memory at most, {r['state_disk_mb']:.1f} MB on disk; server control "
             f"variates {r['controls_mb']:.1f} MB; smallest client {r['smallest_client']} examples",

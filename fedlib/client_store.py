@@ -6,9 +6,10 @@ budget are written to ``folder`` (one safetensors file per client; a temporary f
 back when their client is sampled again, so memory is bounded by the budget plus the round's sampled clients,
 whatever the number of clients N. ``where="disk"`` writes every state at once and keeps none in memory.
 
-Files are written to a temporary name and renamed, so a kill mid-write leaves the previous state readable. Only
-states put into this store are read: files left in ``folder`` by an earlier run are ignored (a resumed run puts its
-checkpoint's states back).
+Files are written to a temporary name and renamed, so a kill mid-write leaves the previous state readable. By
+default only states put into this store are read: files left in ``folder`` by an earlier run are ignored (a resumed
+simulation puts its checkpoint's states back). ``existing=True`` reads them: a Flower node restarted after a crash
+finds its client's state where it left it.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ class ClientStore:
     of state held in memory between puts.
     """
 
-    def __init__(self, where: str = "memory", folder: str | Path | None = None, memory_mb: float = 0.0) -> None:
+    def __init__(
+        self, where: str = "memory", folder: str | Path | None = None, memory_mb: float = 0.0, existing: bool = False
+    ) -> None:
         if where not in ("memory", "disk"):
             raise ValueError(f"ClientStore(where={where!r}): use 'memory' or 'disk'")
         if memory_mb < 0:
@@ -49,6 +52,8 @@ class ClientStore:
         self._on_disk: set[int] = set()  # clients whose latest state is a file
         self.nbytes = self.peak_bytes = 0
         self.stats = {"stored": 0, "loaded": 0, "seconds_store": 0.0, "seconds_load": 0.0}
+        if existing and self._folder is not None and self._folder.is_dir():
+            self._on_disk = {int(p.stem.split("_")[1]) for p in self._folder.glob("client_*.safetensors")}
 
     @property
     def folder(self) -> Path:

@@ -130,16 +130,19 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     p.add_argument("--results", help="write the CSV to RESULTS.csv and figures to RESULTS/ (e.g. results/cpu-small)")
     p.add_argument("--readme", help="rewrite this page's marked results section (e.g. docs/results.md)")
     p.add_argument("--tasks", help="comma-separated subset of the protocol's tasks: run or render a grid in parts")
+    p.add_argument("--strategies", help="comma-separated subset of the protocol's strategies (rows)")
+    p.add_argument("--seeds", help="comma-separated subset of the protocol's seeds")
     p.add_argument("--render-only", action="store_true", help="render the runs the CSV holds; run nothing")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     proto = yaml_load(Path(args.protocol).read_text())
-    if args.tasks:
-        subset = args.tasks.split(",")
-        unknown = sorted(set(subset) - set(proto["tasks"]))
-        if unknown:
-            raise SystemExit(f"--tasks: {unknown} not in the protocol's tasks {proto['tasks']}")
-        proto["tasks"] = [t for t in proto["tasks"] if t in subset]
+    for key in ("tasks", "strategies", "seeds"):  # a slice of the grid
+        if getattr(args, key):
+            subset = [type(proto[key][0])(v) for v in getattr(args, key).split(",")]
+            unknown = sorted(set(subset) - set(proto[key]))
+            if unknown:
+                raise SystemExit(f"--{key}: {unknown} not in the protocol's {key} {proto[key]}")
+            proto[key] = [v for v in proto[key] if v in subset]
     name = Path(args.protocol).stem
     base = ExperimentConfig.from_dict(proto["experiment"])
     if args.data_dir:
@@ -149,7 +152,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     csv, expected = out / "results.csv", len(proto["tasks"]) * len(proto["strategies"]) * len(proto["seeds"])
-    done = int(pd.read_csv(csv)["task"].isin(proto["tasks"]).sum()) if csv.exists() else 0  # of these tasks
+    done = 0
+    if csv.exists():  # of this slice
+        t = pd.read_csv(csv)
+        done = int((t.task.isin(proto["tasks"]) & t.strategy.isin(proto["strategies"]) & t.seed.isin(proto["seeds"])).sum())
     prov_path = out / "provenance.json"
     if (done < expected and not args.render_only) or not prov_path.exists():  # runs to do: record their commit
         prov = record_provenance(out, ("python " if sys.argv[0].endswith(".py") else "") + shlex.join(sys.argv))

@@ -2,6 +2,7 @@
 refactor that breaks one fails here (the numbers themselves are measured by running the scripts at full size)."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -32,7 +33,9 @@ def test_every_benchmark_script_has_a_smoke_test():
         "run_grid.py",
         "node_memory.py",
         "tune.py",
+        "scale_clients.py",
     }
+    assert {p.name for p in BENCH.glob("*.sh")} == {"gpu_check.sh"}
 
 
 def test_step_cost():
@@ -61,6 +64,36 @@ def test_flower_parity():
     )
     m = re.fullmatch(rf"flower_parity max_abs_diff=({NUM}) time_ratio={NUM}", line)
     assert m and float(m.group(1)) < 1e-5, line
+
+
+def test_scale_clients():
+    line = run(
+        "scale_clients.py",
+        *("--clients", "4", "40", "--rounds", "2", "--m", "2", "--steps", "1", "--train-limit", "400"),
+        *("--memory-mb", "0.2", "--paper-store", "--paper-clients", "6", "--paper-layers", "1", "--paper-rounds", "2"),
+    )
+    assert re.fullmatch(rf"scale_clients n=40 rss_ratio={NUM} round_time_ratio={NUM}", line), line
+
+
+def test_gpu_check_script_runs_on_cpu_and_marks_cuda_only_steps_skipped(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("the CPU fallback is what this checks")
+    proc = subprocess.run(
+        ["bash", str(BENCH / "gpu_check.sh")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "QUICK": "1", "OUT": str(tmp_path), "PYTHON": sys.executable},
+    )
+    summary = (tmp_path / "gpu_check.txt").read_text()
+    assert proc.returncode == 0, summary + proc.stderr[-3000:]
+    assert "device cpu" in summary and "batched_clients_bf16: skipped" in summary
+    assert re.search(rf"batched_clients \(\d+ s\): batched_clients m=2 speedup={NUM}", summary), summary
+    assert re.search(r"step_cost \(\d+ s\): step_cost floor_ratio=", summary), summary
+    assert "fedavg" in summary and "gpu_check done: ok" in summary
 
 
 def test_node_memory():

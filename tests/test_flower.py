@@ -80,3 +80,15 @@ def test_too_few_nodes_fails_clearly_instead_of_waiting_forever():
 
     with pytest.raises(SimulationError, match="only 2 of 3 Flower nodes connected within 1 s"):
         FlowerSimulation(cfg(strategy="fedavg"), TwoNodes(), node_timeout=1.0, progress=False)
+
+
+def test_gpu_share_per_virtual_node(monkeypatch):
+    from fedlib.flower.apps import gpu_share
+
+    c = cfg(clients_per_round=2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu_share(c, None) == 0.0 and gpu_share(c, 0.5) == 0.5
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert gpu_share(c, None) == 0.5 and gpu_share(c, 2) == 2.0  # the sampled clients share one GPU by default
+    with pytest.raises(ValueError, match="num_gpus=1.5"):
+        gpu_share(c, 1.5)

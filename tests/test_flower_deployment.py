@@ -55,3 +55,34 @@ def test_tls_deployment_on_loopback(tmp_path):
 def test_flwr_run_in_simulation(tmp_path):
     rows = _run(tmp_path, {"strategy": "fedpeptao", "shared-layers": 3, "num-server-rounds": 1}, simulation=True)
     _check(rows, 1)
+
+
+def test_a_supernode_killed_mid_round_is_counted_failed_and_rejoins_with_its_state(tmp_path):
+    """SIGKILL one of three SuperNodes while round 2 trains: round 2 completes with the other two (the node counted
+    failed once the SuperLink marks it offline), the node restarted rejoins under a new node id, and trains rounds
+    3 and 4 from the state it had saved after round 1 (its AdamW step count: 3 rounds of local steps, not 2)."""
+    import time
+
+    from safetensors.torch import load_file
+
+    out, rounds = tmp_path / "out", 4
+    run = {**RUN, "num-clients": 3, "clients-per-round": 3, "num-server-rounds": rounds, "strategy": "fedpeptao"}
+    run.update({"shared-layers": 3, "out-dir": str(out)})
+    with LocalDeployment(3, tmp_path / "federation", state_dirs=True) as fed:
+        proc, log = fed.start_run(APP, run), out / "results.jsonl"
+        deadline = time.monotonic() + 300
+        while not (log.exists() and any(json.loads(x)["round"] == 1 for x in log.read_text().splitlines())):
+            assert proc.poll() is None and time.monotonic() < deadline, "round 1 never finished"
+            time.sleep(0.2)
+        killed = fed.kill_node(1)  # round 2's messages are out: node 1 dies while training (or about to)
+        fed.start_node(1)
+        fed.wait_run(proc, timeout=400)
+    rows = [json.loads(x) for x in log.read_text().splitlines() if json.loads(x)["round"] >= 1]
+    assert killed and [r["round"] for r in rows] == list(range(1, rounds + 1))
+    assert rows[1]["reported"] == 2 and [f["client"] for f in rows[1]["failures"]] == [1]
+    assert all(r["reported"] == 3 for r in (rows[0], *rows[2:])), [r["failures"] for r in rows]
+    part = json.loads((out / "partition.json").read_text())
+    steps_per_round = math.ceil(len(part["train"][1]) / 8)  # the default batch size, one local epoch
+    state = load_file(str(tmp_path / "federation" / "state_1" / "client_00001.safetensors"))
+    step = max(float(v.max()) for k, v in state.items() if k.endswith("/step"))
+    assert step == 3 * steps_per_round, (step, steps_per_round)  # rounds 1, 3 and 4: nothing lost in the crash

@@ -26,6 +26,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from ..client import ClientResult, client_update, personal_tensors
+from ..client_store import ClientStore
 from ..config import ExperimentConfig
 from ..evaluation import personal_predictions, pool_personal, union_positions
 from ..models import backbone_for
@@ -41,7 +42,14 @@ from ..simulation import (
 )
 from ..strategies import get_strategy
 
-__all__ = ["FlowerSimulation", "ClientWorkspace", "make_client_app", "make_server_app", "run_flower_simulation"]
+__all__ = [
+    "FlowerSimulation",
+    "ClientWorkspace",
+    "gpu_share",
+    "make_client_app",
+    "make_server_app",
+    "run_flower_simulation",
+]
 
 log = logging.getLogger(__name__)
 STATE_KEY = "fedlib"
@@ -111,10 +119,25 @@ def _partition_id(context: Context) -> int:
     return int(context.node_config["partition-id"])
 
 
+def _node_store(context: Context) -> ClientStore | None:
+    """The node's client-state folder (node config ``state-dir``), or None: state then lives only in
+    ``context.state``, which Flower keeps in the SuperNode's memory and a crashed node loses."""
+    folder = str(context.node_config.get("state-dir", "") or "")
+    return ClientStore("disk", folder, existing=True) if folder else None
+
+
+def _client_state(context: Context, k: int) -> dict:
+    """Client ``k``'s state: ``context.state``, else (a restarted node) its ``state-dir`` file, else empty."""
+    state = _tensors(context.state.get(STATE_KEY))
+    store = None if state else _node_store(context)
+    return store.get(k) if store is not None else state
+
+
 def make_client_app(mods: list | None = None) -> ClientApp:
     """A ClientApp whose ``train`` calls :func:`fedlib.client.client_update` and whose ``evaluate`` predicts on
-    the node's eval shard with its personal tensors. Client state persists in ``context.state``.
-    ``mods``: Flower client mods (e.g. ``flwr.clientapp.mod.message_size_mod``)."""
+    the node's eval shard with its personal tensors. Client state persists in ``context.state`` and, when the
+    node config names a ``state-dir``, in a safetensors file there too (a node restarted after a crash goes on
+    from it). ``mods``: Flower client mods (e.g. ``flwr.clientapp.mod.message_size_mod``)."""
     app = ClientApp(mods=mods or [])
 
     @app.query()
@@ -128,7 +151,7 @@ def make_client_app(mods: list | None = None) -> ClientApp:
         if k != _partition_id(context):
             raise SimulationError(f"message for partition {k} reached the node of partition {_partition_id(context)}")
         ws = _workspace(conf["experiment"], conf["selection"], k)
-        state = _tensors(context.state.get(STATE_KEY))
+        state = _client_state(context, k)
         res, new_state = client_update(
             ws.model,
             k,
@@ -143,6 +166,9 @@ def make_client_app(mods: list | None = None) -> ClientApp:
             ws.device,
         )
         context.state[STATE_KEY] = _arrays(new_state)
+        store = _node_store(context)
+        if store is not None:
+            store.put(k, new_state)
         metrics = MetricRecord(
             {
                 "num-examples": res.num_examples,
@@ -168,8 +194,7 @@ def make_client_app(mods: list | None = None) -> ClientApp:
         conf = msg.content["config"]
         k = _partition_id(context)
         ws = _workspace(conf["experiment"], conf["selection"], k)
-        state = _tensors(context.state.get(STATE_KEY))
-        personal = personal_tensors(state, ws.init_personal)
+        personal = personal_tensors(_client_state(context, k), ws.init_personal)
         preds = personal_predictions(
             ws.model,
             _tensors(msg.content["arrays"]),
@@ -214,15 +239,30 @@ class FlowerSimulation(Simulation):
                 )
             time.sleep(0.5)
             nodes = list(self.grid.get_node_ids())
+        node_of = self._ask_partitions(nodes, timeout)
+        missing = sorted(set(range(need)) - set(node_of))
+        if missing:
+            raise SimulationError(f"no Flower node answered for partition(s) {missing[:10]}")
+        return node_of
+
+    def _ask_partitions(self, nodes, timeout: float) -> dict[int, int]:
+        """``{partition: node id}`` for the nodes that answer a query within ``timeout``."""
         msgs = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
         node_of = {}
         for reply in self.grid.send_and_receive(msgs, timeout=timeout):
             if not reply.has_error():
                 node_of[int(reply.content["metrics"]["partition-id"])] = reply.metadata.src_node_id
-        missing = sorted(set(range(need)) - set(node_of))
-        if missing:
-            raise SimulationError(f"no Flower node answered for partition(s) {missing[:10]}")
         return node_of
+
+    def _refresh_nodes(self) -> None:
+        """Learn the partitions of nodes that joined since (a node restarted after a crash registers anew, under
+        a new node id): their partition's messages go to them from now on."""
+        new = sorted(set(self.grid.get_node_ids()) - set(self.node_of.values()))
+        if new:
+            found = self._ask_partitions(new, 60.0)
+            for k, node in found.items():
+                log.info("partition %d is now served by node %d (it was %s)", k, node, self.node_of.get(k))
+            self.node_of.update(found)
 
     def _config(self, k: int, round_: int) -> ConfigRecord:
         return ConfigRecord(
@@ -236,6 +276,7 @@ class FlowerSimulation(Simulation):
         )
 
     def train_clients(self, round_: int, sampled: list[int], shared: dict, download: dict) -> list[tuple]:
+        self._refresh_nodes()
         msgs = []
         for k in sampled:
             content = RecordDict({"arrays": _arrays(shared), "config": self._config(k, round_)})
@@ -308,11 +349,29 @@ def make_server_app(cfg: ExperimentConfig, out_dir=None, result: dict | None = N
     return app
 
 
+def gpu_share(cfg: ExperimentConfig, num_gpus: float | None) -> float:
+    """The GPU fraction each virtual node asks Ray for: ``num_gpus`` when given, else 0 without CUDA and
+    1 / clients_per_round with it (the round's sampled clients train side by side on one GPU)."""
+    import torch
+
+    if num_gpus is None:
+        return 1.0 / cfg.fed.clients_per_round if torch.cuda.is_available() else 0.0
+    if num_gpus < 0 or (num_gpus > 1 and num_gpus != int(num_gpus)):
+        raise ValueError(f"num_gpus={num_gpus}: a fraction in [0, 1] or a whole number of GPUs per node")
+    return float(num_gpus)
+
+
 def run_flower_simulation(
-    cfg: ExperimentConfig, out_dir=None, num_cpus: float = 2.0, client_app: ClientApp | None = None, **kwargs
+    cfg: ExperimentConfig,
+    out_dir=None,
+    num_cpus: float = 2.0,
+    client_app: ClientApp | None = None,
+    num_gpus: float | None = None,
+    **kwargs,
 ):
     """Run ``cfg`` on Flower's Simulation Runtime (Ray) in this process, one virtual node per client;
-    returns the :class:`~fedlib.simulation.SimulationResult`."""
+    returns the :class:`~fedlib.simulation.SimulationResult`. Each node asks Ray for ``num_cpus`` CPUs and
+    :func:`gpu_share` (``num_gpus``) of a GPU."""
     from flwr.simulation import run_simulation
 
     holder: dict = {}
@@ -321,7 +380,7 @@ def run_flower_simulation(
         client_app=client_app or make_client_app(),
         num_supernodes=cfg.fed.num_clients,
         backend_config={
-            "client_resources": {"num_cpus": num_cpus, "num_gpus": 0.0},
+            "client_resources": {"num_cpus": num_cpus, "num_gpus": gpu_share(cfg, num_gpus)},
             "init_args": {"logging_level": logging.WARNING, "log_to_driver": False},
         },
     )

@@ -99,7 +99,8 @@ class LocalDeployment:
     ``simulation=True``: a SuperLink in simulation mode instead (no SuperNode processes; ``flwr run`` asks
     for ``num_nodes`` virtual SuperNodes on Flower's Simulation Runtime): ``flwr run`` in simulation, offline
     (the managed local SuperLink that ``flwr run`` starts by itself would try to install the app's
-    dependencies).
+    dependencies). ``state_dirs=True``: each node also keeps its client state on disk, so :meth:`kill_node` then
+    :meth:`start_node` is a crash the node recovers from.
     """
 
     def __init__(
@@ -109,20 +110,23 @@ class LocalDeployment:
         tls: bool = False,
         simulation: bool = False,
         startup_timeout: float = 60.0,
+        state_dirs: bool = False,
     ) -> None:
         if num_nodes < 1:
             raise ValueError(f"num_nodes must be >= 1, got {num_nodes}")
         self.num_nodes, self.tls, self.simulation, self.startup_timeout = num_nodes, tls, simulation, startup_timeout
         self.workdir = Path(workdir).resolve()
         self.port = 0
+        self.state_dirs = state_dirs
         self.procs: list[subprocess.Popen] = []
+        self.nodes: dict[int, subprocess.Popen] = {}  # partition -> its SuperNode process
         self.stopped: list[int] = []
         self.certs: dict[str, Path] = {}
         self.bin = Path(sys.executable).parent
 
     # ---- processes ------------------------------------------------------------------------------
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
-        logf = open(self.workdir / f"{name}.log", "w")
+        logf = open(self.workdir / f"{name}.log", "a")  # a restarted node appends
         cmd = [str(self.bin / args[0]), *args[1:]]
         log.info("starting %s: %s", name, shlex.join(cmd))
         proc = subprocess.Popen(
@@ -191,19 +195,7 @@ class LocalDeployment:
         )
         self._wait_listening(link, "superlink")
         for k in range(0 if self.simulation else self.num_nodes):
-            self._spawn(
-                f"supernode_{k}",
-                [
-                    "flower-supernode",
-                    *self._security(False),
-                    "--superlink",
-                    f"127.0.0.1:{self.port}",
-                    "--port",
-                    str(free_port()),
-                    "--node-config",
-                    f"partition-id={k} num-partitions={self.num_nodes}",
-                ],
-            )
+            self.start_node(k)
         home = self.workdir / "flwr_home"
         home.mkdir(exist_ok=True)
         conn = f'root-certificates = "{self.certs["ca"]}"' if self.tls else "insecure = true"
@@ -212,11 +204,47 @@ class LocalDeployment:
         )
         return self
 
-    def run(self, app_dir: str | Path, run_config: dict | None = None, timeout: float = 600.0) -> str:
-        """``flwr run <app_dir> loopback --stream`` with ``run_config`` overrides; returns the CLI's output.
+    def start_node(self, k: int) -> subprocess.Popen:
+        """Start (or restart) the SuperNode of partition ``k``; with ``state_dirs`` its client state is also kept
+        in ``<workdir>/state_<k>`` (node config ``state-dir``), which a restarted node reads back."""
+        config = f"partition-id={k} num-partitions={self.num_nodes}"
+        if self.state_dirs:
+            config += f" state-dir='{self.workdir / f'state_{k}'}'"
+        self.nodes[k] = self._spawn(
+            f"supernode_{k}",
+            [
+                "flower-supernode",
+                *self._security(False),
+                "--superlink",
+                f"127.0.0.1:{self.port}",
+                "--port",
+                str(free_port()),
+                "--node-config",
+                config,
+            ],
+        )
+        return self.nodes[k]
 
-        Raises ``RuntimeError`` (with the output's tail) if the CLI fails or the run does not finish in time.
-        """
+    def kill_node(self, k: int) -> list[int]:
+        """SIGKILL the SuperNode of partition ``k`` and its ClientApp processes at once, as a crash would; returns
+        their pids."""
+        import psutil
+
+        proc = self.nodes.pop(k)
+        victims = []
+        with contextlib.suppress(psutil.Error):
+            parent = psutil.Process(proc.pid)
+            victims = [parent, *parent.children(recursive=True)]
+        for p in victims:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        psutil.wait_procs(victims, timeout=10)
+        proc.wait()
+        return [p.pid for p in victims]
+
+    def start_run(self, app_dir: str | Path, run_config: dict | None = None) -> subprocess.Popen:
+        """``flwr run <app_dir> loopback --stream`` with ``run_config`` overrides, in the background (output to
+        ``<workdir>/flwr_run.log``); :meth:`run` waits for it."""
 
         def toml(v):
             return f"'{v}'" if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else str(v)
@@ -226,11 +254,24 @@ class LocalDeployment:
             cmd += ["--run-config", " ".join(f"{k}={toml(v)}" for k, v in run_config.items())]
         if self.simulation:
             cmd += ["--federation-config", f"num-supernodes={self.num_nodes} client-resources-num-cpus=1"]
+        with open(self.workdir / "flwr_run.log", "w") as logf:
+            return subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, text=True, env=self.env)
+
+    def run(self, app_dir: str | Path, run_config: dict | None = None, timeout: float = 600.0) -> str:
+        """``flwr run <app_dir> loopback --stream`` with ``run_config`` overrides; returns the CLI's output.
+
+        Raises ``RuntimeError`` (with the output's tail) if the CLI fails or the run does not finish in time.
+        """
+        return self.wait_run(self.start_run(app_dir, run_config), timeout)
+
+    def wait_run(self, proc: subprocess.Popen, timeout: float = 600.0) -> str:
+        """Wait for a :meth:`start_run` run; its output, or ``RuntimeError`` with the output's tail."""
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=self.env, timeout=timeout)
+            proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired as err:
+            proc.kill()
             raise RuntimeError(f"flwr run did not finish within {timeout:.0f} s; logs in {self.workdir}") from err
-        out = proc.stdout + proc.stderr
+        out = (self.workdir / "flwr_run.log").read_text()
         if proc.returncode:
             raise RuntimeError(f"flwr run failed ({proc.returncode}):\n{out[-3000:]}")
         return out
@@ -256,6 +297,7 @@ class LocalDeployment:
         for proc in self.procs:
             proc.wait()
         self.procs.clear()
+        self.nodes.clear()
         self.stopped = [p.pid for p in procs]
         return self.stopped
 
