@@ -15,7 +15,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export MPLBACKEND ?= Agg
 export PIP_DISABLE_PIP_VERSION_CHECK ?= 1
 
-.PHONY: venv experiment test test-fast lint lab lock clean
+.PHONY: venv experiment test test-fast lint lab browser lock clean
 
 venv: $(STAMP)
 
@@ -23,14 +23,14 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==$(TORCH_VERSION)
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,notebooks,flower]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,notebooks,flower,tracking]"
 	touch $(STAMP)
 
 experiment: $(STAMP)
 	$(PY) -m fedlib.experiment $(ARGS)
 
 # nbval executes each notebook once (first); tests/test_notebooks.py then checks the summaries those runs wrote.
-test: $(STAMP) lint
+test: $(STAMP) lint browser
 	$(PY) -m pytest notebooks tests --nbval-lax -p no:cacheprovider $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
@@ -45,10 +45,18 @@ lint: $(STAMP)
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root,)
 
+# Chromium and its driver for tests/test_lab_browser.py, from Debian's packages (apt needs root; CI runs as root).
+# Without them that test is skipped and says why.
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
+		echo "chromium not installed (needs root and apt): the JupyterLab browser test will be skipped"
+
 # Re-resolve the newest versions pyproject.toml allows and record them (then run make test).
 lock:
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
-	.venv-lock/bin/pip install --quiet torch==$(TORCH_VERSION) && .venv-lock/bin/pip install --quiet -e ".[dev,notebooks,flower]"
+	.venv-lock/bin/pip install --quiet torch==$(TORCH_VERSION) && .venv-lock/bin/pip install --quiet -e ".[dev,notebooks,flower,tracking]"
 	.venv-lock/bin/pip freeze | grep -v -e "^fedlib" -e "^-e" -e "^torch==" > constraints.txt
 	rm -rf .venv-lock
 

@@ -277,6 +277,10 @@ class RunConfig(Config):
         "'memory': keep at most this many MB of client state in memory, writing the least recently used beyond it "
         "to safetensors files (under out_dir/clients, else a temporary folder); 0: no budget",
     )
+    tracking: typing.Literal["off", "tensorboard"] = setting(
+        "off", "offline experiment tracking: 'tensorboard' writes event files per round (fedlib.tracking)"
+    )
+    tracking_dir: str | None = setting(None, "where the tracking event files go (None: <out_dir>/tensorboard)")
     batch_clients: typing.Literal["auto", "on", "off"] = setting(
         "auto",
         "train the sampled clients as joint batches when the strategy allows it ('auto' and 'on'), or one "

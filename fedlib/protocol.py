@@ -155,7 +155,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     done = 0
     if csv.exists():  # of this slice
         t = pd.read_csv(csv)
-        done = int((t.task.isin(proto["tasks"]) & t.strategy.isin(proto["strategies"]) & t.seed.isin(proto["seeds"])).sum())
+        mine = t.task.isin(proto["tasks"]) & t.strategy.isin(proto["strategies"]) & t.seed.isin(proto["seeds"])
+        done = int(mine.sum())
     prov_path = out / "provenance.json"
     if (done < expected and not args.render_only) or not prov_path.exists():  # runs to do: record their commit
         prov = record_provenance(out, ("python " if sys.argv[0].endswith(".py") else "") + shlex.join(sys.argv))

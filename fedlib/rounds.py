@@ -16,10 +16,10 @@ import logging
 import time
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from .client import ClientStore, client_seed, client_update, personal_tensors
 from .encode import Encoded
+from .progress import bar
 from .server import ServerState, server_update, tensor_bytes
 
 __all__ = ["Federation", "sample_clients"]
@@ -47,7 +47,7 @@ class Federation:
         strategy,
         store: ClientStore,
         device,
-        progress: bool = False,
+        progress: bool | None = False,
         client_fn=client_update,
         stream: int = 0,
     ) -> None:
@@ -103,7 +103,7 @@ class Federation:
                     err,
                 )
         out = []
-        for k in tqdm(sampled, desc=f"round {round_ + 1} clients", leave=False, disable=not self.progress):
+        for k in bar(sampled, self.progress, desc=f"round {round_ + 1} clients", leave=False):
             try:
                 res, state = self.client_fn(
                     self.model,

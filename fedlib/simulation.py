@@ -21,13 +21,11 @@ import copy
 import json
 import logging
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from .checkpoint import load_run_checkpoint, save_run_checkpoint
 from .classifier import PromptClassifier
@@ -37,11 +35,13 @@ from .encode import encode_dataset
 from .evaluation import evaluate_global, evaluate_personal, pooled_by_shard, view_record
 from .models import backbone_for
 from .partition import Partition, make_partition
+from .progress import bar
 from .rounds import Federation
 from .runtime import resolve_device, seed_everything
 from .server import ServerState
 from .strategies import get_strategy
 from .tasks import get_task, load_task
+from .tracking import make_tracker
 
 __all__ = [
     "Simulation",
@@ -70,13 +70,6 @@ class SimulationResult:
     roles: tuple[str, ...]
     selection: dict | None
     out_dir: Path | None
-
-
-def _quiet() -> bool:
-    """Progress bars off under CI or FEDLIB_PROGRESS=0; on in a terminal or a Jupyter kernel."""
-    if os.environ.get("CI") or os.environ.get("FEDLIB_PROGRESS") == "0":
-        return True
-    return not (sys.stderr.isatty() or "ipykernel" in sys.modules)
 
 
 def build_model(cfg: ExperimentConfig, strategy, backbone=None, device=None) -> PromptClassifier:
@@ -200,7 +193,7 @@ class Simulation(Federation):
             strategy,
             store,
             device,
-            (not _quiet()) if progress is None else progress,
+            progress,  # None: fedlib.progress decides (terminal, JupyterLab, papermill, CI)
             client_fn,
         )
         self.fed = cfg.fed
@@ -320,7 +313,7 @@ class Simulation(Federation):
     def run(self, resume: bool = False) -> SimulationResult:
         import pandas as pd
 
-        fed, start = self.fed, 0
+        start = 0
         resuming = resume and self.out_dir is not None and (self.out_dir / "checkpoints" / "LATEST").exists()
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -340,20 +333,42 @@ class Simulation(Federation):
             self.history.append(selection_record(self.selection))
             if self.out_dir is not None:
                 self._append_log(self.history[-1])
+        tracker = make_tracker(self.cfg.run, self.cfg.to_dict(), self.out_dir)
+        if tracker is not None and not resuming:  # a resumed run's earlier rounds are in its earlier event file
+            for rec in self.history:
+                tracker.log_round(rec)
+        try:
+            self._rounds(start, tracker)
+        finally:
+            if tracker is not None:
+                tracker.close()
+        return SimulationResult(
+            pd.DataFrame(self.history),
+            self.server,
+            self.partition,
+            self.model.prompt.roles,
+            self.selection,
+            self.out_dir,
+        )
+
+    def _rounds(self, start: int, tracker) -> None:
+        fed = self.fed
         cum_bytes = self.history[-1]["cum_bytes"] if self.history else 0
         cum_seconds = self.history[-1]["cum_seconds"] if self.history else 0.0
-        for t in tqdm(
+        for t in bar(
             range(start, fed.rounds),
+            self.progress,
             desc=f"{self.strategy.name} on {fed.task}",
             initial=start,
             total=fed.rounds,
-            disable=not self.progress,
         ):
             rec = self.run_round(t)
             cum_bytes += rec["bytes_up"] + rec["bytes_down"]
             cum_seconds += rec["seconds_client"] + rec["seconds_aggregate"]
             rec.update(cum_bytes=cum_bytes, cum_seconds=cum_seconds)
             self.history.append(rec)
+            if tracker is not None:
+                tracker.log_round(rec)
             if self.out_dir is not None:
                 self._append_log(rec)
                 if self.cfg.run.checkpoint_every and (t + 1) % self.cfg.run.checkpoint_every == 0:
@@ -368,14 +383,6 @@ class Simulation(Federation):
                     f"every client failed in {self.failed_in_a_row} rounds in a row (up to round {t + 1})"
                     f"{where}. Failures: {rec['failures']}"
                 )
-        return SimulationResult(
-            pd.DataFrame(self.history),
-            self.server,
-            self.partition,
-            self.model.prompt.roles,
-            self.selection,
-            self.out_dir,
-        )
 
 
 def run_simulation(

@@ -13,10 +13,10 @@ import time
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from .config import TrainConfig
 from .encode import Encoded, batch_indices, collate
+from .progress import bar as progress_bar
 from .tasks import compute_metric
 
 __all__ = [
@@ -157,7 +157,7 @@ def train_centralized(
     cfg: TrainConfig,
     device: torch.device,
     eval_every: int = 0,
-    progress: bool = True,
+    progress: bool | None = None,
     seed: int = 42,
 ) -> list[dict]:
     """Single-client training (the sanity baseline; ``seed`` shuffles the minibatches): one record per evaluation."""
@@ -169,7 +169,7 @@ def train_centralized(
     total = min(cfg.max_steps or math.inf, steps_per_epoch * cfg.epochs)
     chunk = eval_every or total
     done, t0 = 0, time.perf_counter()
-    bar = tqdm(total=total, desc="train", disable=not progress)
+    bar = progress_bar(total=total, desc="train", enabled=progress)
     while done < total:
         n = int(min(chunk, total - done))
         stats = local_train(model, optimizer, train, cfg, device, gen, epochs=cfg.epochs, max_steps=n)

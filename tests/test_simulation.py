@@ -199,3 +199,24 @@ def test_client_store_spills_least_recently_used_beyond_its_budget(tmp_path):
     assert store.peak_bytes <= store.budget and store.stats["loaded"] >= 2
     with pytest.raises(ValueError, match="memory_mb"):
         ClientStore("memory", memory_mb=-1)
+
+
+def test_tensorboard_tracking_writes_every_round_and_the_config(bundled_backbone, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = tiny_cfg(rounds=2)
+    cfg = cfg.replace(run=cfg.run.replace(tracking="tensorboard"))
+    run_simulation(cfg, tmp_path, backbone=bundled_backbone, progress=False)
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert {"metrics/global_metric", "metrics/personal_metric", "train/train_loss", "cost/cum_bytes"} <= set(tags)
+    rows = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
+    logged = {e.step: e.value for e in events.Scalars("cost/cum_bytes")}
+    assert logged == {r["round"]: r["cum_bytes"] for r in rows}
+    assert "fed" in events.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
+
+
+def test_tracking_off_by_default_writes_nothing(bundled_backbone, tmp_path):
+    run_simulation(tiny_cfg(rounds=1), tmp_path, backbone=bundled_backbone, progress=False)
+    assert not (tmp_path / "tensorboard").exists()

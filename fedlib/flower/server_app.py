@@ -1,10 +1,11 @@
 """``flwr run`` entry point for the ServerApp (``[tool.flwr.app.components] serverapp``).
 
 Run config keys (``[tool.flwr.app.config]`` or ``flwr run --run-config``): ``config-file`` (an
-ExperimentConfig YAML/JSON; empty: the defaults), ``out-dir``, any config field as ``"section.field"``
-(e.g. ``"strategy.server_lr=0.1"``, ``"train.lr=0.01"``; see ``docs/config.md``), and the short names
-``task``, ``strategy``, ``num-server-rounds``, ``num-clients``, ``clients-per-round``, ``train-limit``,
-``eval-limit``, ``shared-layers``, ``seed``.
+ExperimentConfig YAML/JSON; empty: the defaults), ``out-dir``, and the short names ``task``, ``strategy``,
+``num-server-rounds``, ``num-clients``, ``clients-per-round``, ``train-limit``, ``eval-limit``, ``eval-every``,
+``shared-layers``, ``seed``. Flower 1.42 refuses a ``--run-config`` key that the app's pyproject does not declare
+("Key ... is not present in the main dictionary"), so any other field goes in the ``config-file``; a
+``"section.field"`` key declared in the app's pyproject (e.g. ``"strategy.server_lr" = 0.05``) is applied too.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ SHORT = {
     "clients-per-round": "fed.clients_per_round",
     "train-limit": "data.train_limit",
     "eval-limit": "data.eval_limit",
+    "eval-every": "fed.eval_every",
     "shared-layers": "selection.shared_layers",
     "seed": "fed.seed",
 }
