@@ -1,6 +1,6 @@
 """JupyterLab in a real browser: ``jupyter lab`` on 127.0.0.1 with a token, notebook 01 opened in headless Chromium
 (Debian's ``chromium`` and ``chromium-driver``, driven by Selenium), Run All Cells; the ipywidgets sliders render and
-no cell shows an error; a screenshot is saved to ``runs/lab_browser/notebook01.png``.
+no cell shows an error; a screenshot (scrolled to the widget) is saved to ``runs/lab_browser/notebook01.png``.
 
 ``make test`` installs the browser first (``make browser``, apt as root). Without it (or without Selenium) this test
 is skipped, saying so."""
@@ -44,8 +44,12 @@ def _free_port() -> int:
 
 @pytest.fixture
 def lab(tmp_path):
-    """A JupyterLab server on 127.0.0.1 (token auth) serving notebooks/, with its own config and runtime dirs."""
+    """A JupyterLab server on 127.0.0.1 (token auth) with its own config and runtime dirs, serving a copy of the
+    notebook (JupyterLab autosaves outputs: the repository's stripped notebook is never touched)."""
     port, token = _free_port(), "fedlib-test-token"
+    served = tmp_path / "notebooks"
+    served.mkdir()
+    shutil.copy(ROOT / "notebooks" / NOTEBOOK, served / NOTEBOOK)
     env = {
         **os.environ,
         "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
@@ -59,7 +63,7 @@ def lab(tmp_path):
         "--ip=127.0.0.1",
         f"--port={port}",
         f"--IdentityProvider.token={token}",
-        f"--ServerApp.root_dir={ROOT / 'notebooks'}",
+        f"--ServerApp.root_dir={served}",
         "--allow-root",
     ]
     log = open(tmp_path / "lab.log", "w")
@@ -120,6 +124,8 @@ def test_notebook_01_runs_in_jupyterlab_in_chromium(lab, tmp_path):
         errors = browser.find_elements(By.CSS_SELECTOR, "[data-mime-type='application/vnd.jupyter.stderr']")
         tracebacks = [e.text for e in errors if "Traceback" in e.text or "Error" in e.text.split("\n")[0]]
         images = browser.find_elements(By.CSS_SELECTOR, ".jp-RenderedImage img")
+        browser.execute_script("arguments[0].scrollIntoView({block: 'start'})", sliders[0])  # the widget on screen
+        time.sleep(1)
         browser.save_screenshot(str(shot))
     except Exception:
         browser.save_screenshot(str(shot))
