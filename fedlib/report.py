@@ -14,7 +14,15 @@ import math
 import numpy as np
 import pandas as pd
 
-__all__ = ["headline", "summarize", "rounds_to_target", "markdown_table", "plot_curves", "shared_layer_count"]
+__all__ = [
+    "headline",
+    "summarize",
+    "rounds_to_target",
+    "markdown_table",
+    "plot_curves",
+    "plot_method",
+    "shared_layer_count",
+]
 
 
 def shared_layer_count(result) -> int:
@@ -125,4 +133,74 @@ def plot_curves(
     ax.set_title(title or f"{ylabel} per {x.replace('_', ' ')}")
     ax.grid(alpha=0.3)
     ax.legend()
+    return ax
+
+
+ROLE_COLOURS = {"shared": "#1f77b4", "personal": "#ff7f0e", "off": "#d9d9d9"}
+
+
+def plot_method(roles=("personal", "shared", "shared", "personal", "shared", "off"), clients: int = 3, ax=None):
+    """The method in one picture: a frozen L-layer model per client with a deep prompt per layer coloured by its
+    role (``docs/method.md``, "Partial prompt tuning"); only the shared layers' prompts (and the head) travel to the
+    server, which keeps the momentum V and one control variate c_i per client ("Adaptive optimisation")."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import FancyArrowPatch, Patch, Rectangle
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(10, 4.6))
+    L, width, gap = len(roles), 2.2, 0.9
+    x0 = [k * (width + gap) for k in range(clients)]
+    top = L * 0.55 + 0.2
+    server_x = (x0[-1] + width) / 2 - 2.2
+    ax.add_patch(Rectangle((server_x, top + 1.3), 4.4, 1.0, fc="#f2f2f2", ec="black"))
+    ax.text(
+        server_x + 2.2,
+        top + 1.8,
+        "server: shared prompts + head $\\theta$,\nmomentum $V$, control variates $c_i$",
+        ha="center",
+        va="center",
+        fontsize=9,
+    )
+    for k, x in enumerate(x0):
+        for layer, role in enumerate(roles):
+            y = layer * 0.55
+            ax.add_patch(Rectangle((x + 0.5, y), width - 0.5, 0.45, fc="white", ec="grey"))  # frozen layer
+            ax.text(
+                x + 0.5 + (width - 0.5) / 2,
+                y + 0.22,
+                f"layer {layer + 1} (frozen)",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="grey",
+            )
+            ax.add_patch(Rectangle((x, y), 0.42, 0.45, fc=ROLE_COLOURS[role], ec="black", lw=0.5))  # its prompt
+        ax.text(
+            x + width / 2, -0.1, f"client {k + 1}: local AdamW,\nK steps, own data", ha="center", va="top", fontsize=8
+        )
+        arrow = FancyArrowPatch(
+            (x + width / 2, top),
+            (server_x + 2.2, top + 1.3),
+            arrowstyle="<->",
+            mutation_scale=12,
+            color=ROLE_COLOURS["shared"],
+        )
+        ax.add_patch(arrow)
+    ax.text(
+        x0[-1] + width + 0.1,
+        top + 0.6,
+        "only the shared layers'\nprompts and the head travel",
+        fontsize=8,
+        color=ROLE_COLOURS["shared"],
+    )
+    ax.legend(
+        handles=[Patch(color=c, label=f"{r} prompt") for r, c in ROLE_COLOURS.items()],
+        loc="lower left",
+        bbox_to_anchor=(1.0, 0.0),
+        fontsize=8,
+        frameon=False,
+    )
+    ax.set_xlim(-0.3, x0[-1] + width + 2.6)
+    ax.set_ylim(-1.1, top + 2.5)
+    ax.set_axis_off()
     return ax

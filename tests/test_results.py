@@ -143,3 +143,16 @@ def test_mean_ci_and_paired_differences():
     assert d["vs"] == "b" and d["diff"] == pytest.approx(0.02, abs=0.002) and d["ci"] < 0.003 and d["wins"] == 8
     unpaired_half = mean_ci([r["m"] for r in rows if r["strategy"] == "a"])[1]
     assert unpaired_half > 10 * d["ci"]  # pairing removes the seed's effect
+
+
+def test_method_figure_draws_every_role(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from fedlib.report import ROLE_COLOURS, plot_method
+
+    ax = plot_method(("shared", "personal", "off"), clients=2)
+    colours = {matplotlib.colors.to_hex(p.get_facecolor()) for p in ax.patches}
+    assert {matplotlib.colors.to_hex(c) for c in ROLE_COLOURS.values()} <= colours
+    ax.figure.savefig(tmp_path / "method.png")
+    assert (tmp_path / "method.png").stat().st_size > 5_000
