@@ -33,7 +33,7 @@ step() {  # step <name> <command...>: run it, keep its last line (the figure) in
   local log="$OUT/$name.log" t0=$SECONDS
   echo "== $name: $*" >&2
   if "$@" >"$log" 2>&1; then
-    echo "$name ($((SECONDS - t0)) s): $(tail -n 1 "$log")" | tee -a "$SUMMARY"
+    echo "$name ($((SECONDS - t0)) s): $(grep -v '^[[:space:]]*$' "$log" | tail -n 1)" | tee -a "$SUMMARY"
   else
     FAILED=1
     echo "$name ($((SECONDS - t0)) s): FAILED, see $log" | tee -a "$SUMMARY"
@@ -41,10 +41,23 @@ step() {  # step <name> <command...>: run it, keep its last line (the figure) in
   fi
 }
 
+PROTOCOL=benchmarks/protocols/cpu-medium.yaml
 if [ "$QUICK" = 1 ]; then
-  step tests env FEDLIB_DEVICE=$DEVICE "$PY" -m pytest tests/test_train.py -q -p no:cacheprovider
+  step tests env FEDLIB_DEVICE=$DEVICE "$PY" -m pytest tests/test_train.py -k same_seed -q -p no:cacheprovider
   step step_cost "$PY" benchmarks/step_cost.py --batch 2 --prompt-len 2 --reps 1 --mem-reps 1
   BATCHED=(--clients 2 --per-client 4 --batch 2 --reps 1 --device "$DEVICE")
+  PROTOCOL="$OUT/quick.yaml"  # cpu-medium's rows at the smallest sizes
+  cat >"$PROTOCOL" <<'YAML'
+tasks: [sst2]
+strategies: [fedavg, fedpeptao]
+seeds: [0]
+targets: {sst2: 0.72}
+experiment:
+  model: {prompt_len: 2, max_length: 48}
+  fed: {num_clients: 2, clients_per_round: 2, rounds: 1}
+  data: {train_limit: 32, eval_limit: 16}
+  selection: {shared_layers: 3}
+YAML
   SLICE=(--strategies fedavg)
 else
   step tests env FEDLIB_DEVICE=$DEVICE "$PY" -m pytest tests -m "not slow" -q -p no:cacheprovider
@@ -60,7 +73,7 @@ else
   echo "batched_clients_bf16: skipped (needs CUDA with bf16; this machine: $DEVICE)" | tee -a "$SUMMARY"
 fi
 rm -rf "$OUT/slice"
-step protocol_slice "$PY" -m fedlib.protocol benchmarks/protocols/cpu-medium.yaml --out "$OUT/slice" \
+step protocol_slice "$PY" -m fedlib.protocol "$PROTOCOL" --out "$OUT/slice" \
   --device "$DEVICE" --tasks sst2 --seeds 0 "${SLICE[@]}"
 grep -h "s$" "$OUT/protocol_slice.log" | grep -E "^sst2/" | tee -a "$SUMMARY"
 "$PY" - "$OUT/slice/results.csv" <<'EOF' | tee -a "$SUMMARY"
