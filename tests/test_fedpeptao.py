@@ -317,3 +317,13 @@ def test_layer_traces_estimate_each_layers_block_of_the_exact_hessian(tokenizer)
     want = block_traces(lambda v: h @ v, sizes, 5, torch.Generator().manual_seed(3))  # the same probes
     got = layer_traces(model, batch, 5, 3, torch.device("cpu"))
     assert np.allclose(got, want, rtol=1e-5, atol=1e-12) and (np.abs(got) > 0).all()
+
+
+def test_gap_curves_spread_is_heterogeneity():
+    """More spread between the clients' optima, more client drift: FedAvg's final gap grows with it."""
+    from fedlib.quadratic import Quadratic, gap_curves
+
+    assert np.allclose(Quadratic(3).b, Quadratic(3, spread=2.0).b)  # the default is the problem the tests use
+    fedavg = {"fedavg": get_strategy("fedavg")}
+    low, high = (gap_curves(fedavg, seeds=8, spread=s, rounds=20)["fedavg"][:, -5:].mean() for s in (0.2, 4.0))
+    assert low < high
