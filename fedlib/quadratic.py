@@ -1,11 +1,12 @@
 """A federated problem whose answer is known: heterogeneous quadratics trained with local AdamW.
 
 Client i holds f_i(x) = 1/2 sum_k a_ik (x_k - b_ik)^2 (curvatures ``a`` log-uniform in [0.2, 5], optima ``b``
-shifted per client by N(0, ``spread``^2): label skew's analogue, larger spread ~ smaller Dirichlet alpha) and n_i examples; the global objective is F = sum_i w_i f_i with
-w_i = n_i / sum_j n_j, minimised at x*_k = sum_i w_i a_ik b_ik / sum_i w_i a_ik. Each round m of N clients are
-sampled, each takes K AdamW steps (state kept across rounds, as on the device) on noisy gradients, and the
-server step is the real one: :func:`fedlib.server.server_update` with any registered strategy. It is how the
-FedPepTAO server step was checked before it met a language model (``tests/test_fedpeptao.py``, notebook 04).
+shifted per client by N(0, ``spread``^2): label skew's analogue, a larger spread for a smaller Dirichlet alpha) and
+n_i examples; the global objective is F = sum_i w_i f_i with w_i = n_i / sum_j n_j, minimised at
+x*_k = sum_i w_i a_ik b_ik / sum_i w_i a_ik. Each round m of N clients are sampled, each takes K AdamW steps (state
+kept across rounds, as on the device) on noisy gradients, and the server step is the real one:
+:func:`fedlib.server.server_update` with any registered strategy. It is how the FedPepTAO server step was checked
+before it met a language model (``tests/test_fedpeptao.py``, notebook 04).
 """
 
 from __future__ import annotations
