@@ -33,6 +33,30 @@ def test_the_sequence_is_complete():
     ]
 
 
+def test_notebooks_follow_the_template():
+    """Title, learning goals, the ``parameters`` cell first among code cells, ``fedlib.notebook``'s ``setup`` and
+    ``save_summary`` instead of copied set-up and summary code, a "What to see" after every figure, a summary and
+    exercises whose papermill commands name parameters the notebook has."""
+    import re
+
+    import nbformat
+
+    for name in NOTEBOOKS:
+        cells = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4).cells
+        assert cells[0].source.startswith("# ") and cells[1].source.startswith("## Learning goals"), name
+        code = [c for c in cells if c.cell_type == "code"]
+        assert "parameters" in code[0].metadata.get("tags", []) and "out = setup(out_dir)" in code[1].source, name
+        source = "\n".join(c.source for c in code)
+        assert re.search(r"save_summary\(\s*out", source) and "summary.json" not in source, name
+        assert not re.search(r"basicConfig|set_num_threads|HF_HUB_OFFLINE", source), name
+        for i, cell in enumerate(cells[:-1]):
+            if cell.cell_type == "code" and ("savefig" in cell.source or "plt.show" in cell.source):
+                assert cells[i + 1].source.startswith("**What to see.**"), f"{name}: no 'What to see' after cell {i}"
+        assert cells[-2].source.startswith("## Summary") and cells[-1].source.startswith("## Exercises"), name
+        named = set(re.findall(r"-p (\w+) ", cells[-1].source)) | set(re.findall(r'-y "(\w+):', cells[-1].source))
+        assert named and named <= set(parameters(name)), (name, named - set(parameters(name)))
+
+
 def parameters(name: str) -> dict:
     """The notebook's ``parameters`` cell, evaluated."""
     import nbformat
