@@ -41,13 +41,27 @@ def _kernel_parent_cmdline() -> str:
             return ""
 
 
+def _in_kernel() -> bool:
+    """Whether this code runs inside a Jupyter kernel (not merely in a process that imported ipykernel, as pytest
+    does under nbval)."""
+    if "IPython" not in sys.modules:
+        return False
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+    except Exception:
+        return False
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
 def progress_mode() -> str:
     forced = os.environ.get("FEDLIB_PROGRESS", "").strip().lower()
     if forced in MODES:
         return forced
     if os.environ.get("CI") or forced in ("0", "false", "no"):
         return "off"
-    if "ipykernel" in sys.modules:
+    if _in_kernel():
         parent = _kernel_parent_cmdline().lower()
         return "headless" if any(name in parent for name in HEADLESS_PARENTS) else "widget"
     return "terminal" if sys.stderr.isatty() else "off"

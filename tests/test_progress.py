@@ -30,14 +30,14 @@ def clean_env(monkeypatch):
     ],
 )
 def test_a_kernel_gets_a_widget_only_under_an_interactive_front_end(clean_env, parent, mode):
-    clean_env.setitem(sys.modules, "ipykernel", sys)
+    clean_env.setattr(progress, "_in_kernel", lambda: True)
     clean_env.setattr(progress, "_kernel_parent_cmdline", lambda: parent)
     assert progress_mode() == mode
 
 
 def test_ci_forced_and_redirected_modes(clean_env):
     clean_env.setattr(sys, "stderr", io.StringIO())  # not a terminal, not a kernel: a log file
-    clean_env.delitem(sys.modules, "ipykernel", raising=False)
+    clean_env.setattr(progress, "_in_kernel", lambda: False)
     assert progress_mode() == "off"
     clean_env.setenv("FEDLIB_PROGRESS", "terminal")
     assert progress_mode() == "terminal"
@@ -46,6 +46,14 @@ def test_ci_forced_and_redirected_modes(clean_env):
     clean_env.delenv("FEDLIB_PROGRESS")
     clean_env.setenv("CI", "1")
     assert progress_mode() == "off" and bar(range(3)).disable
+
+
+def test_a_process_that_merely_imported_ipykernel_is_not_a_kernel(clean_env):
+    """pytest under nbval imports ipykernel: its own bars must not become widgets that nobody renders."""
+    import ipykernel  # noqa: F401
+
+    clean_env.setattr(sys, "stderr", io.StringIO())
+    assert not progress._in_kernel() and progress_mode() == "off"
 
 
 def test_headless_bar_redraws_a_few_times_not_once_per_update(clean_env):
