@@ -41,9 +41,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 # JupyterLab from the project's environment: its default "python3" kernel is .venv's Python.
-# --allow-root: CI and most containers run as root, where JupyterLab otherwise refuses to start.
+# --allow-root: CI and most containers run as root, where JupyterLab otherwise refuses to start. MPLBACKEND (Agg,
+# exported above for headless runs) is dropped so that the kernels draw figures inline.
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root,)
+	env -u MPLBACKEND $(VENV)/bin/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 # Chromium and its driver for tests/test_lab_browser.py, from Debian's packages (apt needs root; CI runs as root).
 # Without them that test is skipped and says why.

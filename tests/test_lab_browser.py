@@ -57,6 +57,7 @@ def lab(tmp_path):
         "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"),
         "HF_HUB_OFFLINE": "1",
     }
+    env.pop("MPLBACKEND", None)  # make test exports Agg; a user's kernel draws inline, as JupyterLab shows
     cmd = [
         str(Path(sys.executable).parent / "jupyter-lab"),
         "--no-browser",
