@@ -1,7 +1,7 @@
 """Run a benchmark protocol: tasks x strategies x seeds, one CSV row each (see :mod:`fedlib.benchmark`).
 
-    fedlib grid benchmarks/protocols/cpu-small.yaml --out runs/cpu-small \
-        --results results/cpu-small --readme docs/results.md
+    fedlib grid benchmarks/protocols/cpu-medium.yaml --out runs/cpu-medium \
+        --results results/cpu-medium --readme docs/results.md
     fedlib grid benchmarks/protocols/paper.yaml --out runs/paper --data-dir /data/glue
 
 (``benchmarks/run_grid.py`` is the same command.) A protocol is a YAML file: ``tasks``, ``strategies`` (registered
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--data-dir", help="folder holding <task>/ TSV folders (default: $FEDLIB_DATA or data/)")
     p.add_argument("--device")
-    p.add_argument("--results", help="write the CSV to RESULTS.csv and figures to RESULTS/ (e.g. results/cpu-small)")
+    p.add_argument("--results", help="write the CSV to RESULTS.csv and figures to RESULTS/ (e.g. results/cpu-medium)")
     p.add_argument("--readme", help="rewrite this page's marked results section (e.g. docs/results.md)")
     p.add_argument("--tasks", help="comma-separated subset of the protocol's tasks: run or render a grid in parts")
     p.add_argument("--strategies", help="comma-separated subset of the protocol's strategies (rows)")
