@@ -232,8 +232,11 @@ def plot_grid(
             if view in h:
                 runs.setdefault(name, []).append(h[h[view].notna()][["round", view, "cum_bytes"]])
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    counts = {name: len(hs) for name, hs in runs.items()}
+    uneven = len(set(counts.values())) > 1  # rows with extra seeds: say each row's count
     for i, (name, hs) in enumerate(runs.items()):
         color = f"C{i % 10}"
+        label = f"{name} ({counts[name]} seeds)" if uneven else name
         stats = [
             (r, *mean_ci(g[view].tolist()), g["cum_bytes"].mean() / 1e6) for r, g in pd.concat(hs).groupby("round")
         ]
@@ -241,17 +244,18 @@ def plot_grid(
         half = np.nan_to_num(half)
         if len(r) == 1 and not mb.any():  # a reference with one number
             for ax in axes:
-                ax.axhline(m[0], color=color, ls="--", lw=1, label=name)
+                ax.axhline(m[0], color=color, ls="--", lw=1, label=label)
             continue
         lw = 2.5 if name in highlight else 1.5
         for ax, x in ((axes[0], r), (axes[1], mb)):
-            ax.plot(x, m, marker="o", ms=3, color=color, lw=lw, label=name)
+            ax.plot(x, m, marker="o", ms=3, color=color, lw=lw, label=label)
             ax.fill_between(x, m - half, m + half, color=color, alpha=0.15)
     axes[0].set_xlabel("round")
     axes[1].set_xlabel("cumulative MB exchanged (layer selection included)")
     for ax, what in zip(axes, ("per round", "per cumulative MB")):
         ax.set_ylabel(view.replace("_", " "))
-        ax.set_title(f"{task}: {view.replace('_metric', '')} view {what} (mean, 95% CI, {len(seeds)} seeds)")
+        n = f"{max(counts.values(), default=0)} seeds" if not uneven else "seeds per row in the legend"
+        ax.set_title(f"{task}: {view.replace('_metric', '')} view {what} (mean, 95% CI, {n})")
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()

@@ -4,13 +4,18 @@
         --results results/cpu-medium --readme docs/results.md
     fedlib grid benchmarks/protocols/paper.yaml --out runs/paper --data-dir /data/glue
 
-(``benchmarks/run_grid.py`` is the same command.) A protocol is a YAML file: ``tasks``, ``strategies`` (registered
-names, reference rows, or labels of ``variants``), ``seeds``, ``targets``, optional ``params`` and ``variants``, and
-``experiment``, the base :class:`~fedlib.config.ExperimentConfig`.
+(``benchmarks/run_grid.py`` is the same command.) A protocol is a YAML file: ``tasks``, ``strategies``
+(registered names, reference rows, or labels of ``variants``), ``seeds``, ``targets``, optional ``params``,
+``variants`` and ``extra_seeds``, and ``experiment``, the base :class:`~fedlib.config.ExperimentConfig`.
+``extra_seeds`` gives some rows of a task more seeds than the rest, e.g.
+``{sst2: {strategies: [fedavg_selected, fedpeptao], seeds: [5, 6]}}``: where one paired difference needs a tighter
+interval than the others, without paying for every row.
 
 Writes ``<out>/results.csv``, ``<out>/results.md`` (mean over seeds), ``<out>/<task>.png`` (mean over seeds)
 and each run's ``results.jsonl``; ``<out>/provenance.json`` records the command and the commit(s) the grid ran
-at. Runs already in the CSV are skipped, so an interrupted grid resumes (and a finished one only re-renders).
+at. Runs already in the CSV are skipped, so an interrupted grid resumes (and a finished one only re-renders);
+``--tasks``, ``--strategies`` and ``--seeds`` run a part of the grid, and every run of the protocol the CSV holds is
+rendered.
 ``--results P`` copies the CSV to ``P.csv`` and the figures to ``P/``; ``--readme PAGE`` rewrites the part of
 the page (``docs/results.md``) between ``<!-- results:NAME:begin -->`` and ``<!-- results:NAME:end -->`` (NAME =
 the protocol's name), figures linked relative to the page.
@@ -69,7 +74,12 @@ def results_section(name: str, proto: dict, table, prov: dict, figures: list[str
     commits = ", ".join(dict.fromkeys(prov["commits"]))
     seeds = proto["seeds"]
     lines = [
-        f"Protocol `{name}`: tasks {', '.join(proto['tasks'])}; {len(seeds)} seeds {seeds}; configuration "
+        f"Protocol `{name}`: tasks {', '.join(proto['tasks'])}; {len(seeds)} seeds {seeds}"
+        + "".join(
+            f" ({task}: also seeds {x['seeds']} for {', '.join(x['strategies'])})"
+            for task, x in (proto.get("extra_seeds") or {}).items()
+        )
+        + "; configuration "
         f"`{json.dumps(proto['experiment'], separators=(',', ':'))}`"
         + (f"; hyper-parameters `{json.dumps(proto['params'], separators=(',', ':'))}`" if proto.get("params") else "")
         + (f"; variants `{json.dumps(proto['variants'], separators=(',', ':'))}`" if proto.get("variants") else "")
@@ -117,6 +127,44 @@ def replace_marked(readme: Path, name: str, body: str) -> None:
     readme.write_text(head + begin + "\n" + body + end + rest.split(end, 1)[1])
 
 
+def grid_slices(proto: dict) -> list[dict]:
+    """The protocol's parts, each a full grid: ``tasks`` x ``strategies`` x ``seeds``, then one part per task of
+    ``extra_seeds`` (its rows, its seeds). Raises SystemExit naming a wrong ``extra_seeds`` entry."""
+    slices = [{"tasks": list(proto["tasks"]), "strategies": list(proto["strategies"]), "seeds": list(proto["seeds"])}]
+    for task, extra in (proto.get("extra_seeds") or {}).items():
+        where = f"extra_seeds.{task}"
+        if task not in proto["tasks"]:
+            raise SystemExit(f"{where}: {task!r} is not one of the protocol's tasks {proto['tasks']}")
+        if not isinstance(extra, dict) or set(extra) != {"strategies", "seeds"}:
+            raise SystemExit(f"{where}: must be a mapping with 'strategies' and 'seeds', got {extra!r}")
+        unknown = sorted(set(extra["strategies"]) - set(proto["strategies"]))
+        if unknown:
+            raise SystemExit(f"{where}.strategies: {unknown} not among the protocol's strategies")
+        slices.append({"tasks": [task], "strategies": list(extra["strategies"]), "seeds": list(extra["seeds"])})
+    return slices
+
+
+def _in_slice(table: pd.DataFrame, sl: dict) -> pd.Series:
+    return table.task.isin(sl["tasks"]) & table.strategy.isin(sl["strategies"]) & table.seed.isin(sl["seeds"])
+
+
+def _missing(csv: Path, sl: dict) -> bool:
+    """Whether some run of the part ``sl`` is not in the grid's CSV yet."""
+    expected = len(sl["tasks"]) * len(sl["strategies"]) * len(sl["seeds"])
+    return not csv.exists() or int(_in_slice(pd.read_csv(csv), sl).sum()) < expected
+
+
+def protocol_rows(table: pd.DataFrame, slices: list[dict]) -> pd.DataFrame:
+    """The rows of ``table`` that belong to one of the protocol's parts (stale rows of other runs left out), in the
+    protocol's order of tasks, then strategies, then seeds."""
+    keep = pd.Series(False, index=table.index)
+    for sl in slices:
+        keep |= _in_slice(table, sl)
+    order = {key: {v: i for i, v in enumerate(slices[0][key])} for key in ("tasks", "strategies")}
+    rows = table[keep].assign(_t=lambda t: t.task.map(order["tasks"]), _s=lambda t: t.strategy.map(order["strategies"]))
+    return rows.sort_values(["_t", "_s", "seed"], kind="stable").drop(columns=["_t", "_s"]).reset_index(drop=True)
+
+
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     p.add_argument(
@@ -136,13 +184,16 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     proto = yaml_load(Path(args.protocol).read_text())
-    for key in ("tasks", "strategies", "seeds"):  # a slice of the grid
+    slices = grid_slices(proto)
+    for key in ("tasks", "strategies", "seeds"):  # a part of the grid
         if getattr(args, key):
-            subset = [type(proto[key][0])(v) for v in getattr(args, key).split(",")]
-            unknown = sorted(set(subset) - set(proto[key]))
+            known = list(dict.fromkeys(v for sl in slices for v in sl[key]))
+            subset = [type(known[0])(v) for v in getattr(args, key).split(",")]
+            unknown = sorted(set(subset) - set(known))
             if unknown:
-                raise SystemExit(f"--{key}: {unknown} not in the protocol's {key} {proto[key]}")
-            proto[key] = [v for v in proto[key] if v in subset]
+                raise SystemExit(f"--{key}: {unknown} not in the protocol's {key} {known}")
+            slices = [{**sl, key: [v for v in sl[key] if v in subset]} for sl in slices]
+    slices = [sl for sl in slices if all(sl.values())]
     name = Path(args.protocol).stem
     base = ExperimentConfig.from_dict(proto["experiment"])
     if args.data_dir:
@@ -151,34 +202,31 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         base = base.replace(run=base.run.replace(device=args.device))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    csv, expected = out / "results.csv", len(proto["tasks"]) * len(proto["strategies"]) * len(proto["seeds"])
-    done = 0
-    if csv.exists():  # of this slice
-        t = pd.read_csv(csv)
-        mine = t.task.isin(proto["tasks"]) & t.strategy.isin(proto["strategies"]) & t.seed.isin(proto["seeds"])
-        done = int(mine.sum())
+    csv = out / "results.csv"
+    todo = [sl for sl in slices if not args.render_only and _missing(csv, sl)]
     prov_path = out / "provenance.json"
-    if (done < expected and not args.render_only) or not prov_path.exists():  # runs to do: record their commit
+    if todo or not prov_path.exists():  # runs to do: record their commit
         prov = record_provenance(out, ("python " if sys.argv[0].endswith(".py") else "") + shlex.join(sys.argv))
     else:  # a finished grid is only re-rendered
         prov = json.loads(prov_path.read_text())
-    if args.render_only:  # what the CSV holds so far, nothing run
-        table = pd.read_csv(csv).reindex(columns=COLUMNS)
-    else:
-        table = run_grid(
+    for sl in todo:
+        run_grid(
             base,
-            proto["tasks"],
-            proto["strategies"],
-            proto["seeds"],
+            sl["tasks"],
+            sl["strategies"],
+            sl["seeds"],
             out,
             targets=proto.get("targets"),
             params=proto.get("params"),
             variants=proto.get("variants"),
         )
-    table = table[table["task"].isin(proto["tasks"])].reset_index(drop=True)  # --tasks: only those rendered
+    table = protocol_rows(pd.read_csv(csv).reindex(columns=COLUMNS), grid_slices(proto)) if csv.exists() else None
+    if table is None or table.empty:
+        raise SystemExit(f"{csv}: no run of this protocol yet")
+    proto = {**proto, "tasks": [t for t in proto["tasks"] if t in set(table["task"])]}  # rendered: those with runs
     figures = []
     for task in proto["tasks"]:
-        fig = plot_grid(out, task, proto["seeds"])
+        fig = plot_grid(out, task, sorted(set(table.loc[table["task"] == task, "seed"])))
         fig.savefig(out / f"{task}.png", dpi=90)
         figures.append(out / f"{task}.png")
     section = results_section(name, proto, table, prov, [str(f) for f in figures], table["wall_seconds"].sum())

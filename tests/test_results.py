@@ -156,3 +156,50 @@ def test_method_figure_draws_every_role(tmp_path):
     assert {matplotlib.colors.to_hex(c) for c in ROLE_COLOURS.values()} <= colours
     ax.figure.savefig(tmp_path / "method.png")
     assert (tmp_path / "method.png").stat().st_size > 5_000
+
+
+def test_extra_seeds_make_their_own_part_and_stale_rows_are_left_out():
+    from fedlib.protocol import grid_slices, protocol_rows
+
+    proto = {
+        "tasks": ["sst2", "mr"],
+        "strategies": ["fedavg", "fedavg_selected", "fedpeptao"],
+        "seeds": [0, 1],
+        "extra_seeds": {"sst2": {"strategies": ["fedavg_selected", "fedpeptao"], "seeds": [2]}},
+    }
+    slices = grid_slices(proto)
+    assert slices[1] == {"tasks": ["sst2"], "strategies": ["fedavg_selected", "fedpeptao"], "seeds": [2]}
+    rows = [
+        (t, s, seed)
+        for t in ("mr", "sst2")
+        for s in ("fedpeptao", "fedavg", "fedavg_selected", "old")
+        for seed in (2, 1, 0)
+    ]
+    table = pd.DataFrame(rows, columns=["task", "strategy", "seed"])
+    kept = protocol_rows(table, slices)
+    assert list(kept.itertuples(index=False, name=None))[:7] == [
+        ("sst2", "fedavg", 0),
+        ("sst2", "fedavg", 1),
+        ("sst2", "fedavg_selected", 0),
+        ("sst2", "fedavg_selected", 1),
+        ("sst2", "fedavg_selected", 2),
+        ("sst2", "fedpeptao", 0),
+        ("sst2", "fedpeptao", 1),
+    ]
+    assert len(kept) == 8 + 6 and "old" not in set(kept.strategy)  # sst2: 2x3 + 2 extra; mr: 2x3
+    paired = paired_differences(
+        table.assign(global_metric=1.0).pipe(protocol_rows, slices), "global_metric", "fedpeptao"
+    )
+    assert paired.set_index(["task", "vs"])["seeds"].to_dict() == {
+        ("sst2", "fedavg"): 2,
+        ("sst2", "fedavg_selected"): 3,
+        ("mr", "fedavg"): 2,
+        ("mr", "fedavg_selected"): 2,
+    }
+    for bad, says in (
+        ({"cola": {"strategies": ["fedavg"], "seeds": [3]}}, "extra_seeds.cola"),
+        ({"sst2": {"strategies": ["scaffold"], "seeds": [3]}}, "extra_seeds.sst2.strategies"),
+        ({"sst2": [3]}, "'strategies' and 'seeds'"),
+    ):
+        with pytest.raises(SystemExit, match=says):
+            grid_slices({**proto, "extra_seeds": bad})
