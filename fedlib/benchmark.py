@@ -165,10 +165,12 @@ def run_grid(
 
 
 def view_table(table: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
-    """Per (task, strategy): each view's mean ± half-width of its 95% CI over seeds, bytes and seconds."""
+    """Per (task, strategy): each view's mean ± half-width of its 95% CI over seeds, the mean bytes and the median
+    seconds (a median, so that one run slowed by other work on the machine does not move it)."""
     out = summary_table(table, VIEW_COLUMNS, level)
-    means = table.groupby(["task", "strategy"], sort=False)[["bytes_total", "seconds_total"]].mean().reset_index()
-    return out.merge(means, on=["task", "strategy"], how="left")
+    g = table.groupby(["task", "strategy"], sort=False)
+    cost = pd.concat([g["bytes_total"].mean(), g["seconds_total"].median().rename("median_seconds")], axis=1)
+    return out.merge(cost.reset_index(), on=["task", "strategy"], how="left")
 
 
 def paired_table(table: pd.DataFrame, method: str = "fedpeptao", level: float = 0.95) -> pd.DataFrame:

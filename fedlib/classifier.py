@@ -1,4 +1,4 @@
-"""The prompted classifier: a frozen backbone + deep prompts + a head (digest 1.1).
+"""The prompted classifier: a frozen backbone + deep prompts + a head (``docs/method.md``, "Partial prompt tuning").
 
 Trainable parameters are named ``prompt.layer.<l>``, ``prompt.reparam.*`` and ``head.linear.*``; each
 has a role (``shared``, ``personal``) so that federated code can take out the part that travels
@@ -36,7 +36,7 @@ class PromptClassifier(nn.Module):
     """``forward(batch) -> logits [B, C]`` for a task, with the backbone frozen.
 
     Positions are numbered from 0 for the real tokens (``position_ids`` passed explicitly), so the
-    prefix does not shift them: the reference's RoBERTa offset overflow (digest bug 14) cannot happen.
+    prefix does not shift them: the reference's RoBERTa offset overflow (``docs/deviations.md``) cannot happen.
     """
 
     def __init__(self, backbone: Backbone, task: TaskSpec, cfg: ModelConfig) -> None:

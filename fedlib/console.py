@@ -51,7 +51,8 @@ def _run(argv: list[str]) -> None:
 
 def _partition(argv: list[str]) -> None:
     from .cli import add_config_arguments, config_from_args
-    from .partition import partition_stats, plot_label_distributions
+    from .partition import partition_stats
+    from .partition_plots import plot_label_distributions
     from .simulation import load_rows, partition_for
 
     p = argparse.ArgumentParser(prog="fedlib partition", description=COMMANDS["partition"])

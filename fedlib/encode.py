@@ -2,7 +2,7 @@
 
 - linear head: ``tokenizer(text, text_pair)``; the head pools all tokens.
 - MLM verbalizer: the task's ``mlm_template`` with the tokenizer's mask token; ``target_pos`` is the mask.
-  If truncation removed the mask it is put back at position -2, as the reference does (digest 2.2).
+  If truncation removed the mask it is put back at position -2, as the reference does (``docs/data.md``).
 - decoder: the task's ``lm_template`` (truncated from the left, so the template's end survives);
   ``target_pos`` is the last token, whose next-token distribution scores the label words.
 """

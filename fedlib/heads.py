@@ -2,9 +2,9 @@
 
 - :class:`LinearHead`: a trainable linear layer on the pooled ([CLS] or mean) state, for encoders
   without an MLM head such as the bundled default. Its role (shared or personal) is configurable.
-- :class:`VerbalizerHead`: the reference's head (digest 1.1). The frozen LM head (MLM head of an
-  encoder at the mask token, or the causal LM head of a decoder at the last token) scores each class
-  by the log-probability of its label word. No trainable parameters.
+- :class:`VerbalizerHead`: the reference's head (``docs/method.md``, "Partial prompt tuning"). The frozen LM
+  head (MLM head of an encoder at the mask token, or the causal LM head of a decoder at the last token) scores
+  each class by the log-probability of its label word. No trainable parameters.
 """
 
 from __future__ import annotations

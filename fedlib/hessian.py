@@ -1,4 +1,4 @@
-"""How many layers to share: the Hessian eigenvalue density of the prompt loss (digest 1.4).
+"""How many layers to share: the Hessian eigenvalue density of the prompt loss (``docs/method.md``, "Layer selection").
 
 1. Stochastic Lanczos quadrature (Ghorbani et al. 2019, PyHessian): ``iters`` Lanczos steps with full
    re-orthogonalisation on Hessian-vector products from torch autograd (double backward, no finite
@@ -20,7 +20,7 @@ Rademacher v (one Hessian-vector product estimates all L blocks at once; the cro
 Double backward through PyTorch's fused CPU attention is not implemented, so the model runs with its
 eager attention inside :func:`keep_ratio` (and the fast kernel again afterwards). The loss is the
 task's classification loss on the batch (the reference used a plain LM loss on ``labels=input_ids``,
-padding included, digest bug 8).
+padding included; ``docs/deviations.md``).
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ Methods (``method=``):
 - ``"dirichlet"``: label skew, per class a Dir(alpha) split over clients (``DirichletPartitioner``,
   Hsu et al. 2019, arXiv 1909.06335).
 - ``"quantity"``: client sizes ~ Dir(beta), labels IID (:class:`QuantitySkewPartitioner`).
-- ``"reference"``: the FedPepTAO code's two-level scheme (digest 2.3), the default for paper runs:
-  client sizes q ~ Dir(5 * 1_N), class priors pi_k ~ Dir(alpha * 1_C), then a quota-filling draw
+- ``"reference"``: the FedPepTAO code's two-level scheme (``docs/method.md``, "Non-IID data"), the default for
+  paper runs: client sizes q ~ Dir(5 * 1_N), class priors pi_k ~ Dir(alpha * 1_C), then a quota-filling draw
   (:class:`ReferencePartitioner`). Sizes are rounded by largest remainder (the reference lets the
   last client absorb the rounding, which can leave it empty on small splits).
 
@@ -37,7 +37,6 @@ __all__ = [
     "ReferencePartitioner",
     "make_partition",
     "partition_stats",
-    "plot_partition",
     "METHODS",
 ]
 
@@ -55,7 +54,7 @@ def _fingerprint(labels) -> str:
 def _fill_quotas(
     labels: np.ndarray, quotas: np.ndarray, priors: np.ndarray, rng: np.random.Generator
 ) -> list[list[int]]:
-    """The reference's quota-filling draw (digest 2.3 step 3).
+    """The reference's quota-filling draw (``docs/method.md``, "Non-IID data").
 
     Repeatedly: pick a client with room left uniformly, draw a class from its prior restricted to the
     classes not yet exhausted, give it the last remaining index of that class.
@@ -123,7 +122,8 @@ class QuantitySkewPartitioner(Partitioner):
 
 
 class ReferencePartitioner(Partitioner):
-    """The reference two-level label skew (digest 2.3): q ~ Dir(size_concentration), pi_k ~ Dir(alpha).
+    """The reference two-level label skew (``docs/method.md``, "Non-IID data"): q ~ Dir(size_concentration),
+    pi_k ~ Dir(alpha).
 
     ``client_shares`` (q, ``[N]``) and ``priors`` (pi, ``[N, C]``) are kept so that the eval split can be
     partitioned with the same distributions.
@@ -328,47 +328,3 @@ def partition_stats(part: Partition, train_labels, label_names=None):
     df["eval_size"] = [len(e) for e in part.eval]
     df.index.name = "client"
     return df
-
-
-def plot_partition(stats, ax=None, title: str | None = None, max_clients: int = 50):
-    """Stacked bars: each client's label counts (first ``max_clients`` clients)."""
-    import matplotlib.pyplot as plt
-
-    ax = ax or plt.subplots(figsize=(10, 3.5))[1]
-    counts = stats.drop(columns=["size", "eval_size"]).iloc[:max_clients]
-    bottom = np.zeros(len(counts))
-    for name in counts.columns:
-        ax.bar(counts.index, counts[name], bottom=bottom, label=str(name), width=0.85)
-        bottom += counts[name].to_numpy()
-    ax.set_xlabel("client")
-    ax.set_ylabel("training examples")
-    ax.set_title(title or "Label counts per client")
-    ax.legend(title="label", fontsize=8, ncols=min(len(counts.columns), 6))
-    return ax
-
-
-class IndexPartitioner(Partitioner):
-    """A :class:`Partition`'s training shards as a Flower Datasets partitioner over ``dataset`` (for its plots)."""
-
-    def __init__(self, part: Partition, dataset):
-        super().__init__()
-        self._shards = part.train
-        self.dataset = dataset
-
-    @property
-    def num_partitions(self) -> int:
-        return len(self._shards)
-
-    def load_partition(self, partition_id: int):
-        return self.dataset.select(self._shards[partition_id])
-
-
-def plot_label_distributions(part: Partition, dataset, label: str = "label", **kwargs):
-    """Per-client label distribution drawn by ``flwr_datasets.visualization.plot_label_distributions`` (stacked
-    bars, label names in the legend); ``kwargs`` go to it (e.g. ``plot_type="heatmap"``, ``size_unit="percent"``).
-    Returns the figure."""
-    from flwr_datasets.visualization import plot_label_distributions as flwr_plot
-
-    kwargs = {"legend": True, "title": f"{part.method} partition, {part.num_clients} clients", **kwargs}
-    fig, _, _ = flwr_plot(IndexPartitioner(part, dataset), label, **kwargs)
-    return fig

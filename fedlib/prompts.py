@@ -1,4 +1,5 @@
-"""Deep (P-tuning v2) prompts with per-layer roles: shared, personal or off (digest 1.1-1.2).
+"""Deep (P-tuning v2) prompts with per-layer roles: shared, personal or off (``docs/method.md``, "Partial prompt
+tuning").
 
 For an L-layer model with P prompt tokens, layer ``l`` whose role is not ``"off"`` owns a parameter
 ``prompt.layer.<l>`` of shape ``[P, 2 * kv_dim]`` (key then value, the reference's row layout). They reach the model

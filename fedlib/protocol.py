@@ -92,7 +92,9 @@ def results_section(name: str, proto: dict, table, prov: dict, figures: list[str
         "eval shard with its own training label mix: the reference's protocol, where knowing the label prior "
         "scores) and `personal_iid` (each client's model on an eval shard with the eval set's label mix). "
         "`majority_local` (no model: each client's majority label) is the floor, `local_only` the no-federation "
-        "and `centralized` (pooled data, same steps) the upper reference.",
+        "and `centralized` (pooled data, same steps) the upper reference. Last columns: bytes exchanged per run "
+        "(layer selection included; mean) and seconds per run (median over seeds: robust to a run slowed by other "
+        "work on the machine).",
         "",
         markdown_table(view_table(table)),
         "",

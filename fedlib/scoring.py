@@ -1,4 +1,5 @@
-"""Layer importance scores for partial prompt tuning (digest 1.3; the paper's layer-scoring step).
+"""Layer importance scores for partial prompt tuning (``docs/method.md``, "Layer selection"; the paper's
+layer-scoring step).
 
 For client k and layer l, take one batch of B examples through the frozen model with its prompts,
 flatten layer l's output hidden states to ``H_l`` ``[B, T*d]`` (padding positions zeroed), form the
@@ -10,7 +11,7 @@ cosine-similarity matrix ``K_l = cos(H_i, H_j)`` ``[B, B]``, and score
 batch's representations are. The consensus score is ``S_l = sum_k (n_k / sum_j n_j) s_{k,l}``; layers
 are ranked by it, highest first, and the top ones shared.
 
-Differences from the reference code (digest bug 7): all L layers are scored (the reference skips the
+Differences from the reference code (``docs/deviations.md``): all L layers are scored (the reference skips the
 last); the model runs in eval mode (no dropout noise); padding is excluded; eigenvalues come from
 ``torch.linalg.eigvalsh`` on all layers at once (symmetric K: real, sorted) instead of
 ``np.linalg.eigvals`` in an O(B^2) Python loop.

@@ -37,7 +37,7 @@ from .scoring import score_layers
 from .server import tensor_bytes
 from .strategies import get_strategy
 
-__all__ = ["select_layers", "hessian_ratio", "roles_from_ranking"]
+__all__ = ["select_layers", "hessian_ratio", "count_from_curvature", "roles_from_ranking"]
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,20 @@ def hessian_ratio(model, train: Encoded, partition, cfg, device) -> dict:
     }
 
 
+def count_from_curvature(hessian: dict, num_layers: int, rule: str, coverage: float) -> tuple[int, str]:
+    """k, how many layers to share, from :func:`hessian_ratio`'s record, and a phrase saying how (step 2 above).
+
+    ``rule="density"``: ``k = round(r L)``, r the mean keep ratio of the eigenvalue density (the reference);
+    ``rule="trace"``: the fewest layers whose client-averaged Hessian-block traces cover ``coverage`` (tau) of the
+    total (:func:`fedlib.hessian.coverage_count`; scale-free). Both read the same record, so a notebook can compare
+    them, or vary tau, without measuring again."""
+    if rule == "trace":
+        return coverage_count(np.asarray(hessian["traces"]), coverage), f"Hessian-block traces covering {coverage:g}"
+    if rule != "density":
+        raise ValueError(f"count rule {rule!r}: expected 'density' or 'trace'")
+    return layer_count(hessian["ratio"], num_layers), "Hessian eigen-density"
+
+
 def _ranking(by_score: list[int], choose: str, seed: int) -> list[int]:
     """The order in which layers are shared: by score (the method), or a naive order for the ablation."""
     layers = sorted(by_score)
@@ -116,10 +130,7 @@ def select_layers(model, train: Encoded, partition, cfg, device) -> dict:
         k, how = layer_count(sel.share_ratio, num_layers), "fixed ratio (selection.share_ratio)"
     else:
         hessian = hessian_ratio(model, train, partition, cfg, device)
-        if sel.count_rule == "trace":
-            k, how = hessian["trace_count"], f"Hessian-block traces covering {sel.trace_coverage:g}"
-        else:
-            k, how = layer_count(hessian["ratio"], num_layers), "Hessian eigen-density"
+        k, how = count_from_curvature(hessian, num_layers, sel.count_rule, sel.trace_coverage)
         down, up = down + hessian["bytes_down"], up + hessian["bytes_up"]
     nonselected = sel.nonselected
     if nonselected == "auto":

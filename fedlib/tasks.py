@@ -1,4 +1,4 @@
-"""The paper's 10 text-classification tasks: files, templates, verbalizers, metrics (digest 2.1-2.2).
+"""The paper's 10 text-classification tasks: files, templates, verbalizers, metrics (``docs/data.md``).
 
 Every task loads as a ``datasets.Dataset`` with columns ``text``, ``text_pair`` (pair tasks only) and
 ``label`` (a ``ClassLabel``). Data comes from ``<data_dir>/<folder>/*.tsv`` (GLUE layout), where
@@ -36,7 +36,7 @@ class TaskSpec:
     ``columns``: header names of (text, text_pair or None, label); for header-less files
     (``n_fields`` set) they are 0-based column indices. ``files``: file name per split; ``eval`` is the
     split the reference evaluates on (GLUE dev; the test file for MR, MPQA, Subj, TREC).
-    ``mlm_template``/``lm_template`` follow the reference (digest 2.2): ``{text}``, ``{text_pair}``, ``{mask}``.
+    ``mlm_template``/``lm_template`` follow the reference (``docs/data.md``): ``{text}``, ``{text_pair}``, ``{mask}``.
     ``hub``: (path, config, train split, eval split, text field, pair field, label field, label map).
     """
 

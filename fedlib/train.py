@@ -37,7 +37,7 @@ def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW (or SGD) over the trainable tensors: the head at ``cfg.head_lr``, the rest (prompts, LoRA) at ``cfg.lr``.
 
     Weight decay applies to the prompts as in the reference (transformers.AdamW with wd 0.1); torch's
-    AdamW decays before the update, a negligible difference (digest bug 6).
+    AdamW decays before the update, a negligible difference (``docs/deviations.md``).
     """
     prompt = [p for n, p in model.trainable().items() if not n.startswith("head.")]
     head = [p for n, p in model.trainable().items() if n.startswith("head.")]

@@ -38,6 +38,7 @@ def test_view_table_gives_mean_and_ci_over_seeds():
     t = view_table(_table()).set_index("strategy")
     assert t.loc["fedavg", "global_metric"] == f"0.6500 ± {4.302653 * 0.05 / 3**0.5:.4f}"
     assert list(t.index) == ["fedavg", "fedpeptao", "lora"] and (t["seeds"] == 3).all()
+    assert list(t.columns[-2:]) == ["bytes_total", "median_seconds"]
 
 
 def test_paired_table_is_paired_by_seed():

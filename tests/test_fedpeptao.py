@@ -275,6 +275,10 @@ def test_selection_is_deterministic_and_shares_the_top_scored_layers(bundled_bac
     f = select_layers(sim.model, sim.train, sim.partition, fixed, sim.device)
     assert f["roles"].count("shared") == 2 and f["roles"].count("off") == 4
     assert f["hessian"] is None
+    trace = cfg.replace(selection=cfg.selection.replace(count_rule="trace", trace_coverage=0.5))
+    t = select_layers(sim.model, sim.train, sim.partition, trace, sim.device)
+    assert t["k"] == t["hessian"]["trace_count"] and t["how"] == "Hessian-block traces covering 0.5"
+    assert t["ranking"] == a["ranking"]  # the rule sets k only
 
 
 def test_hutchinson_block_traces_of_a_known_matrix():
@@ -284,6 +288,17 @@ def test_hutchinson_block_traces_of_a_known_matrix():
     want = [float(a[:2, :2].trace()), float(a[2:5, 2:5].trace()), float(a[5:, 5:].trace())]
     got = block_traces(lambda v: a @ v, [2, 3, 4], 4000, torch.Generator().manual_seed(1))
     assert np.allclose(got, want, rtol=0.08)
+
+
+def test_count_from_curvature_reads_both_rules_from_one_record():
+    from fedlib.selection import count_from_curvature
+
+    record = {"ratio": 0.5, "traces": [1.0, -6.0, 2.0, 1.0]}
+    assert count_from_curvature(record, 4, "density", 0.9) == (2, "Hessian eigen-density")  # round(0.5 * 4)
+    assert count_from_curvature(record, 4, "trace", 0.6)[0] == 1  # |-6| / 10
+    assert count_from_curvature(record, 4, "trace", 0.8)[0] == 2
+    with pytest.raises(ValueError, match="count rule 'eigen'"):
+        count_from_curvature(record, 4, "eigen", 0.9)
 
 
 def test_coverage_count_keeps_the_fewest_layers_covering_tau():

@@ -131,6 +131,7 @@ def _scoring(s, out):
         assert 1 <= r["k"] <= 6 and r["chosen"] == sorted(r["ranking"][: r["k"]])
         assert 0.0 <= r["ratio"] <= 1.0
         assert 1 <= r["trace_count"] <= 6 and len(r["traces"]) == 6 and max(abs(t) for t in r["traces"]) > 0
+        assert r["rescored_ranking"] == r["ranking"]  # the widget's scoring at the default B is the run's
 
 
 def _drift(s, out):

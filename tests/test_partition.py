@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from fedlib.partition import METHODS, Partition, PartitionError, make_partition, partition_stats, plot_partition
+from fedlib.partition import METHODS, Partition, PartitionError, make_partition, partition_stats
+from fedlib.partition_plots import plot_partition, plot_partition_comparison
 
 rng = np.random.default_rng(0)
 TRAIN = rng.integers(0, 3, 600)
@@ -77,6 +78,18 @@ def test_stats_and_plot():
     assert stats["size"].sum() == len(TRAIN) and (stats[["a", "b", "c"]].sum(1) == stats["size"]).all()
     ax = plot_partition(stats)
     assert ax.get_xlabel() == "client" and ax.get_legend() is not None
+
+
+def test_partitions_compared_through_flower_datasets_plots():
+    import datasets
+
+    data = datasets.Dataset.from_dict({"label": TRAIN.tolist()})
+    parts = {m: make_partition(TRAIN, EVAL, 6, m, seed=0) for m in ("iid", "reference")}
+    fig = plot_partition_comparison(parts, data, size_unit="absolute")
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == ["iid", "reference"]
+    drawn = [sum(b.get_width() for b in ax.patches) for ax in panels]  # clients on y: bar widths are counts
+    assert drawn == [len(TRAIN), len(TRAIN)]
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -87,7 +87,7 @@ def test_role_report_counts_params_and_bytes(bundled_backbone):
         ModelConfig(prompt_len=8, layer_roles=("shared",) * 2 + ("personal",) * 2 + ("off",) * 2, head_role="personal"),
     )
     rep = role_report(model)
-    per_layer = 8 * 2 * 384  # P x 2 x d, digest 1.2
+    per_layer = 8 * 2 * 384  # P x 2 x d (docs/method.md, "Partial prompt tuning")
     head = 384 * 2 + 2
     assert rep["shared"] == {"params": 2 * per_layer, "bytes": 2 * per_layer * 4}
     assert rep["personal"] == {"params": 2 * per_layer + head, "bytes": (2 * per_layer + head) * 4}

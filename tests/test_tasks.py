@@ -31,7 +31,7 @@ def test_shipped_data_loads_with_documented_columns(task, split):
     assert all(isinstance(t, str) and t for t in ds["text"][:50])
 
 
-def test_label_counts_match_the_digest():
+def test_label_counts_match_the_provenance():
     assert np.bincount(load_task("sst2", "train")["label"]).tolist() == [29780, 37569]
     assert np.bincount(load_task("rte", "train")["label"]).tolist() == [1249, 1241]
     assert np.bincount(load_task("cola", "train")["label"]).tolist() == [2528, 6023]
