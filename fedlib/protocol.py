@@ -72,6 +72,7 @@ def record_provenance(out: Path, command: str) -> dict:
 def results_section(name: str, proto: dict, table, prov: dict, figures: list[str], wall_s: float | None) -> str:
     """The results page's section for one protocol, rendered from the grid's CSV."""
     commits = ", ".join(dict.fromkeys(prov["commits"]))
+    typical = table.groupby(["task", "strategy"])["wall_seconds"].transform("median").sum()
     seeds = proto["seeds"]
     lines = [
         f"Protocol `{name}`: tasks {', '.join(proto['tasks'])}; {len(seeds)} seeds {seeds}"
@@ -85,7 +86,12 @@ def results_section(name: str, proto: dict, table, prov: dict, figures: list[str
         + (f"; variants `{json.dumps(proto['variants'], separators=(',', ':'))}`" if proto.get("variants") else "")
         + ".",
         f"Command: `{prov['command']}` at commit(s) {commits}."
-        + (f" Sum of the runs' wall times: {wall_s / 60:.1f} min on {platform_name()}." if wall_s else ""),
+        + (
+            f" Sum of the runs' wall times: {wall_s / 60:.1f} min on {platform_name()}; {typical / 60:.1f} min with "
+            "every run at its row's median (robust to runs slowed by other work on the machine)."
+            if wall_s
+            else ""
+        ),
         "",
         "Final dev metric (accuracy; MCC for CoLA; (acc+F1)/2 for MRPC), mean ± half-width of the 95% CI over seeds, "
         "in three views: `global` (the shared model on the whole eval set), `personal` (each client's model on an "
