@@ -257,7 +257,7 @@ def plot_grid(
     for ax, what in zip(axes, ("per round", "per cumulative MB")):
         ax.set_ylabel(view.replace("_", " "))
         n = f"{max(counts.values(), default=0)} seeds" if not uneven else "seeds per row in the legend"
-        ax.set_title(f"{task}: {view.replace('_metric', '')} view {what} (mean, 95% CI, {n})")
+        ax.set_title(f"{task}: {view.replace('_metric', '')} view {what}\n(mean, 95% CI, {n})", fontsize=10)
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
