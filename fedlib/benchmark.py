@@ -237,7 +237,7 @@ def plot_grid(
     counts = {name: len(hs) for name, hs in runs.items()}
     uneven = len(set(counts.values())) > 1  # rows with extra seeds: say each row's count
     for i, (name, hs) in enumerate(runs.items()):
-        color = f"C{i % 10}"
+        color = f"C{i}" if len(runs) <= 10 else plt.cm.tab20(i % 20)  # distinct colours beyond ten rows
         label = f"{name} ({counts[name]} seeds)" if uneven else name
         stats = [
             (r, *mean_ci(g[view].tolist()), g["cum_bytes"].mean() / 1e6) for r, g in pd.concat(hs).groupby("round")
