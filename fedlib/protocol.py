@@ -69,9 +69,10 @@ def record_provenance(out: Path, command: str) -> dict:
     return prov
 
 
-def results_section(name: str, proto: dict, table, prov: dict, figures: list[str], wall_s: float | None) -> str:
+def results_section(name: str, proto: dict, table, prov: dict, figures: list[str]) -> str:
     """The results page's section for one protocol, rendered from the grid's CSV."""
     commits = ", ".join(dict.fromkeys(prov["commits"]))
+    wall_s = table["wall_seconds"].sum()
     typical = table.groupby(["task", "strategy"])["wall_seconds"].transform("median").sum()
     seeds = proto["seeds"]
     lines = [
@@ -237,7 +238,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         fig = plot_grid(out, task, sorted(set(table.loc[table["task"] == task, "seed"])))
         fig.savefig(out / f"{task}.png", dpi=90)
         figures.append(out / f"{task}.png")
-    section = results_section(name, proto, table, prov, [str(f) for f in figures], table["wall_seconds"].sum())
+    section = results_section(name, proto, table, prov, [str(f) for f in figures])
     (out / "results.md").write_text(section)
     print(section)
     if args.results:
@@ -248,7 +249,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         if args.readme:
             readme = Path(args.readme)
             rel = [os.path.relpath(Path(f).resolve(), readme.parent.resolve()) for f in figures]  # as the page links
-            replace_marked(readme, name, results_section(name, proto, table, prov, rel, table["wall_seconds"].sum()))
+            replace_marked(readme, name, results_section(name, proto, table, prov, rel))
 
 
 if __name__ == "__main__":
