@@ -1,15 +1,16 @@
-"""Non-IID partitions of a task over N clients, built on ``flwr_datasets.partitioner``.
+"""Non-IID partitions of a task over N clients (each scheme also a ``flwr_datasets`` partitioner).
 
 Methods (``method=``):
 
 - ``"iid"``: a seeded shuffle cut into N equal shards (``IidPartitioner``).
 - ``"dirichlet"``: label skew, per class a Dir(alpha) split over clients (``DirichletPartitioner``,
   Hsu et al. 2019, arXiv 1909.06335).
-- ``"quantity"``: client sizes ~ Dir(beta), labels IID (:class:`QuantitySkewPartitioner`).
+- ``"quantity"``: client sizes ~ Dir(beta), labels IID (:func:`quantity_shards`;
+  :class:`~fedlib.partitioners.QuantitySkewPartitioner` for Flower Datasets).
 - ``"reference"``: the FedPepTAO code's two-level scheme (``docs/method.md``, "Non-IID data"), the default for
   paper runs: client sizes q ~ Dir(5 * 1_N), class priors pi_k ~ Dir(alpha * 1_C), then a quota-filling draw
-  (:class:`ReferencePartitioner`). Sizes are rounded by largest remainder (the reference lets the
-  last client absorb the rounding, which can leave it empty on small splits).
+  (:func:`reference_shards`; :class:`~fedlib.partitioners.ReferencePartitioner`). Sizes are rounded by largest
+  remainder (the reference lets the last client absorb the rounding, which can leave it empty on small splits).
 
 Every client also gets an eval shard drawn from the task's eval split with the same size share and
 label distribution as its training shard (the reference's personalised evaluation, ``Partition.eval``), and an
@@ -28,13 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, Partitioner
 
 __all__ = [
     "PartitionError",
+    "quantity_shards",
+    "reference_shards",
+    "flwr_indices",
     "Partition",
-    "QuantitySkewPartitioner",
-    "ReferencePartitioner",
     "make_partition",
     "partition_stats",
     "METHODS",
@@ -93,79 +94,33 @@ def _split_sizes(total: int, shares: np.ndarray) -> np.ndarray:
     return sizes
 
 
-class QuantitySkewPartitioner(Partitioner):
-    """Client sizes ~ Dir(beta * 1_N) (at least ``min_size`` each), labels IID within each client."""
-
-    def __init__(self, num_partitions: int, beta: float = 1.0, min_size: int = 1, seed: int = 42) -> None:
-        super().__init__()
-        self._n, self.beta, self.min_size, self.seed = num_partitions, beta, min_size, seed
-        self._parts: list[np.ndarray] | None = None
-
-    @property
-    def num_partitions(self) -> int:
-        return self._n
-
-    def _build(self) -> list[np.ndarray]:
-        if self._parts is None:
-            rng = np.random.default_rng(self.seed)
-            total = len(self.dataset)
-            spare = total - self.min_size * self._n
-            if spare < 0:
-                raise PartitionError(f"{total} examples cannot give {self._n} clients {self.min_size} each")
-            sizes = self.min_size + _split_sizes(spare, rng.dirichlet(np.full(self._n, self.beta)))
-            order = rng.permutation(total)
-            self._parts = np.split(order, np.cumsum(sizes)[:-1])
-        return self._parts
-
-    def load_partition(self, partition_id: int):
-        return self.dataset.select(self._build()[partition_id])
+def quantity_shards(total: int, num_clients: int, beta: float, min_size: int, seed: int) -> list[np.ndarray]:
+    """Quantity skew: client sizes ``min_size`` + Dir(beta * 1_N) shares of the rest (largest remainder), labels
+    IID (a seeded permutation cut into those sizes). Returns each client's row indices."""
+    rng = np.random.default_rng(seed)
+    spare = total - min_size * num_clients
+    if spare < 0:
+        raise PartitionError(f"{total} examples cannot give {num_clients} clients {min_size} each")
+    sizes = min_size + _split_sizes(spare, rng.dirichlet(np.full(num_clients, beta)))
+    order = rng.permutation(total)
+    return np.split(order, np.cumsum(sizes)[:-1])
 
 
-class ReferencePartitioner(Partitioner):
-    """The reference two-level label skew (``docs/method.md``, "Non-IID data"): q ~ Dir(size_concentration),
-    pi_k ~ Dir(alpha).
-
-    ``client_shares`` (q, ``[N]``) and ``priors`` (pi, ``[N, C]``) are kept so that the eval split can be
-    partitioned with the same distributions.
-    """
-
-    def __init__(
-        self,
-        num_partitions: int,
-        alpha: float = 1.0,
-        size_concentration: float = 5.0,
-        partition_by: str = "label",
-        seed: int = 42,
-    ) -> None:
-        super().__init__()
-        self._n, self.alpha, self.size_concentration = num_partitions, alpha, size_concentration
-        self.partition_by, self.seed = partition_by, seed
-        self._parts: list[list[int]] | None = None
-        self.client_shares: np.ndarray | None = None
-        self.priors: np.ndarray | None = None
-
-    @property
-    def num_partitions(self) -> int:
-        return self._n
-
-    def _build(self) -> list[list[int]]:
-        if self._parts is None:
-            labels = np.asarray(self.dataset[self.partition_by])
-            num_classes = int(labels.max()) + 1
-            rng = np.random.default_rng(self.seed)
-            self.client_shares = rng.dirichlet(np.full(self._n, self.size_concentration))
-            self.priors = rng.dirichlet(np.full(num_classes, self.alpha), size=self._n)
-            sizes = _split_sizes(len(labels), self.client_shares)
-            if (sizes <= 0).any():
-                raise PartitionError(
-                    f"{len(labels)} examples over {self._n} clients leave "
-                    f"{int((sizes <= 0).sum())} client(s) with no data; use fewer clients"
-                )
-            self._parts = _fill_quotas(labels, sizes, self.priors, rng)
-        return self._parts
-
-    def load_partition(self, partition_id: int):
-        return self.dataset.select(self._build()[partition_id])
+def reference_shards(labels: np.ndarray, num_clients: int, alpha: float, size_concentration: float, seed: int):
+    """The reference two-level label skew (``docs/method.md``, "Non-IID data") over ``labels`` ``[N]``: client
+    shares q ~ Dir(size_concentration * 1_N), class priors pi_k ~ Dir(alpha * 1_C), then :func:`_fill_quotas`.
+    Returns ``(shards, q [N_clients], pi [N_clients, C])``; q and pi also partition the eval split."""
+    num_classes = int(labels.max()) + 1
+    rng = np.random.default_rng(seed)
+    shares = rng.dirichlet(np.full(num_clients, size_concentration))
+    priors = rng.dirichlet(np.full(num_classes, alpha), size=num_clients)
+    sizes = _split_sizes(len(labels), shares)
+    if (sizes <= 0).any():
+        raise PartitionError(
+            f"{len(labels)} examples over {num_clients} clients leave "
+            f"{int((sizes <= 0).sum())} client(s) with no data; use fewer clients"
+        )
+    return _fill_quotas(labels, sizes, priors, rng), shares, priors
 
 
 @dataclass
@@ -218,24 +173,6 @@ class Partition:
         return part
 
 
-def _indices(partitioner: Partitioner, ds) -> list[list[int]]:
-    """Each partition's row indices into ``ds``. Read from the partitioner's own index lists where it keeps them
-    (the same rows as ``load_partition``, a test checks): 10,000 ``load_partition`` calls take about a minute,
-    each one a ``datasets`` select."""
-    if isinstance(partitioner, (QuantitySkewPartitioner, ReferencePartitioner)):
-        partitioner.dataset = ds
-        return [[int(i) for i in part] for part in partitioner._build()]
-    if isinstance(partitioner, IidPartitioner):  # Dataset.shard(contiguous=True): the first len % n get one more
-        return [a.tolist() for a in np.array_split(np.arange(len(ds)), partitioner.num_partitions)]
-    if isinstance(partitioner, DirichletPartitioner):
-        partitioner.dataset = ds
-        partitioner._determine_partition_id_to_indices_if_needed()
-        ids = partitioner._partition_id_to_indices
-        return [[int(i) for i in ids[k]] for k in range(partitioner.num_partitions)]
-    partitioner.dataset = ds.add_column("_idx", list(range(len(ds))))
-    return [list(partitioner.load_partition(i)["_idx"]) for i in range(partitioner.num_partitions)]
-
-
 def make_partition(
     train_labels,
     eval_labels,
@@ -251,8 +188,6 @@ def make_partition(
 
     ``train_labels``/``eval_labels``: class indices ``[N_train]``/``[N_eval]``. Deterministic for a seed.
     """
-    import datasets
-
     if method not in METHODS:
         raise PartitionError(f"method={method!r}: use one of {METHODS}")
     train_labels, eval_labels = np.asarray(train_labels, dtype=np.int64), np.asarray(eval_labels, dtype=np.int64)
@@ -267,38 +202,17 @@ def make_partition(
     missing = [c for c in range(num_classes) if not (train_labels == c).any()]
     if missing and method in ("dirichlet", "reference"):
         raise PartitionError(f"class(es) {missing} have no training example; label skew over them is undefined")
-    ds = datasets.Dataset.from_dict({"label": train_labels})
-    if method == "iid":
-        order = np.random.default_rng(seed).permutation(len(train_labels))
-        shards = _indices(IidPartitioner(num_clients), datasets.Dataset.from_dict({"label": train_labels[order]}))
-        train = [[int(order[i]) for i in s] for s in shards]
-    elif method == "dirichlet":
-        try:
-            p = DirichletPartitioner(
-                num_clients, "label", alpha, min_partition_size=min_size, self_balancing=False, seed=seed
-            )
-            with warnings.catch_warnings():  # one warning per failed attempt, each listing all N alphas
-                warnings.filterwarnings("ignore", "The specified min_partition_size", UserWarning)
-                train = _indices(p, ds)
-        except ValueError as err:
-            raise PartitionError(
-                f"Dirichlet(alpha={alpha}) label skew over {num_clients} clients left a client with fewer than "
-                f"{min_size} example(s) in each of flwr-datasets' 10 attempts ({len(train_labels)} examples, "
-                f"{len(train_labels) / num_clients:.1f} per client on average); use method='reference' (sizes "
-                "drawn first, then labels: never empty while there are enough examples), a larger alpha or fewer "
-                "clients"
-            ) from err
-    elif method == "quantity":
-        train = _indices(QuantitySkewPartitioner(num_clients, beta, min_size, seed), ds)
+    priors = None
+    if method in ("iid", "dirichlet"):  # Flower Datasets' partitioners (imported here: ~3.5 s)
+        train = _flwr_shards(method, train_labels, num_clients, alpha, seed, min_size)
+    elif method == "quantity":  # = QuantitySkewPartitioner / ReferencePartitioner, without wrapping the labels
+        train = quantity_shards(len(train_labels), num_clients, beta, min_size, seed)
     else:
-        p = ReferencePartitioner(num_clients, alpha, size_concentration, seed=seed)
-        train = _indices(p, ds)
+        train, _, priors = reference_shards(train_labels, num_clients, alpha, size_concentration, seed)
     # eval shards: same size share and label distribution as each client's training shard
     sizes = np.array([len(t) for t in train], dtype=float)
     shares = sizes / sizes.sum()
-    if method == "reference":
-        priors = p.priors
-    else:
+    if priors is None:
         priors = np.stack([np.bincount(train_labels[t], minlength=num_classes) for t in train]).astype(float)
         priors /= np.maximum(priors.sum(1, keepdims=True), 1)
     rng = np.random.default_rng([seed, 1])
@@ -313,6 +227,48 @@ def make_partition(
         _fingerprint(train_labels),
         _fingerprint(eval_labels),
     )
+
+
+def _flwr_shards(method: str, train_labels: np.ndarray, num_clients: int, alpha: float, seed: int, min_size: int):
+    """Training shards from ``flwr_datasets``' ``IidPartitioner`` (after a seeded shuffle) or
+    ``DirichletPartitioner`` (label skew per class, Hsu et al. 2019)."""
+    import datasets
+    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
+
+    if method == "iid":
+        order = np.random.default_rng(seed).permutation(len(train_labels))
+        shards = flwr_indices(IidPartitioner(num_clients), datasets.Dataset.from_dict({"label": train_labels[order]}))
+        return [[int(order[i]) for i in s] for s in shards]
+    p = DirichletPartitioner(num_clients, "label", alpha, min_partition_size=min_size, self_balancing=False, seed=seed)
+    try:
+        with warnings.catch_warnings():  # one warning per failed attempt, each listing all N alphas
+            warnings.filterwarnings("ignore", "The specified min_partition_size", UserWarning)
+            return flwr_indices(p, datasets.Dataset.from_dict({"label": train_labels}))
+    except ValueError as err:
+        raise PartitionError(
+            f"Dirichlet(alpha={alpha}) label skew over {num_clients} clients left a client with fewer than "
+            f"{min_size} example(s) in each of flwr-datasets' 10 attempts ({len(train_labels)} examples, "
+            f"{len(train_labels) / num_clients:.1f} per client on average); use method='reference' (sizes "
+            "drawn first, then labels: never empty while there are enough examples), a larger alpha or fewer "
+            "clients"
+        ) from err
+
+
+def flwr_indices(partitioner, ds) -> list[list[int]]:
+    """Each partition's row indices into ``ds`` for a ``flwr_datasets`` partitioner: computed (IID: contiguous
+    shards, the first ``len % n`` one longer, as ``Dataset.shard``) or read from its index lists (Dirichlet), else
+    through ``load_partition`` (:func:`fedlib.partitioners.partition_indices` adds this project's two)."""
+    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
+
+    if isinstance(partitioner, IidPartitioner):
+        return [a.tolist() for a in np.array_split(np.arange(len(ds)), partitioner.num_partitions)]
+    if isinstance(partitioner, DirichletPartitioner):
+        partitioner.dataset = ds
+        partitioner._determine_partition_id_to_indices_if_needed()
+        ids = partitioner._partition_id_to_indices
+        return [[int(i) for i in ids[k]] for k in range(partitioner.num_partitions)]
+    partitioner.dataset = ds.add_column("_idx", list(range(len(ds))))
+    return [list(partitioner.load_partition(i)["_idx"]) for i in range(partitioner.num_partitions)]
 
 
 def partition_stats(part: Partition, train_labels, label_names=None):

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from .runtime import offline
 
@@ -360,6 +359,8 @@ def compute_metric(task: str | TaskSpec, preds, labels) -> dict[str, float]:
     accuracy; Matthews correlation for CoLA (``mcc``); (accuracy + F1)/2 for MRPC (``acc_and_f1``),
     with F1 of the positive class (label 1), as GLUE defines them. Computed with scikit-learn.
     """
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef  # ~1.5 s: only where metrics are computed
+
     spec = task if isinstance(task, TaskSpec) else get_task(task)
     preds, labels = np.asarray(preds), np.asarray(labels)
     if preds.shape != labels.shape or preds.size == 0:

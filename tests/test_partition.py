@@ -96,18 +96,19 @@ def test_partitions_compared_through_flower_datasets_plots():
 def test_indices_read_from_the_partitioner_match_load_partition(method):
     """The fast path (the partitioner's own index lists) gives the rows load_partition would give."""
     import datasets
+    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
 
-    from fedlib import partition as P
+    from fedlib.partitioners import QuantitySkewPartitioner, ReferencePartitioner, partition_indices
 
     labels = np.random.default_rng(3).integers(0, 3, 300)
     ds = datasets.Dataset.from_dict({"label": labels})
     make = {
-        "iid": lambda: P.IidPartitioner(7),
-        "dirichlet": lambda: P.DirichletPartitioner(7, "label", 0.5, min_partition_size=1, seed=1),
-        "quantity": lambda: P.QuantitySkewPartitioner(7, 1.0, 1, seed=1),
-        "reference": lambda: P.ReferencePartitioner(7, 1.0, 5.0, seed=1),
+        "iid": lambda: IidPartitioner(7),
+        "dirichlet": lambda: DirichletPartitioner(7, "label", 0.5, min_partition_size=1, seed=1),
+        "quantity": lambda: QuantitySkewPartitioner(7, 1.0, 1, seed=1),
+        "reference": lambda: ReferencePartitioner(7, 1.0, 5.0, seed=1),
     }[method]
-    fast = P._indices(make(), ds)
+    fast = partition_indices(make(), ds)
     slow_p = make()
     slow_p.dataset = ds.add_column("_idx", list(range(len(ds))))
     slow = [list(slow_p.load_partition(i)["_idx"]) for i in range(7)]
@@ -124,3 +125,29 @@ def test_ten_thousand_clients_partition_fast_and_none_empty():
     assert min(len(s) for s in part.train) >= 1 and sum(len(s) for s in part.train) == 67_349
     with pytest.raises(PartitionError, match="method='reference'"):  # says why, and what works instead
         make_partition(labels[:300], labels[:50], 250, "dirichlet", alpha=0.1, seed=0)
+
+
+def test_reading_a_partition_does_not_import_flwr_datasets():
+    """A Flower node or the CLI reads partitions without paying flwr_datasets' import (seaborn, scipy: ~3.5 s)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, fedlib.config, fedlib.simulation, fedlib.flower.client_app; print('flwr_datasets' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+@pytest.mark.parametrize("method", ["quantity", "reference"])
+def test_make_partition_gives_the_flower_partitioners_shards(method):
+    """make_partition computes these two schemes without Flower Datasets; its shards are the partitioners'."""
+    import datasets
+
+    from fedlib.partitioners import QuantitySkewPartitioner, ReferencePartitioner, partition_indices
+
+    labels = np.random.default_rng(4).integers(0, 3, 300)
+    p = {"quantity": QuantitySkewPartitioner(7, 0.7, 1, seed=5), "reference": ReferencePartitioner(7, 0.7, seed=5)}
+    shards = partition_indices(p[method], datasets.Dataset.from_dict({"label": labels}))
+    part = make_partition(labels, labels[:60], 7, method=method, alpha=0.7, beta=0.7, seed=5)
+    assert part.train == [sorted(s) for s in shards]
