@@ -392,8 +392,7 @@ def run_flower_simulation(
     :func:`gpu_share` (``num_gpus``) of a GPU."""
     from flwr.simulation import run_simulation
 
-    init_args = {"logging_level": logging.WARNING, "log_to_driver": False}
-    start_ray(init_args)
+    start_ray({"logging_level": logging.WARNING, "log_to_driver": False})  # Flower then skips its own ray.init
     holder: dict = {}
     run_simulation(
         server_app=make_server_app(cfg, out_dir, holder, **kwargs),
@@ -401,7 +400,6 @@ def run_flower_simulation(
         num_supernodes=cfg.fed.num_clients,
         backend_config={
             "client_resources": {"num_cpus": num_cpus, "num_gpus": gpu_share(cfg, num_gpus)},
-            "init_args": init_args,
         },
     )
     if "result" not in holder:
