@@ -44,7 +44,7 @@ step() {  # step <name> <command...>: run it, keep its last line (the figure) in
 PROTOCOL=benchmarks/protocols/cpu-medium.yaml
 if [ "$QUICK" = 1 ]; then
   step tests env FEDLIB_DEVICE=$DEVICE "$PY" -m pytest tests/test_train.py -k same_seed -q -p no:cacheprovider
-  step step_cost "$PY" benchmarks/step_cost.py --batch 2 --prompt-len 2 --reps 1 --mem-reps 1
+  step step_cost "$PY" benchmarks/step_cost.py --batch 2 --prompt-len 2 --reps 1 --mem-reps 1 --device "$DEVICE"
   BATCHED=(--clients 2 --per-client 4 --batch 2 --reps 1 --device "$DEVICE")
   PROTOCOL="$OUT/quick.yaml"  # cpu-medium's rows at the smallest sizes
   cat >"$PROTOCOL" <<'YAML'
@@ -61,7 +61,7 @@ YAML
   SLICE=(--strategies fedavg)
 else
   step tests env FEDLIB_DEVICE=$DEVICE "$PY" -m pytest tests -m "not slow" -q -p no:cacheprovider
-  step step_cost "$PY" benchmarks/step_cost.py
+  step step_cost "$PY" benchmarks/step_cost.py --device "$DEVICE"
   BATCHED=(--clients 10 --device "$DEVICE")
   SLICE=(--strategies fedavg,fedpeptao)
 fi

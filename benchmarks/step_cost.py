@@ -9,11 +9,14 @@ Prints, as its last line, ``step_cost floor_ratio=<x> peft_ratio=<y> peak_mem_ra
   a config (6 layers, hidden 384; PEFT refuses BERT-family classifiers), same batch, same P, both with a
   linear classification head on the same transformer. Goal <= 1.0.
 - peak_mem_ratio: fedlib's peak resident memory during steps / PEFT's, each measured in its own
-  subprocess, median of --mem-reps processes (Linux: peak RSS reset through /proc/self/clear_refs, read from
-  VmHWM; CUDA: max allocated).
+  subprocess, median of --mem-reps processes (CPU on Linux: peak RSS reset through /proc/self/clear_refs, read
+  from VmHWM; CUDA: peak allocated beyond what was allocated before the steps).
+
+Runs on --device (default: fedlib's choice, CUDA when present, as ``FEDLIB_DEVICE`` says); CUDA times are
+taken after a synchronize.
 
 Times are medians over interleaved repetitions (A B A B ...), so drift hits both sides alike.
-Usage: python benchmarks/step_cost.py [--batch 16] [--prompt-len 8] [--reps 30] [--mem-reps 5]
+Usage: python benchmarks/step_cost.py [--batch 16] [--prompt-len 8] [--reps 30] [--mem-reps 5] [--device cuda]
 """
 
 from __future__ import annotations
@@ -32,11 +35,12 @@ import torch.nn.functional as F
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def sst2_batch(tokenizer, n: int):
+def sst2_batch(tokenizer, n: int, device: torch.device):
     from fedlib.tasks import load_task
 
     ds = load_task("sst2", "train", limit=n)
-    return tokenizer(list(ds["text"]), padding=True, return_tensors="pt"), torch.tensor(ds["label"])
+    enc = tokenizer(list(ds["text"]), padding=True, return_tensors="pt").to(device)
+    return enc, torch.tensor(ds["label"], device=device)
 
 
 def fedlib_step(model, enc, labels):
@@ -48,7 +52,7 @@ def fedlib_step(model, enc, labels):
     batch = {
         "input_ids": enc["input_ids"],
         "attention_mask": enc["attention_mask"],
-        "target_pos": torch.zeros(len(labels), dtype=torch.long),
+        "target_pos": torch.zeros(len(labels), dtype=torch.long, device=labels.device),
     }
     if "token_type_ids" in enc:
         batch["token_type_ids"] = enc["token_type_ids"]
@@ -122,14 +126,17 @@ def peft_step(model, enc, labels):
     return step
 
 
-def timed_pair(a, b, reps: int) -> tuple[float, float]:
+def timed_pair(a, b, reps: int, device: torch.device) -> tuple[float, float]:
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(3):
         a(), b()
     ta, tb = [], []
     for _ in range(reps):
         for fn, acc in ((a, ta), (b, tb)):
+            sync()
             t = time.perf_counter()
             fn()
+            sync()
             acc.append(time.perf_counter() - t)
     return statistics.median(ta), statistics.median(tb)
 
@@ -144,12 +151,19 @@ def _rss_kb(field: str) -> int:
 def child_peak_memory(which: str, args) -> float:
     """Peak memory (MiB) of steps beyond what was resident before them, in this fresh process."""
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     tok, ours, peft = gpt2_models(args.prompt_len, 30522)
-    enc, labels = sst2_batch(tok, args.batch)
-    step = fedlib_step(ours, enc, labels) if which == "fedlib" else peft_step(peft, enc, labels)
+    enc, labels = sst2_batch(tok, args.batch, device)
+    model = ours if which == "fedlib" else peft
+    model.to(device)
+    step = fedlib_step(model, enc, labels) if which == "fedlib" else peft_step(model, enc, labels)
     del ours, peft
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
+    if device.type == "cuda":
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        for _ in range(5):
+            step()
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     before = _rss_kb("VmRSS:")
@@ -165,8 +179,13 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=30)
     p.add_argument("--mem-reps", type=int, default=5)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--device", default="auto", help="auto (fedlib's choice: CUDA when present), cpu, cuda, ...")
     p.add_argument("--child", choices=["fedlib", "peft"], help=argparse.SUPPRESS)
     args = p.parse_args()
+    from fedlib.runtime import resolve_device
+
+    args.device = str(resolve_device(args.device))
+    device = torch.device(args.device)
     if args.child:
         print(json.dumps({"peak_mib": child_peak_memory(args.child, args)}))
         return
@@ -177,17 +196,19 @@ def main() -> None:
     from fedlib.tasks import get_task
 
     backbone = load_backbone("bundled")
-    enc, labels = sst2_batch(backbone.tokenizer, args.batch)
-    model = PromptClassifier(backbone, get_task("sst2"), ModelConfig(prompt_len=args.prompt_len))
-    t_ours, t_floor = timed_pair(fedlib_step(model, enc, labels), floor_step(backbone, enc), args.reps)
+    enc, labels = sst2_batch(backbone.tokenizer, args.batch, device)
+    model = PromptClassifier(backbone, get_task("sst2"), ModelConfig(prompt_len=args.prompt_len)).to(device)
+    t_ours, t_floor = timed_pair(fedlib_step(model, enc, labels), floor_step(backbone, enc), args.reps, device)
     print(
-        f"bundled model, batch {args.batch} x {enc['input_ids'].shape[1]} tokens, P={args.prompt_len}: "
+        f"device {device}: bundled model, batch {args.batch} x {enc['input_ids'].shape[1]} tokens, "
+        f"P={args.prompt_len}: "
         f"fedlib step {t_ours * 1e3:.1f} ms, floor (fwd+bwd to embeddings) {t_floor * 1e3:.1f} ms"
     )
 
     tok, ours, peft = gpt2_models(args.prompt_len, 30522)
-    enc, labels = sst2_batch(tok, args.batch)
-    t_ours2, t_peft = timed_pair(fedlib_step(ours, enc, labels), peft_step(peft, enc, labels), args.reps)
+    ours.to(device), peft.to(device)
+    enc, labels = sst2_batch(tok, args.batch, device)
+    t_ours2, t_peft = timed_pair(fedlib_step(ours, enc, labels), peft_step(peft, enc, labels), args.reps, device)
     print(f"GPT-2 6x384 decoder: fedlib step {t_ours2 * 1e3:.1f} ms, PEFT PrefixTuning step {t_peft * 1e3:.1f} ms")
     prefix = [p for n, p in peft.named_parameters() if p.requires_grad and "prompt_encoder" in n]
     if not prefix or not all(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in prefix):
@@ -208,6 +229,8 @@ def main() -> None:
                     str(args.prompt_len),
                     "--threads",
                     str(args.threads),
+                    "--device",
+                    args.device,
                 ],
                 capture_output=True,
                 text=True,

@@ -161,8 +161,9 @@ class Strategy:
 
     # ---- server side ---------------------------------------------------------------------------------
     def init_server(self, shared: Tensors) -> ServerState:
-        """Round-0 server state: the global shared tensors are the initial ones."""
-        return ServerState(0, {k: v.detach().clone() for k, v in shared.items()})
+        """Round-0 server state: the global shared tensors are the initial ones, on the CPU (where the clients'
+        results arrive and the server state is checkpointed) whatever device the model is on."""
+        return ServerState(0, {k: v.detach().cpu().clone() for k, v in shared.items()})
 
     def download(self, state: ServerState) -> Tensors:
         """Tensors sent to the clients beside the global shared tensors (SCAFFOLD's ``c``)."""
@@ -266,7 +267,7 @@ class Scaffold(FedAvg):
 
     def init_server(self, shared: Tensors) -> ServerState:
         state = super().init_server(shared)
-        state.controls["c"] = {k: torch.zeros_like(v) for k, v in shared.items()}
+        state.controls["c"] = {k: torch.zeros_like(v) for k, v in state.shared.items()}
         return state
 
     def download(self, state: ServerState) -> Tensors:

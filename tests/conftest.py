@@ -66,7 +66,15 @@ def tiny_backbone(request, tokenizer):
 
 
 @pytest.fixture(scope="session")
-def bundled_backbone():
+def _bundled_backbone_loaded():
     from fedlib.models import load_backbone
 
     return load_backbone("bundled")
+
+
+@pytest.fixture
+def bundled_backbone(_bundled_backbone_loaded):
+    """The bundled backbone (loaded once), on the CPU: a test that runs a simulation on $FEDLIB_DEVICE (cuda
+    under benchmarks/gpu_check.sh) moves the shared module there, and the next test must not inherit that."""
+    _bundled_backbone_loaded.model.to("cpu")
+    return _bundled_backbone_loaded

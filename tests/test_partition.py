@@ -132,6 +132,7 @@ def test_reading_a_partition_does_not_import_flwr_datasets():
     import subprocess
     import sys
 
+    pytest.importorskip("flwr")
     code = (
         "import sys, fedlib.config, fedlib.simulation, fedlib.flower.client_app; print('flwr_datasets' in sys.modules)"
     )
