@@ -12,7 +12,8 @@ Reads the protocol's ``tuning`` section:
 
 Every combination of a strategy's values is a labelled variant of one grid (:func:`fedlib.benchmark.run_grid`, same
 seeds, partitions and sampling as the protocol, so resumable); per strategy, the combination with the best mean
-global metric over tasks and seeds wins (ties: the first listed). Prints every candidate's mean and the choice;
+global metric over tasks and seeds wins (ties: the protocol's current value, then the first listed: a value
+without effect does not move the protocol). Prints every candidate's mean and the choice;
 ``--write`` sets the protocol's ``params`` line to the chosen values (merged with the ones already there, every
 other line kept). Writes ``<out>/tuning.csv``.
 """
@@ -85,7 +86,13 @@ def main() -> None:
     chosen = dict(known)
     for name in tuning["grid"]:
         mine = [label for label, (n, _) in labels.items() if n == name]
-        best = max(mine, key=lambda label: (means[label], -mine.index(label)))
+        current = base.with_strategy(name, **known.get(name, {})).strategy  # the protocol's value, or the default
+
+        def rank(label, mine=mine, current=current):
+            is_current = all(getattr(current, k) == v for k, v in labels[label][1].items())
+            return means[label], is_current, -mine.index(label)
+
+        best = max(mine, key=rank)
         for label in mine:
             print(f"{label}: validation global metric {means[label]:.4f}" + ("  <- chosen" if label == best else ""))
         chosen[name] = {**known.get(name, {}), **labels[best][1]}
