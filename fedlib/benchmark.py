@@ -78,6 +78,22 @@ def _row(
     }
 
 
+def _changed(run_dir: Path, cfg: ExperimentConfig) -> bool:
+    """Whether a finished run's stored configuration differs from ``cfg``, the one the grid would run now (its
+    protocol's params or variants were edited since): read into today's schema, so fields added later with their
+    defaults do not count. A run without a stored configuration (reference rows before they stored one) counts as
+    unchanged."""
+    from .configbase import ConfigError
+
+    path = run_dir / "config.json"
+    if not path.exists():
+        return False
+    try:
+        return ExperimentConfig.from_dict(json.loads(path.read_text())).to_dict() != cfg.to_dict()
+    except (ConfigError, ValueError, TypeError):
+        return True
+
+
 def run_grid(
     base: ExperimentConfig,
     tasks: list[str],
@@ -96,6 +112,10 @@ def run_grid(
     their own, a label -> config overrides (``{section: {field: value}}``, :meth:`ExperimentConfig.with_overrides`),
     e.g. ``{"fedpeptao_first_k": {"strategy": {"name": "fedpeptao"}, "selection": {"choose": "first"}}}``;
     list the label among ``strategies``.
+
+    Resumable: a (task, strategy, seed) already in ``out_dir/results.csv`` is skipped, unless its stored
+    configuration differs from the one it would run with now (e.g. tuned ``params`` written into the protocol):
+    then it runs again and its row is replaced.
     """
     params, targets, variants = params or {}, targets or {}, variants or {}
     out = Path(out_dir)
@@ -130,16 +150,21 @@ def run_grid(
         for seed in seeds:
             for name in strategies:
                 run_dir = out / task / f"seed{seed}" / name
-                if (task, name, seed) in done and (run_dir / "results.jsonl").exists():
-                    continue
-                backbone = backbone or backbone_for(base.model)
                 cfg = configs[task, name]
                 cfg = cfg.replace(fed=cfg.fed.replace(seed=seed))
+                if (task, name, seed) in done and (run_dir / "results.jsonl").exists():
+                    if not _changed(run_dir, cfg):
+                        continue
+                    log.warning(
+                        "%s/%s/seed %d: its configuration changed since it ran; running it again", task, name, seed
+                    )
+                backbone = backbone or backbone_for(base.model)
                 t0 = time.perf_counter()
                 if name in REFERENCES:
                     history, shared = REFERENCES[name](cfg, backbone), 0
                     run_dir.mkdir(parents=True, exist_ok=True)
                     history.to_json(run_dir / "results.jsonl", orient="records", lines=True)
+                    (run_dir / "config.json").write_text(cfg.to_json())
                 else:
                     # strategies sharing selected layers share the selection of their (task, seed): it does not
                     # depend on the strategy; each run is still charged its bytes and seconds (round 0)

@@ -163,6 +163,16 @@ def test_run_grid_renders_results_and_readme(tmp_path):
         "mu": 0.05,
     }
 
+    # a protocol edited after the grid ran (a tuned mu): resuming re-runs exactly the rows whose config changed
+    fedavg_log = tmp_path / "out" / "rte" / "seed0" / "fedavg" / "results.jsonl"
+    before = fedavg_log.stat().st_mtime_ns
+    proto.write_text(proto.read_text().replace("mu: 0.05", "mu: 0.5"))
+    run("run_grid.py", str(proto), "--out", str(tmp_path / "out"), "--results", str(tmp_path / "res"))
+    for seed in (0, 1):
+        stored = json.loads((tmp_path / "out" / "rte" / f"seed{seed}" / "fedprox" / "config.json").read_text())
+        assert stored["strategy"]["mu"] == 0.5
+    assert fedavg_log.stat().st_mtime_ns == before and len(pd.read_csv(tmp_path / "res.csv")) == 16
+
 
 def test_tune_chooses_on_the_validation_split_and_writes_the_protocol(tmp_path):
     proto = tmp_path / "tiny.yaml"
