@@ -12,8 +12,10 @@ Reads the protocol's ``tuning`` section:
 
 Every combination of a strategy's values is a labelled variant of one grid (:func:`fedlib.benchmark.run_grid`, same
 seeds, partitions and sampling as the protocol, so resumable); per strategy, the combination with the best mean
-global metric over tasks and seeds wins (ties: the protocol's current value, then the first listed: a value
-without effect does not move the protocol). Prints every candidate's mean and the choice;
+global metric over tasks and seeds wins. Means within one validation example (1 / validation) of the best are
+ties, and among ties the protocol's current value stays (else the best of them, then the first listed): a
+hyper-parameter whose effect is below what the validation set can resolve does not move the protocol, nor force
+its rows to be run again. Prints every candidate's mean and the choice;
 ``--write`` sets the protocol's ``params`` line to the chosen values (merged with the ones already there, every
 other line kept). Writes ``<out>/tuning.csv``.
 """
@@ -83,18 +85,18 @@ def main() -> None:
     )
     table.to_csv(Path(args.out) / "tuning.csv", index=False)
     means = table.groupby("strategy", sort=False)["global_metric"].mean()
+    tol = 1.0 / base.data.validation  # one validation example: below what the validation set resolves
     chosen = dict(known)
     for name in tuning["grid"]:
         mine = [label for label, (n, _) in labels.items() if n == name]
         current = base.with_strategy(name, **known.get(name, {})).strategy  # the protocol's value, or the default
-
-        def rank(label, mine=mine, current=current):
-            is_current = all(getattr(current, k) == v for k, v in labels[label][1].items())
-            return means[label], is_current, -mine.index(label)
-
-        best = max(mine, key=rank)
+        top = max(means[label] for label in mine)
+        tied = [label for label in mine if means[label] >= top - tol]
+        kept = [label for label in tied if all(getattr(current, k) == v for k, v in labels[label][1].items())]
+        best = kept[0] if kept else max(tied, key=lambda label: (means[label], -mine.index(label)))
         for label in mine:
-            print(f"{label}: validation global metric {means[label]:.4f}" + ("  <- chosen" if label == best else ""))
+            mark = "  <- chosen" if label == best else ("  (tie)" if label in tied else "")
+            print(f"{label}: validation global metric {means[label]:.4f}{mark}")
         chosen[name] = {**known.get(name, {}), **labels[best][1]}
     print("params:", json.dumps(chosen))
     if args.write:
