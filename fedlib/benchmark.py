@@ -34,7 +34,16 @@ from .simulation import run_simulation
 from .stats import censored_median, mean_ci, paired_differences, summary_table
 from .strategies import get_strategy
 
-__all__ = ["run_grid", "plot_grid", "view_table", "paired_table", "cost_table", "COLUMNS", "VIEW_COLUMNS"]
+__all__ = [
+    "run_grid",
+    "pending_runs",
+    "plot_grid",
+    "view_table",
+    "paired_table",
+    "cost_table",
+    "COLUMNS",
+    "VIEW_COLUMNS",
+]
 
 log = logging.getLogger(__name__)
 VIEW_COLUMNS = ["global_metric", "personal_metric", "personal_iid_metric"]
@@ -94,6 +103,49 @@ def _changed(run_dir: Path, cfg: ExperimentConfig) -> bool:
         return True
 
 
+def grid_configs(
+    base: ExperimentConfig, tasks: list[str], strategies: list[str], params: dict | None, variants: dict | None
+) -> dict[tuple[str, str], ExperimentConfig]:
+    """(task, row label) -> the row's configuration (seed aside), every one validated before any training."""
+    params, variants, configs = params or {}, variants or {}, {}
+    for task in tasks:
+        cfg = base.replace(fed=base.fed.replace(task=task))
+        for name in strategies:
+            if name in variants:
+                configs[task, name] = cfg.with_overrides(variants[name])
+            else:
+                configs[task, name] = cfg if name in REFERENCES else cfg.with_strategy(name, **params.get(name, {}))
+    return configs
+
+
+def pending_runs(
+    base: ExperimentConfig,
+    tasks: list[str],
+    strategies: list[str],
+    seeds: list[int],
+    out_dir: str | Path,
+    params: dict | None = None,
+    variants: dict | None = None,
+) -> list[tuple[str, str, int]]:
+    """The (task, row, seed) runs the grid in ``out_dir`` still has to do: not in its CSV yet, or run with another
+    configuration than the protocol's now (:func:`_changed`; logged)."""
+    out = Path(out_dir)
+    csv = out / "results.csv"
+    done = {(r.task, r.strategy, int(r.seed)) for r in pd.read_csv(csv).itertuples()} if csv.exists() else set()
+    configs, todo = grid_configs(base, tasks, strategies, params, variants), []
+    for task in tasks:
+        for seed in seeds:
+            for name in strategies:
+                run_dir = out / task / f"seed{seed}" / name
+                cfg = configs[task, name].replace(fed=configs[task, name].fed.replace(seed=seed))
+                if (task, name, seed) in done and (run_dir / "results.jsonl").exists():
+                    if not _changed(run_dir, cfg):
+                        continue
+                    log.warning("%s/%s/seed %d: its configuration changed since it ran; to run again", task, name, seed)
+                todo.append((task, name, seed))
+    return todo
+
+
 def run_grid(
     base: ExperimentConfig,
     tasks: list[str],
@@ -122,15 +174,8 @@ def run_grid(
     out.mkdir(parents=True, exist_ok=True)
     csv = out / "results.csv"
     rows = pd.read_csv(csv).to_dict("records") if csv.exists() else []
-    done = {(r["task"], r["strategy"], int(r["seed"])) for r in rows}
-    configs = {}  # every combination validated before any training
-    for task in tasks:
-        cfg = base.replace(fed=base.fed.replace(task=task))
-        for name in strategies:
-            if name in variants:
-                configs[task, name] = cfg.with_overrides(variants[name])
-            else:
-                configs[task, name] = cfg if name in REFERENCES else cfg.with_strategy(name, **params.get(name, {}))
+    configs = grid_configs(base, tasks, strategies, params, variants)  # every combination validated first
+    todo = set(pending_runs(base, tasks, strategies, seeds, out, params, variants))
     (out / "grid.json").write_text(
         json.dumps(
             {
@@ -149,15 +194,11 @@ def run_grid(
     for task in tasks:
         for seed in seeds:
             for name in strategies:
+                if (task, name, seed) not in todo:
+                    continue
                 run_dir = out / task / f"seed{seed}" / name
                 cfg = configs[task, name]
                 cfg = cfg.replace(fed=cfg.fed.replace(seed=seed))
-                if (task, name, seed) in done and (run_dir / "results.jsonl").exists():
-                    if not _changed(run_dir, cfg):
-                        continue
-                    log.warning(
-                        "%s/%s/seed %d: its configuration changed since it ran; running it again", task, name, seed
-                    )
                 backbone = backbone or backbone_for(base.model)
                 t0 = time.perf_counter()
                 if name in REFERENCES:

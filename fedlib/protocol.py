@@ -36,7 +36,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .benchmark import COLUMNS, cost_table, paired_table, plot_grid, run_grid, view_table
+from .benchmark import COLUMNS, cost_table, paired_table, pending_runs, plot_grid, run_grid, view_table
 from .config import ExperimentConfig
 from .configbase import yaml_load
 from .report import markdown_table
@@ -157,10 +157,11 @@ def _in_slice(table: pd.DataFrame, sl: dict) -> pd.Series:
     return table.task.isin(sl["tasks"]) & table.strategy.isin(sl["strategies"]) & table.seed.isin(sl["seeds"])
 
 
-def _missing(csv: Path, sl: dict) -> bool:
-    """Whether some run of the part ``sl`` is not in the grid's CSV yet."""
-    expected = len(sl["tasks"]) * len(sl["strategies"]) * len(sl["seeds"])
-    return not csv.exists() or int(_in_slice(pd.read_csv(csv), sl).sum()) < expected
+def _pending(base: ExperimentConfig, proto: dict, out: Path, sl: dict) -> bool:
+    """Whether some run of the part ``sl`` is still to do: not in the grid's CSV yet, or run with another
+    configuration than the protocol's now (e.g. tuned ``params`` written after it ran)."""
+    args = (base, sl["tasks"], sl["strategies"], sl["seeds"], out, proto.get("params"), proto.get("variants"))
+    return bool(pending_runs(*args))
 
 
 def protocol_rows(table: pd.DataFrame, slices: list[dict]) -> pd.DataFrame:
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     csv = out / "results.csv"
-    todo = [sl for sl in slices if not args.render_only and _missing(csv, sl)]
+    todo = [sl for sl in slices if not args.render_only and _pending(base, proto, out, sl)]
     prov_path = out / "provenance.json"
     if todo or not prov_path.exists():  # runs to do: record their commit
         prov = record_provenance(out, ("python " if sys.argv[0].endswith(".py") else "") + shlex.join(sys.argv))
