@@ -126,9 +126,10 @@ def pending_runs(
     out_dir: str | Path,
     params: dict | None = None,
     variants: dict | None = None,
+    quiet: bool = False,
 ) -> list[tuple[str, str, int]]:
     """The (task, row, seed) runs the grid in ``out_dir`` still has to do: not in its CSV yet, or run with another
-    configuration than the protocol's now (:func:`_changed`; logged)."""
+    configuration than the protocol's now (:func:`_changed`; logged unless ``quiet``)."""
     out = Path(out_dir)
     csv = out / "results.csv"
     done = {(r.task, r.strategy, int(r.seed)) for r in pd.read_csv(csv).itertuples()} if csv.exists() else set()
@@ -141,7 +142,10 @@ def pending_runs(
                 if (task, name, seed) in done and (run_dir / "results.jsonl").exists():
                     if not _changed(run_dir, cfg):
                         continue
-                    log.warning("%s/%s/seed %d: its configuration changed since it ran; to run again", task, name, seed)
+                    if not quiet:
+                        log.warning(
+                            "%s/%s/seed %d: its configuration changed since it ran; to run again", task, name, seed
+                        )
                 todo.append((task, name, seed))
     return todo
 

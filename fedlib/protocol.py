@@ -161,7 +161,7 @@ def _pending(base: ExperimentConfig, proto: dict, out: Path, sl: dict) -> bool:
     """Whether some run of the part ``sl`` is still to do: not in the grid's CSV yet, or run with another
     configuration than the protocol's now (e.g. tuned ``params`` written after it ran)."""
     args = (base, sl["tasks"], sl["strategies"], sl["seeds"], out, proto.get("params"), proto.get("variants"))
-    return bool(pending_runs(*args))
+    return bool(pending_runs(*args, quiet=True))  # run_grid logs them as it runs them
 
 
 def protocol_rows(table: pd.DataFrame, slices: list[dict]) -> pd.DataFrame:
