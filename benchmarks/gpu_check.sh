@@ -4,7 +4,7 @@
 #   2. step_cost.py (one prompt-tuning step against the frozen model's floor and PEFT);
 #   3. batched_clients.py at m = 10 (goal: the batched clients >= 4x the sequential loop);
 #   4. batched_clients.py under bf16 autocast, if the GPU offers bf16;
-#   5. a short slice of the cpu-medium protocol (SST-2, seed 0, FedAvg and FedPepTAO).
+#   5. a short slice of the cpu-medium protocol (SST-2, seed 0: the majority floor, FedAvg and FedPepTAO).
 # Without CUDA the same steps run on the CPU and the CUDA-only ones (4) say "skipped".
 # Every figure is printed and kept in $OUT/gpu_check.txt (default runs/gpu_check): commit those numbers.
 #   bash benchmarks/gpu_check.sh               # the full check (~5-8 min on an H100; ~15 min on 2 CPU cores)
@@ -49,7 +49,7 @@ if [ "$QUICK" = 1 ]; then
   PROTOCOL="$OUT/quick.yaml"  # cpu-medium's rows at the smallest sizes
   cat >"$PROTOCOL" <<'YAML'
 tasks: [sst2]
-strategies: [fedavg, fedpeptao]
+strategies: [majority_local, fedavg, fedpeptao]
 seeds: [0]
 targets: {sst2: 0.72}
 experiment:
@@ -58,12 +58,12 @@ experiment:
   data: {train_limit: 32, eval_limit: 16}
   selection: {shared_layers: 3}
 YAML
-  SLICE=(--strategies fedavg)
+  SLICE=(--strategies majority_local,fedavg)
 else
   step tests env FEDLIB_DEVICE=$DEVICE "$PY" -m pytest tests -m "not slow" -q -p no:cacheprovider
   step step_cost "$PY" benchmarks/step_cost.py --device "$DEVICE"
   BATCHED=(--clients 10 --device "$DEVICE")
-  SLICE=(--strategies fedavg,fedpeptao)
+  SLICE=(--strategies majority_local,fedavg,fedpeptao)  # with the floor, as every results table
 fi
 step batched_clients "$PY" benchmarks/batched_clients.py "${BATCHED[@]}"
 grep -h "^  \|^device" "$OUT/batched_clients.log" | tee -a "$SUMMARY"

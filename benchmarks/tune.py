@@ -75,10 +75,10 @@ def main() -> None:
     variants = {
         label: {"strategy": {"name": name, **known.get(name, {}), **params}} for label, (name, params) in labels.items()
     }
-    table = run_grid(
+    table = run_grid(  # majority_local: the floor on the same validation split (no model)
         base,
         tuning.get("tasks") or proto["tasks"],
-        list(labels),
+        ["majority_local", *labels],
         tuning.get("seeds", [0, 1]),
         args.out,
         variants=variants,

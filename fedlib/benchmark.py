@@ -130,10 +130,15 @@ def pending_runs(
 ) -> list[tuple[str, str, int]]:
     """The (task, row, seed) runs the grid in ``out_dir`` still has to do: not in its CSV yet, or run with another
     configuration than the protocol's now (:func:`_changed`; logged unless ``quiet``)."""
-    out = Path(out_dir)
+    configs = grid_configs(base, tasks, strategies, params, variants)
+    return _pending(configs, tasks, strategies, seeds, Path(out_dir), quiet)
+
+
+def _pending(configs: dict, tasks: list[str], strategies: list[str], seeds: list[int], out: Path, quiet: bool) -> list:
+    """:func:`pending_runs` from the grid's configurations (:func:`grid_configs`), already built."""
     csv = out / "results.csv"
     done = {(r.task, r.strategy, int(r.seed)) for r in pd.read_csv(csv).itertuples()} if csv.exists() else set()
-    configs, todo = grid_configs(base, tasks, strategies, params, variants), []
+    todo = []
     for task in tasks:
         for seed in seeds:
             for name in strategies:
@@ -179,7 +184,7 @@ def run_grid(
     csv = out / "results.csv"
     rows = pd.read_csv(csv).to_dict("records") if csv.exists() else []
     configs = grid_configs(base, tasks, strategies, params, variants)  # every combination validated first
-    todo = set(pending_runs(base, tasks, strategies, seeds, out, params, variants))
+    todo = set(_pending(configs, tasks, strategies, seeds, out, quiet=False))
     (out / "grid.json").write_text(
         json.dumps(
             {
