@@ -31,7 +31,7 @@ experiment: $(STAMP)
 
 # nbval executes each notebook once (first); tests/test_notebooks.py then checks the summaries those runs wrote.
 test: $(STAMP) lint browser
-	$(PY) -m pytest notebooks tests --nbval-lax -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest notebooks tests --nbval-lax -p no:cacheprovider --durations=25 $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest tests -m "not slow" -p no:cacheprovider $(PYTEST_ARGS)

@@ -7,7 +7,8 @@ run's global metric first reached the task's fixed ``target`` (NaN: not within t
 strategies may include the reference rows of :mod:`fedlib.references` (``majority_local``, ``centralized``) and
 ``local_only``. A seed fixes the partition, the initial prompts and the client sampling, identically for every
 strategy, so rows of one seed are paired; strategies that share selected layers (``fedpeptao``, ``fedavg_selected``)
-compute the selection once per (task, seed) and are each charged its cost. Labelled variants (config overrides)
+compute the selection once per (task, seed) and configuration (:func:`sibling_selection`, also across processes)
+and are each charged its cost. Labelled variants (config overrides)
 make rows of their own: the ablations. Runs already in the CSV are skipped: an
 interrupted grid resumes.
 
@@ -33,10 +34,13 @@ from .report import shared_layer_count, summarize
 from .simulation import run_simulation
 from .stats import censored_median, mean_ci, paired_differences, summary_table
 from .strategies import get_strategy
+from .workers import claim, file_lock, write_atomic
 
 __all__ = [
     "run_grid",
     "pending_runs",
+    "sibling_selection",
+    "record_row",
     "plot_grid",
     "view_table",
     "paired_table",
@@ -87,6 +91,17 @@ def _row(
     }
 
 
+def record_row(csv: Path, row: dict) -> list[dict]:
+    """Put ``row`` into the grid's CSV (replacing the row of the same task, strategy and seed) and return all rows.
+    Read, changed and replaced under an exclusive lock on the grid's ``grid.lock``, so workers can share it."""
+    with file_lock(csv.parent / "grid.lock"):
+        rows = pd.read_csv(csv).to_dict("records") if csv.exists() else []
+        key = (row["task"], row["strategy"], int(row["seed"]))
+        rows = [r for r in rows if (r["task"], r["strategy"], int(r["seed"])) != key] + [row]
+        write_atomic(csv, pd.DataFrame(rows).reindex(columns=COLUMNS).to_csv(index=False))
+    return rows
+
+
 def _changed(run_dir: Path, cfg: ExperimentConfig) -> bool:
     """Whether a finished run's stored configuration differs from ``cfg``, the one the grid would run now (its
     protocol's params or variants were edited since): read into today's schema, so fields added later with their
@@ -101,6 +116,27 @@ def _changed(run_dir: Path, cfg: ExperimentConfig) -> bool:
         return ExperimentConfig.from_dict(json.loads(path.read_text())).to_dict() != cfg.to_dict()
     except (ConfigError, ValueError, TypeError):
         return True
+
+
+def sibling_selection(out: Path, task: str, seed: int, cfg: ExperimentConfig) -> dict | None:
+    """The layer selection another run of this grid already made for (task, seed), if that run's stored
+    configuration equals ``cfg`` but for the strategy section (the selection does not depend on it: its warm-up is
+    FedAvg whatever the strategy) and its record is of today's version (:data:`fedlib.selection.RECORD_VERSION`).
+    A grid run in parts, or rows re-run alone, so select once per (task, seed); each run is still charged the
+    selection's bytes and seconds (its round 0)."""
+    from .selection import RECORD_VERSION
+
+    want = {k: v for k, v in cfg.to_dict().items() if k != "strategy"}
+    for saved in sorted((out / task / f"seed{seed}").glob("*/selection.json")):
+        try:
+            theirs = ExperimentConfig.from_dict(json.loads((saved.parent / "config.json").read_text())).to_dict()
+            record = json.loads(saved.read_text())
+        except (OSError, ValueError, TypeError):  # unreadable (e.g. a run killed while writing): not reused
+            continue
+        if record.get("version") == RECORD_VERSION and {k: v for k, v in theirs.items() if k != "strategy"} == want:
+            log.info("%s/seed %d: the layer selection of %s, reused", task, seed, saved.parent.name)
+            return record
+    return None
 
 
 def grid_configs(
@@ -165,6 +201,7 @@ def run_grid(
     progress: bool | None = None,
     params: dict[str, dict] | None = None,
     variants: dict[str, dict] | None = None,
+    claims: Path | None = None,
 ) -> pd.DataFrame:
     """Run the grid and return its table (:data:`COLUMNS`).
 
@@ -177,31 +214,36 @@ def run_grid(
     Resumable: a (task, strategy, seed) already in ``out_dir/results.csv`` is skipped, unless its stored
     configuration differs from the one it would run with now (e.g. tuned ``params`` written into the protocol):
     then it runs again and its row is replaced.
+
+    ``claims``: a folder shared by workers running the same grid at once (``run_grid.py --workers n``): each
+    (task, seed) pair with runs to do is taken by the first worker to claim it there (its rows stay together, so
+    they share its layer selection); rows go to the shared CSV under a file lock (:func:`record_row`).
     """
     params, targets, variants = params or {}, targets or {}, variants or {}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     csv = out / "results.csv"
-    rows = pd.read_csv(csv).to_dict("records") if csv.exists() else []
     configs = grid_configs(base, tasks, strategies, params, variants)  # every combination validated first
-    todo = set(_pending(configs, tasks, strategies, seeds, out, quiet=False))
-    (out / "grid.json").write_text(
-        json.dumps(
-            {
-                "tasks": tasks,
-                "strategies": strategies,
-                "seeds": seeds,
-                "targets": targets,
-                "params": params,
-                "variants": variants,
-                "config": base.to_dict(),
-            },
-            indent=2,
-        )
-    )
-    backbone, selections = None, {}
+    todo = set(_pending(configs, tasks, strategies, seeds, out, quiet=claims is not None))
+    grid = {
+        "tasks": tasks,
+        "strategies": strategies,
+        "seeds": seeds,
+        "targets": targets,
+        "params": params,
+        "variants": variants,
+        "config": base.to_dict(),
+    }
+    write_atomic(out / "grid.json", json.dumps(grid, indent=2))
+    backbone = None
     for task in tasks:
         for seed in seeds:
+            if (
+                claims is not None
+                and any(t == task and s == seed for t, _, s in todo)
+                and not claim(claims, task, seed)
+            ):
+                continue  # another worker has this pair
             for name in strategies:
                 if (task, name, seed) not in todo:
                     continue
@@ -216,25 +258,19 @@ def run_grid(
                     history.to_json(run_dir / "results.jsonl", orient="records", lines=True)
                     (run_dir / "config.json").write_text(cfg.to_json())
                 else:
-                    # strategies sharing selected layers share the selection of their (task, seed): it does not
-                    # depend on the strategy; each run is still charged its bytes and seconds (round 0)
                     selected = get_strategy(cfg.strategy).layers == "selected"
-                    key = (task, seed, cfg.selection.to_json())  # one selection per (task, seed, selection config)
-                    selection = selections.get(key) if selected else None
+                    selection = sibling_selection(out, task, seed, cfg) if selected else None
                     res = run_simulation(cfg, run_dir, backbone=backbone, progress=progress, selection=selection)
                     history, shared = res.history, shared_layer_count(res)
-                    if selected:
-                        selections.setdefault(key, res.selection)
                 wall = time.perf_counter() - t0
                 log.info("%s/%s/seed %d: %.1f s", task, name, seed, wall)
-                rows = [r for r in rows if (r["task"], r["strategy"], int(r["seed"])) != (task, name, seed)]
-                rows.append(_row(task, name, seed, history, targets.get(task), shared, wall))
-                pd.DataFrame(rows).reindex(columns=COLUMNS).to_csv(csv, index=False)
+                record_row(csv, _row(task, name, seed, history, targets.get(task), shared, wall))
 
     def rank(r):
         keys = ((tasks, r["task"]), (seeds, int(r["seed"])), (strategies, r["strategy"]))
         return tuple(xs.index(x) if x in xs else len(xs) for xs, x in keys)
 
+    rows = pd.read_csv(csv).to_dict("records") if csv.exists() else []
     rows.sort(key=rank)
     return pd.DataFrame(rows).reindex(columns=COLUMNS)
 

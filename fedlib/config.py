@@ -230,7 +230,9 @@ class SelectionConfig(Config):
     )
     score_batch: int = setting(8, "B, examples per client in the scoring batch (a B x B similarity matrix)")
     hessian_warmup_rounds: int = setting(2, "rounds of FedAvg on all layers before the Hessian is measured")
-    hessian_iters: int = setting(20, "Lanczos iterations of the Hessian eigenvalue density")
+    hessian_iters: int = setting(
+        20, "Hessian-vector products per probed client and rule: Lanczos steps (density), Hutchinson probes (trace)"
+    )
     hessian_relative: bool = setting(False, "measure eigenvalues relative to the largest one (scale-free)")
     choose: typing.Literal["score", "random", "first", "last"] = setting(
         "score",
@@ -243,6 +245,11 @@ class SelectionConfig(Config):
         "whose Hessian-block traces cover trace_coverage of the total (scale-free)",
     )
     trace_coverage: float = setting(0.9, "'trace' rule: the fraction tau of the total trace the shared layers cover")
+    compare_rules: bool = setting(
+        False,
+        "measure both count rules (the one not in count_rule is recorded, not used): twice the Hessian probes' cost; "
+        "notebook 02 compares them",
+    )
 
     def validate(self) -> None:
         o = "selection"

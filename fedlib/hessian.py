@@ -16,6 +16,7 @@ whatever the spectrum. :func:`layer_traces` is the scale-free alternative (``sel
 Hutchinson estimates of the trace of each layer's diagonal Hessian block, tr(H_ll) = E[v_l^T (H v)_l] for
 Rademacher v (one Hessian-vector product estimates all L blocks at once; the cross terms have mean zero);
 :func:`coverage_count` keeps the fewest layers whose client-averaged |trace| covers ``tau`` of the total.
+A run measures only the rule it uses (``selection.compare_rules`` measures both, as notebook 02 does).
 
 Double backward through PyTorch's fused CPU attention is not implemented, so the model runs with its
 eager attention inside :func:`keep_ratio` (and the fast kernel again afterwards). The loss is the
@@ -215,12 +216,25 @@ def _layer_traces(model, params, hvp, probes: int, seed: int, device) -> np.ndar
     return traces
 
 
-def client_curvature(model, batch: dict, iters: int, seed: int, device: torch.device, relative: bool = False) -> dict:
-    """:func:`keep_ratio`'s result plus ``"traces"`` (:func:`layer_traces` with ``iters`` probes), both from one
-    Hessian-vector-product graph (one forward and one differentiable backward for the two rules)."""
+def client_curvature(
+    model,
+    batch: dict,
+    iters: int,
+    seed: int,
+    device: torch.device,
+    relative: bool = False,
+    rules: tuple[str, ...] = ("density", "trace"),
+) -> dict:
+    """The ``rules``' measurements on one Hessian-vector-product graph (one forward, one differentiable backward):
+    ``"density"``, :func:`keep_ratio`'s result (``iters`` Lanczos steps); ``"trace"``, ``"traces"``
+    (:func:`layer_traces` with ``iters`` probes). Each rule costs ``iters`` Hessian-vector products."""
+    unknown = set(rules) - {"density", "trace"}
+    if unknown or not rules:
+        raise ValueError(f"rules {rules!r}: expected one or both of 'density', 'trace'")
     with prompt_hvp(model, batch, device) as (params, hvp):
-        out = _density(hvp, sum(p.numel() for p in params), iters, seed, device, relative)
-        out["traces"] = _layer_traces(model, params, hvp, iters, seed, device)
+        out = _density(hvp, sum(p.numel() for p in params), iters, seed, device, relative) if "density" in rules else {}
+        if "trace" in rules:
+            out["traces"] = _layer_traces(model, params, hvp, iters, seed, device)
     return out
 
 

@@ -16,6 +16,12 @@ and each run's ``results.jsonl``; ``<out>/provenance.json`` records the command 
 at. Runs already in the CSV are skipped, so an interrupted grid resumes (and a finished one only re-renders);
 ``--tasks``, ``--strategies`` and ``--seeds`` run a part of the grid, and every run of the protocol the CSV holds is
 rendered.
+``--workers N`` runs the pending runs in N processes at once, each with its share of the cores as torch threads,
+each taking the next (task, seed) pair no other has taken (:mod:`fedlib.workers`): on a machine whose cores one
+process does not keep busy, the grid finishes sooner (``benchmarks/grid_workers.py`` measures the gain on a
+stand-in: one strategy's runs dealt between one-thread processes); each run's seconds are then measured with fewer
+threads, so run a whole grid one way. One invocation at a time runs a grid folder (``run.lock``); on a GPU the
+workers share the device, each with its own copy of the model.
 ``--results P`` copies the CSV to ``P.csv`` and the figures to ``P/``; ``--readme PAGE`` rewrites the part of
 the page (``docs/results.md``) between ``<!-- results:NAME:begin -->`` and ``<!-- results:NAME:end -->`` (NAME =
 the protocol's name), figures linked relative to the page.
@@ -24,6 +30,8 @@ the protocol's name), figures linked relative to the page.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import json
 import logging
 import os
@@ -40,6 +48,7 @@ from .benchmark import COLUMNS, cost_table, paired_table, pending_runs, plot_gri
 from .config import ExperimentConfig
 from .configbase import yaml_load
 from .report import markdown_table
+from .workers import grid_lock, run_workers
 
 
 def git_commit() -> str:
@@ -157,11 +166,11 @@ def _in_slice(table: pd.DataFrame, sl: dict) -> pd.Series:
     return table.task.isin(sl["tasks"]) & table.strategy.isin(sl["strategies"]) & table.seed.isin(sl["seeds"])
 
 
-def _pending(base: ExperimentConfig, proto: dict, out: Path, sl: dict) -> bool:
+def _pending(base: ExperimentConfig, proto: dict, out: Path, sl: dict, quiet: bool = True) -> bool:
     """Whether some run of the part ``sl`` is still to do: not in the grid's CSV yet, or run with another
-    configuration than the protocol's now (e.g. tuned ``params`` written after it ran)."""
+    configuration than the protocol's now (e.g. tuned ``params`` written after it ran; logged unless ``quiet``)."""
     args = (base, sl["tasks"], sl["strategies"], sl["seeds"], out, proto.get("params"), proto.get("variants"))
-    return bool(pending_runs(*args, quiet=True))  # run_grid logs them as it runs them
+    return bool(pending_runs(*args, quiet=quiet))  # run_grid logs them as it runs them
 
 
 def protocol_rows(table: pd.DataFrame, slices: list[dict]) -> pd.DataFrame:
@@ -173,6 +182,31 @@ def protocol_rows(table: pd.DataFrame, slices: list[dict]) -> pd.DataFrame:
     order = {key: {v: i for i, v in enumerate(slices[0][key])} for key in ("tasks", "strategies")}
     rows = table[keep].assign(_t=lambda t: t.task.map(order["tasks"]), _s=lambda t: t.strategy.map(order["strategies"]))
     return rows.sort_values(["_t", "_s", "seed"], kind="stable").drop(columns=["_t", "_s"]).reset_index(drop=True)
+
+
+def run_slices(
+    base: ExperimentConfig,
+    proto: dict,
+    slices: list[dict],
+    out: Path,
+    claims: Path | None = None,
+    progress: bool | None = None,
+) -> None:
+    """Run the protocol's parts ``slices`` into ``out`` (:func:`fedlib.benchmark.run_grid`); ``claims``: as one of
+    ``--workers``' processes (:func:`fedlib.workers.run_workers`)."""
+    for sl in slices:
+        run_grid(
+            base,
+            sl["tasks"],
+            sl["strategies"],
+            sl["seeds"],
+            out,
+            targets=proto.get("targets"),
+            params=proto.get("params"),
+            variants=proto.get("variants"),
+            claims=claims,
+            progress=progress,
+        )
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
@@ -191,7 +225,17 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     p.add_argument("--strategies", help="comma-separated subset of the protocol's strategies (rows)")
     p.add_argument("--seeds", help="comma-separated subset of the protocol's seeds")
     p.add_argument("--render-only", action="store_true", help="render the runs the CSV holds; run nothing")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes running the grid at once, cores split between them as torch threads (default 1)",
+    )
     args = p.parse_args(argv)
+    if args.workers < 1:
+        raise SystemExit(f"--workers: {args.workers}, must be >= 1")
+    if args.workers > 1 and importlib.util.find_spec("fcntl") is None:  # Windows: without locks rows would be lost
+        raise SystemExit("--workers > 1 needs POSIX file locks (Linux, macOS); run with one worker here")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     proto = yaml_load(Path(args.protocol).read_text())
     slices = grid_slices(proto)
@@ -213,23 +257,24 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     csv = out / "results.csv"
-    todo = [sl for sl in slices if not args.render_only and _pending(base, proto, out, sl)]
-    prov_path = out / "provenance.json"
-    if todo or not prov_path.exists():  # runs to do: record their commit
-        prov = record_provenance(out, ("python " if sys.argv[0].endswith(".py") else "") + shlex.join(sys.argv))
-    else:  # a finished grid is only re-rendered
-        prov = json.loads(prov_path.read_text())
-    for sl in todo:
-        run_grid(
-            base,
-            sl["tasks"],
-            sl["strategies"],
-            sl["seeds"],
-            out,
-            targets=proto.get("targets"),
-            params=proto.get("params"),
-            variants=proto.get("variants"),
-        )
+    with contextlib.ExitStack() as running:
+        if not args.render_only:  # one invocation at a time runs this grid
+            running.enter_context(grid_lock(out))
+        todo = [sl for sl in slices if not args.render_only and _pending(base, proto, out, sl)]
+        prov_path = out / "provenance.json"
+        if todo or not prov_path.exists():  # runs to do: record their commit
+            prov = record_provenance(out, ("python " if sys.argv[0].endswith(".py") else "") + shlex.join(sys.argv))
+        else:  # a finished grid is only re-rendered
+            prov = json.loads(prov_path.read_text())
+        if todo and args.workers > 1:
+            for sl in todo:  # say which finished runs are to run again (the workers do not)
+                pending_runs(
+                    base, sl["tasks"], sl["strategies"], sl["seeds"], out, proto.get("params"), proto.get("variants")
+                )
+            claims = out / "claims"
+            run_workers(run_slices, (base, proto, todo, out, claims, False), args.workers, claims)
+        elif todo:
+            run_slices(base, proto, todo, out)
     table = protocol_rows(pd.read_csv(csv).reindex(columns=COLUMNS), grid_slices(proto)) if csv.exists() else None
     if table is None or table.empty:
         raise SystemExit(f"{csv}: no run of this protocol yet")

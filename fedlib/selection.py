@@ -9,16 +9,18 @@ encoded training data, the partition and the config. Steps:
 2. choose how many layers to share, k: ``selection.shared_layers``, else ``share_ratio`` of the layers, else
    the Hessian criterion (:func:`hessian_ratio`): ``hessian_warmup_rounds`` of FedAvg on all layers, run by
    the simulator's own round function (:class:`fedlib.rounds.Federation`), then, on each sampled client's
-   prompt loss (:mod:`fedlib.hessian`), both rules: the eigenvalue density's keep ratio (the reference's,
-   ``count_rule: density``) and the per-layer Hessian-block traces (``count_rule: trace``, scale-free: the
-   fewest layers covering ``trace_coverage`` of the client-averaged total); the model then returns to its
-   initial prompts;
+   prompt loss (:mod:`fedlib.hessian`), the rule in use: the eigenvalue density's keep ratio (the reference's,
+   ``count_rule: density``) or the per-layer Hessian-block traces (``count_rule: trace``, scale-free: the
+   fewest layers covering ``trace_coverage`` of the client-averaged total); each costs ``hessian_iters``
+   Hessian-vector products per probed client, and ``selection.compare_rules`` measures and records both; the
+   model then returns to its initial prompts;
 3. share the k best-scored layers; the others are ``selection.nonselected`` (``"auto"``: personal for
    encoders, off for decoders, the reference's GPT-2 choice).
 
 The simulator calls it when a run starts (not when it is built); notebook 02 calls it as well. Its cost is
 part of the run's: every client downloads the initial prompts and uploads its L scores; the warm-up rounds
-cost what FedAvg rounds cost; the probed clients download the warmed-up prompts and upload 1 + L numbers each
+cost what FedAvg rounds cost; the probed clients download the warmed-up prompts and upload their measurement
+(1 number, the keep ratio, for the density rule; L, the layer traces, for the trace rule; 1 + L for both) each
 (``bytes_down``/``bytes_up``; the simulator logs them as round 0, phase "selection").
 """
 
@@ -37,7 +39,11 @@ from .scoring import score_layers
 from .server import tensor_bytes
 from .strategies import get_strategy
 
-__all__ = ["select_layers", "hessian_ratio", "count_from_curvature", "roles_from_ranking"]
+__all__ = ["select_layers", "hessian_ratio", "count_from_curvature", "roles_from_ranking", "RECORD_VERSION"]
+
+RECORD_VERSION = 2
+"""The version of :func:`select_layers`' record, raised when what it measures or charges changes (2: only the count
+rule in use is measured, its bytes counted accordingly); a grid reuses only records of today's version."""
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +55,8 @@ def roles_from_ranking(ranking: list[int], k: int, nonselected: str) -> tuple[st
 
 
 def hessian_ratio(model, train: Encoded, partition, cfg, device) -> dict:
-    """Warm up with FedAvg on all layers, then average the sampled clients' keep ratios (step 2 above).
+    """Warm up with FedAvg on all layers, then measure the sampled clients' curvature for the count rule in use (both
+    with ``compare_rules``): their mean keep ratio (density) and/or mean layer traces and their count (step 2 above).
 
     The warm-up's rounds are records like the run's own (``"warmup"``: their list); ``model`` ends at the
     prompts it started with.
@@ -67,30 +74,28 @@ def hessian_ratio(model, train: Encoded, partition, cfg, device) -> dict:
     model.load_state(server.shared)
     sampled = sampled or fl.sample(0)
     pad = model.info.tokenizer.pad_token_id
-    per_client, traces = [], []
+    rules = ("density", "trace") if sel.compare_rules else (sel.count_rule,)
+    per_client = []
     for k in sampled:
         idx = partition.train[k]
         order = np.random.default_rng([fed.seed, k, 13]).permutation(len(idx))[: cfg.train.batch_size]
         batch, seed = collate(train, [idx[i] for i in order], pad), client_seed(fed.seed, 0, k, stream=2)
-        per_client.append(client_curvature(model, batch, sel.hessian_iters, seed, device, sel.hessian_relative))
-        traces.append(per_client[-1]["traces"])
+        per_client.append(client_curvature(model, batch, sel.hessian_iters, seed, device, sel.hessian_relative, rules))
     model.load_state(init)  # training proper starts from the initial prompts
-    ratios = [r["ratio"] for r in per_client]
-    mean_traces = np.mean(traces, axis=0)
-    return {
-        "ratio": float(np.mean(ratios)),
-        "client_ratios": ratios,
-        "traces": mean_traces.tolist(),
-        "client_traces": [t.tolist() for t in traces],
-        "trace_count": coverage_count(mean_traces, sel.trace_coverage),
-        "clients": sampled,
-        "eigenvalues": per_client[0]["eigenvalues"],
-        "weights": per_client[0]["weights"],
-        "relative": sel.hessian_relative,
-        "warmup": records,
-        "bytes_down": sum(r["bytes_down"] for r in records) + len(sampled) * tensor_bytes(server.shared),
-        "bytes_up": sum(r["bytes_up"] for r in records) + 8 * (1 + model.info.num_layers) * len(sampled),
-    }
+    out = {"rules": list(rules), "clients": sampled, "relative": sel.hessian_relative, "warmup": records}
+    if "density" in rules:
+        ratios = [r["ratio"] for r in per_client]
+        out.update(ratio=float(np.mean(ratios)), client_ratios=ratios)
+        out.update(eigenvalues=per_client[0]["eigenvalues"], weights=per_client[0]["weights"])
+    if "trace" in rules:
+        traces = [r["traces"] for r in per_client]
+        mean_traces = np.mean(traces, axis=0)
+        out.update(traces=mean_traces.tolist(), client_traces=[t.tolist() for t in traces])
+        out["trace_count"] = coverage_count(mean_traces, sel.trace_coverage)
+    sent = ("density" in rules) + ("trace" in rules) * model.info.num_layers  # a keep ratio; L layer traces
+    out["bytes_down"] = sum(r["bytes_down"] for r in records) + len(sampled) * tensor_bytes(server.shared)
+    out["bytes_up"] = sum(r["bytes_up"] for r in records) + 8 * sent * len(sampled)
+    return out
 
 
 def count_from_curvature(hessian: dict, num_layers: int, rule: str, coverage: float) -> tuple[int, str]:
@@ -98,12 +103,14 @@ def count_from_curvature(hessian: dict, num_layers: int, rule: str, coverage: fl
 
     ``rule="density"``: ``k = round(r L)``, r the mean keep ratio of the eigenvalue density (the reference);
     ``rule="trace"``: the fewest layers whose client-averaged Hessian-block traces cover ``coverage`` (tau) of the
-    total (:func:`fedlib.hessian.coverage_count`; scale-free). Both read the same record, so a notebook can compare
-    them, or vary tau, without measuring again."""
+    total (:func:`fedlib.hessian.coverage_count`; scale-free). With ``selection.compare_rules`` the record holds both,
+    so a notebook can compare them, or vary tau, without measuring again."""
+    if rule not in ("density", "trace"):
+        raise ValueError(f"count rule {rule!r}: expected 'density' or 'trace'")
+    if rule not in hessian.get("rules", ("density", "trace")):
+        raise ValueError(f"count rule {rule!r} was not measured (selection.compare_rules=True measures both)")
     if rule == "trace":
         return coverage_count(np.asarray(hessian["traces"]), coverage), f"Hessian-block traces covering {coverage:g}"
-    if rule != "density":
-        raise ValueError(f"count rule {rule!r}: expected 'density' or 'trace'")
     return layer_count(hessian["ratio"], num_layers), "Hessian eigen-density"
 
 
@@ -146,6 +153,7 @@ def select_layers(model, train: Encoded, partition, cfg, device) -> dict:
         nonselected,
     )
     return {
+        "version": RECORD_VERSION,
         "ranking": ranking,
         "choose": sel.choose,
         "scores": scores["scores"].tolist(),

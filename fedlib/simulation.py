@@ -323,7 +323,9 @@ class Simulation(Federation):
         self.start()
         if self.out_dir is not None:
             if self.selection is not None:
-                (self.out_dir / "selection.json").write_text(json.dumps(self.selection, indent=2))
+                tmp = self.out_dir / "selection.json.tmp"  # written whole, then renamed: never half a record
+                tmp.write_text(json.dumps(self.selection, indent=2))
+                tmp.replace(self.out_dir / "selection.json")
             if resuming:
                 start = self._resume()
                 log.info("resumed from round %d", start)

@@ -34,6 +34,7 @@ def test_every_benchmark_script_has_a_smoke_test():
         "node_memory.py",
         "tune.py",
         "scale_clients.py",
+        "grid_workers.py",
     }
     assert {p.name for p in BENCH.glob("*.sh")} == {"gpu_check.sh"}
 
@@ -64,6 +65,14 @@ def test_flower_parity():
     )
     m = re.fullmatch(rf"flower_parity max_abs_diff=({NUM}) time_ratio={NUM}", line)
     assert m and float(m.group(1)) < 1e-5, line
+
+
+def test_grid_workers():
+    proto = str(BENCH / "protocols" / "cpu-medium.yaml")
+    # more cores than runs: the empty share starts no worker (a worker given no seeds once ran the whole benchmark)
+    args = ("--seeds", "2", "--rounds", "1", "--cores", "3", "--train-limit", "80", "--eval-limit", "16")
+    line = run("grid_workers.py", proto, *args)
+    assert re.fullmatch(rf"grid_workers cores=3 throughput_ratio={NUM} max_metric_diff={NUM}", line), line
 
 
 def test_scale_clients():
@@ -172,6 +181,31 @@ def test_run_grid_renders_results_and_readme(tmp_path):
         stored = json.loads((tmp_path / "out" / "rte" / f"seed{seed}" / "fedprox" / "config.json").read_text())
         assert stored["strategy"]["mu"] == 0.5
     assert fedavg_log.stat().st_mtime_ns == before and len(pd.read_csv(tmp_path / "res.csv")) == 16
+
+
+def test_run_grid_workers_share_the_grid_without_doing_a_run_twice(tmp_path):
+    proto = tmp_path / "tiny.yaml"
+    proto.write_text(
+        "tasks: [rte]\nstrategies: [fedavg, fedavg_selected, fedpeptao]\nseeds: [0, 1, 2]\n"
+        "experiment:\n  model: {prompt_len: 2, max_length: 48}\n  train: {batch_size: 8}\n"
+        "  fed: {num_clients: 2, clients_per_round: 2, rounds: 1}\n"
+        "  data: {train_limit: 16, eval_limit: 8}\n  selection: {hessian_warmup_rounds: 1, hessian_iters: 2}\n"
+    )
+    out = tmp_path / "out"
+    run("run_grid.py", str(proto), "--out", str(out), "--workers", "2")
+    import pandas as pd
+
+    table = pd.read_csv(out / "results.csv")
+    assert len(table) == 9 and not table.duplicated(["task", "strategy", "seed"]).any()
+    assert not (out / "claims").exists()
+    for seed in (0, 1, 2):  # a pair's rows ran in one worker: one selection, made by fedavg_selected, reused
+        pair = out / "rte" / f"seed{seed}"
+        assert (pair / "fedpeptao" / "selection.json").read_text() == (
+            pair / "fedavg_selected" / "selection.json"
+        ).read_text()
+    mtimes = {p: p.stat().st_mtime_ns for p in out.glob("rte/seed*/*/results.jsonl")}
+    run("run_grid.py", str(proto), "--out", str(out), "--workers", "2")  # nothing left: only re-renders
+    assert {p: p.stat().st_mtime_ns for p in out.glob("rte/seed*/*/results.jsonl")} == mtimes
 
 
 def test_tune_chooses_on_the_validation_split_and_writes_the_protocol(tmp_path):

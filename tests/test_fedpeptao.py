@@ -279,6 +279,13 @@ def test_selection_is_deterministic_and_shares_the_top_scored_layers(bundled_bac
     t = select_layers(sim.model, sim.train, sim.partition, trace, sim.device)
     assert t["k"] == t["hessian"]["trace_count"] and t["how"] == "Hessian-block traces covering 0.5"
     assert t["ranking"] == a["ranking"]  # the rule sets k only
+    # a run measures only its rule; compare_rules measures both, the density's ratio unchanged by the traces' probes
+    assert a["hessian"]["rules"] == ["density"] and "traces" not in a["hessian"]
+    assert t["hessian"]["rules"] == ["trace"] and "ratio" not in t["hessian"]
+    both = cfg.replace(selection=cfg.selection.replace(compare_rules=True))
+    c = select_layers(sim.model, sim.train, sim.partition, both, sim.device)
+    assert c["hessian"]["ratio"] == a["hessian"]["ratio"] and c["hessian"]["traces"] == t["hessian"]["traces"]
+    assert c["k"] == a["k"] and c["bytes_up"] - a["bytes_up"] == 2 * 8 * 6  # 2 probed clients' L = 6 traces
 
 
 def test_hutchinson_block_traces_of_a_known_matrix():
@@ -299,6 +306,8 @@ def test_count_from_curvature_reads_both_rules_from_one_record():
     assert count_from_curvature(record, 4, "trace", 0.8)[0] == 2
     with pytest.raises(ValueError, match="count rule 'eigen'"):
         count_from_curvature(record, 4, "eigen", 0.9)
+    with pytest.raises(ValueError, match="'trace' was not measured"):
+        count_from_curvature({"rules": ["density"], "ratio": 0.5}, 4, "trace", 0.9)
 
 
 def test_coverage_count_keeps_the_fewest_layers_covering_tau():

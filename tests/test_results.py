@@ -1,5 +1,6 @@
 """Results a reader can trust: three evaluation views, reference rows, selection costs, paired statistics."""
 
+import json
 import math
 
 import numpy as np
@@ -98,9 +99,9 @@ def test_selection_costs_are_round_zero_and_in_the_totals(bundled_backbone):
     warm = sel["hessian"]["warmup"][0]
     everything = 6 * 2 * 2 * 384 * 4 + (384 * 2 + 2) * 4  # all six layers' [2, 768] prompts and the head, float32
     # scoring: 4 clients get the initial prompts, send 6 scores and a count; warm-up: a FedAvg round; Hessian:
-    # the 2 probed clients get the warmed-up prompts and send their keep ratio and L = 6 layer traces each
+    # the 2 probed clients get the warmed-up prompts and send their keep ratio (the density rule's one number) each
     assert first["bytes_down"] == 4 * everything + warm["bytes_down"] + 2 * everything
-    assert first["bytes_up"] == 4 * 8 * 7 + warm["bytes_up"] + 2 * 8 * 7
+    assert first["bytes_up"] == 4 * 8 * 7 + warm["bytes_up"] + 2 * 8 * 1
     s = summarize(h)
     assert s["selection_bytes"] == first["bytes_up"] + first["bytes_down"] and s["rounds"] == 2
     assert s["bytes_total"] == h["cum_bytes"].iloc[-1] == s["selection_bytes"] + 2 * s["bytes_per_round"]
@@ -203,3 +204,51 @@ def test_extra_seeds_make_their_own_part_and_stale_rows_are_left_out():
     ):
         with pytest.raises(SystemExit, match=says):
             grid_slices({**proto, "extra_seeds": bad})
+
+
+def test_a_selection_is_reused_by_runs_differing_only_in_their_strategy(tmp_path):
+    from fedlib.benchmark import sibling_selection
+    from fedlib.config import ExperimentConfig
+
+    base = ExperimentConfig().replace(fed=ExperimentConfig().fed.replace(task="sst2", seed=3))
+    done = tmp_path / "sst2" / "seed3" / "fedavg_selected"
+    done.mkdir(parents=True)
+    (done / "config.json").write_text(base.with_strategy("fedavg_selected").to_json())
+    (done / "selection.json").write_text(json.dumps({"version": 2, "k": 2, "seconds": 7.0}))
+    fedpeptao = base.with_strategy("fedpeptao", server_lr=0.01)
+    assert sibling_selection(tmp_path, "sst2", 3, fedpeptao) == {"version": 2, "k": 2, "seconds": 7.0}
+    other = fedpeptao.replace(selection=fedpeptao.selection.replace(choose="first"))
+    assert sibling_selection(tmp_path, "sst2", 3, other) is None  # another selection configuration
+    assert sibling_selection(tmp_path, "sst2", 4, fedpeptao) is None  # another seed
+    other = fedpeptao.replace(train=fedpeptao.train.replace(lr=0.01))
+    assert sibling_selection(tmp_path, "sst2", 3, other) is None  # another training config: another warm-up
+    (done / "selection.json").write_text(json.dumps({"k": 2}))  # made by older code (no version)
+    assert sibling_selection(tmp_path, "sst2", 3, fedpeptao) is None
+    (done / "selection.json").write_text('{"version": 2, "k"')  # a run killed while writing it
+    assert sibling_selection(tmp_path, "sst2", 3, fedpeptao) is None
+
+
+def test_grid_rows_written_by_two_processes_at_once_are_all_kept(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from pathlib import Path; from fedlib.benchmark import record_row\n"
+        "for seed in range(25): record_row(Path(sys.argv[1]), {'task': 'rte', 'strategy': sys.argv[2], 'seed': seed})"
+    )
+    csv = tmp_path / "results.csv"
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(csv), name]) for name in ("fedavg", "fedprox")]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    table = pd.read_csv(csv)
+    assert len(table) == 50 and set(table.groupby("strategy")["seed"].nunique()) == {25}
+
+
+def test_one_invocation_at_a_time_runs_a_grid_folder(tmp_path):
+    from fedlib.protocol import grid_lock
+
+    with grid_lock(tmp_path):
+        with pytest.raises(SystemExit, match="another run_grid is running this grid"):
+            with grid_lock(tmp_path):
+                pass
+    with grid_lock(tmp_path):  # released
+        pass
