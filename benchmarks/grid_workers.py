@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from fedlib.workers import usable_cores
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -82,11 +84,7 @@ def main() -> None:
     p.add_argument("--strategy", default="fedavg")
     p.add_argument("--seeds", type=int, default=4, help="runs in each mode (seeds 0..n-1)")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument(
-        "--cores",
-        type=int,
-        default=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
-    )
+    p.add_argument("--cores", type=int, default=usable_cores())
     p.add_argument("--train-limit", type=int, default=0, help="override the protocol's data.train_limit (0: keep)")
     p.add_argument("--eval-limit", type=int, default=0, help="override the protocol's data.eval_limit (0: keep)")
     p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)

@@ -260,17 +260,14 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     with contextlib.ExitStack() as running:
         if not args.render_only:  # one invocation at a time runs this grid
             running.enter_context(grid_lock(out))
-        todo = [sl for sl in slices if not args.render_only and _pending(base, proto, out, sl)]
+        # which finished runs are to run again: logged here for workers (they do not), else by run_grid as it runs
+        todo = [sl for sl in slices if not args.render_only and _pending(base, proto, out, sl, args.workers == 1)]
         prov_path = out / "provenance.json"
         if todo or not prov_path.exists():  # runs to do: record their commit
             prov = record_provenance(out, ("python " if sys.argv[0].endswith(".py") else "") + shlex.join(sys.argv))
         else:  # a finished grid is only re-rendered
             prov = json.loads(prov_path.read_text())
         if todo and args.workers > 1:
-            for sl in todo:  # say which finished runs are to run again (the workers do not)
-                pending_runs(
-                    base, sl["tasks"], sl["strategies"], sl["seeds"], out, proto.get("params"), proto.get("variants")
-                )
             claims = out / "claims"
             run_workers(run_slices, (base, proto, todo, out, claims, False), args.workers, claims)
         elif todo:

@@ -30,15 +30,16 @@ log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def file_lock(path: Path):
-    """An exclusive advisory lock on ``path``, waited for (POSIX ``flock``; a no-op where fcntl does not exist)."""
+def file_lock(path: Path, wait: bool = True):
+    """An exclusive advisory lock on ``path`` (POSIX ``flock``; a no-op where fcntl does not exist). ``wait=False``:
+    raise BlockingIOError at once if another process holds it."""
     try:
         import fcntl
     except ImportError:  # Windows: one worker per grid
         yield
         return
     with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         try:
             yield
         finally:
@@ -66,20 +67,12 @@ def claim(claims: Path, task: str, seed: int) -> bool:
 def grid_lock(out: Path):
     """Hold ``out/run.lock`` while this invocation runs the grid; another one on the same folder stops at once
     (two would run the same pairs into the same folders). POSIX only; elsewhere nothing is locked."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    with open(out / "run.lock", "a") as f:
+    with contextlib.ExitStack() as held:
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held.enter_context(file_lock(out / "run.lock", wait=False))
         except BlockingIOError:
             raise SystemExit(f"{out}: another run_grid is running this grid (it holds {out / 'run.lock'})") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+        yield
 
 
 def usable_cores() -> int:
