@@ -12,8 +12,9 @@
 interval than the others, without paying for every row.
 
 Writes ``<out>/results.csv``, ``<out>/results.md`` (mean over seeds), ``<out>/<task>.png`` (mean over seeds)
-and each run's ``results.jsonl``; ``<out>/provenance.json`` records the command and the commit(s) the grid ran
-at. Runs already in the CSV are skipped, so an interrupted grid resumes (and a finished one only re-renders);
+and each run's ``results.jsonl``; ``<out>/provenance.json`` records the command and, per invocation, the commit,
+start time, number of workers and wall-clock seconds (rendered as the grid's wall-clock time). Runs already in the
+CSV are skipped, so an interrupted grid resumes (and a finished one only re-renders);
 ``--tasks``, ``--strategies`` and ``--seeds`` run a part of the grid, and every run of the protocol the CSV holds is
 rendered.
 ``--workers N`` runs the pending runs in N processes at once, each with its share of the cores as torch threads,
@@ -69,13 +70,39 @@ def platform_name() -> str:
     return f"{dev}, torch {torch.__version__}"
 
 
-def record_provenance(out: Path, command: str) -> dict:
+def record_provenance(out: Path, command: str, workers: int = 1) -> dict:
+    """Append this invocation to ``<out>/provenance.json``: its commit, start time and number of workers, and a
+    ``wall_seconds`` entry left ``null`` until :func:`record_wall_time` fills it (an interrupted invocation keeps it).
+    """
     path = out / "provenance.json"
     prov = json.loads(path.read_text()) if path.exists() else {"command": command, "commits": [], "started": []}
+    for key in ("workers", "wall_seconds"):  # files from before these were recorded: unknown for earlier invocations
+        prov[key] = prov.get(key, []) + [None] * (len(prov["started"]) - len(prov.get(key, [])))
     prov["commits"].append(git_commit())
     prov["started"].append(time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+    prov["workers"].append(workers)
+    prov["wall_seconds"].append(None)
     path.write_text(json.dumps(prov, indent=2))
     return prov
+
+
+def record_wall_time(out: Path, prov: dict, seconds: float) -> None:
+    """Fill this invocation's ``wall_seconds`` (start to finish of its runs, all workers together)."""
+    prov["wall_seconds"][-1] = round(seconds, 1)
+    (out / "provenance.json").write_text(json.dumps(prov, indent=2))
+
+
+def wall_time_sentence(prov: dict) -> str:
+    """How long the grid took on the clock, from the invocations that finished (sum over them), with their workers."""
+    walls = prov.get("wall_seconds") or []
+    done = [(w, k) for w, k in zip(walls, prov.get("workers") or [None] * len(walls)) if w is not None]
+    if not done:
+        return ""
+    workers = sorted({k for _, k in done if k is not None})
+    return (
+        f" Wall-clock time of the grid: {sum(w for w, _ in done) / 60:.1f} min ({len(done)} of {len(walls)} "
+        f"invocation(s) measured, start to finish; {'/'.join(map(str, workers)) or '?'} worker(s))."
+    )
 
 
 def results_section(name: str, proto: dict, table, prov: dict, figures: list[str]) -> str:
@@ -101,7 +128,8 @@ def results_section(name: str, proto: dict, table, prov: dict, figures: list[str
             "every run at its row's median (robust to runs slowed by other work on the machine)."
             if wall_s
             else ""
-        ),
+        )
+        + wall_time_sentence(prov),
         "",
         "Final dev metric (accuracy; MCC for CoLA; (acc+F1)/2 for MRPC), mean ± half-width of the 95% CI over seeds, "
         "in three views: `global` (the shared model on the whole eval set), `personal` (each client's model on an "
@@ -264,14 +292,18 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         todo = [sl for sl in slices if not args.render_only and _pending(base, proto, out, sl, args.workers == 1)]
         prov_path = out / "provenance.json"
         if todo or not prov_path.exists():  # runs to do: record their commit
-            prov = record_provenance(out, ("python " if sys.argv[0].endswith(".py") else "") + shlex.join(sys.argv))
+            command = ("python " if sys.argv[0].endswith(".py") else "") + shlex.join(sys.argv)
+            prov = record_provenance(out, command, args.workers)
         else:  # a finished grid is only re-rendered
             prov = json.loads(prov_path.read_text())
+        start = time.monotonic()
         if todo and args.workers > 1:
             claims = out / "claims"
             run_workers(run_slices, (base, proto, todo, out, claims, False), args.workers, claims)
         elif todo:
             run_slices(base, proto, todo, out)
+        if todo:
+            record_wall_time(out, prov, time.monotonic() - start)
     table = protocol_rows(pd.read_csv(csv).reindex(columns=COLUMNS), grid_slices(proto)) if csv.exists() else None
     if table is None or table.empty:
         raise SystemExit(f"{csv}: no run of this protocol yet")

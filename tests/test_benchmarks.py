@@ -160,6 +160,9 @@ def test_run_grid_renders_results_and_readme(tmp_path):
     ).all()
     text = readme.read_text()
     assert text.startswith("x\n") and text.endswith("y\n") and "| fedprox |" in text and "rte.png" in text
+    prov = json.loads((tmp_path / "out" / "provenance.json").read_text())
+    assert prov["workers"] == [1] and prov["wall_seconds"][0] > 0
+    assert "Wall-clock time of the grid:" in text and "(1 of 1 invocation(s) measured" in text
     (tmp_path / "out" / "rte" / "seed1" / "fedavg" / "results.jsonl").unlink()  # a run to do: --render-only skips it
     run("run_grid.py", str(proto), "--out", str(tmp_path / "out"), "--readme", str(readme), "--render-only")
     assert not (tmp_path / "out" / "rte" / "seed1" / "fedavg" / "results.jsonl").exists()
@@ -198,6 +201,8 @@ def test_run_grid_workers_share_the_grid_without_doing_a_run_twice(tmp_path):
     table = pd.read_csv(out / "results.csv")
     assert len(table) == 9 and not table.duplicated(["task", "strategy", "seed"]).any()
     assert not (out / "claims").exists()
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["workers"] == [2] and prov["wall_seconds"][0] > 0  # the whole invocation, both workers
     for seed in (0, 1, 2):  # a pair's rows ran in one worker: one selection, made by fedavg_selected, reused
         pair = out / "rte" / f"seed{seed}"
         assert (pair / "fedpeptao" / "selection.json").read_text() == (

@@ -252,3 +252,19 @@ def test_one_invocation_at_a_time_runs_a_grid_folder(tmp_path):
                 pass
     with grid_lock(tmp_path):  # released
         pass
+
+
+def test_provenance_records_each_invocations_wall_time_and_workers(tmp_path, monkeypatch):
+    from fedlib import protocol
+
+    monkeypatch.setattr(protocol, "git_commit", lambda: "abc1234")
+    older = {"command": "python benchmarks/run_grid.py p.yaml --out x", "commits": ["0000000"], "started": ["then"]}
+    (tmp_path / "provenance.json").write_text(json.dumps(older))  # written before wall times were recorded
+    prov = protocol.record_provenance(tmp_path, "ignored: the first command stays", workers=2)
+    assert prov["workers"] == [None, 2] and prov["wall_seconds"] == [None, None]
+    assert protocol.wall_time_sentence(prov) == ""  # nothing measured yet: no claim
+    protocol.record_wall_time(tmp_path, prov, 6065.04)
+    stored = json.loads((tmp_path / "provenance.json").read_text())
+    assert stored["wall_seconds"] == [None, 6065.0] and stored["command"] == older["command"]
+    sentence = protocol.wall_time_sentence(stored)
+    assert "101.1 min (1 of 2 invocation(s) measured" in sentence and "2 worker(s)" in sentence
