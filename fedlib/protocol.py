@@ -49,7 +49,7 @@ from .benchmark import COLUMNS, cost_table, paired_table, pending_runs, plot_gri
 from .config import ExperimentConfig
 from .configbase import yaml_load
 from .report import markdown_table
-from .workers import grid_lock, run_workers
+from .workers import grid_lock, run_workers, write_atomic
 
 
 def git_commit() -> str:
@@ -82,26 +82,26 @@ def record_provenance(out: Path, command: str, workers: int = 1) -> dict:
     prov["started"].append(time.strftime("%Y-%m-%d %H:%M:%S %Z"))
     prov["workers"].append(workers)
     prov["wall_seconds"].append(None)
-    path.write_text(json.dumps(prov, indent=2))
+    write_atomic(path, json.dumps(prov, indent=2))
     return prov
 
 
 def record_wall_time(out: Path, prov: dict, seconds: float) -> None:
     """Fill this invocation's ``wall_seconds`` (start to finish of its runs, all workers together)."""
     prov["wall_seconds"][-1] = round(seconds, 1)
-    (out / "provenance.json").write_text(json.dumps(prov, indent=2))
+    write_atomic(out / "provenance.json", json.dumps(prov, indent=2))
 
 
 def wall_time_sentence(prov: dict) -> str:
     """How long the grid took on the clock, from the invocations that finished (sum over them), with their workers."""
-    walls = prov.get("wall_seconds") or []
-    done = [(w, k) for w, k in zip(walls, prov.get("workers") or [None] * len(walls)) if w is not None]
+    walls = prov.get("wall_seconds") or []  # record_provenance keeps it aligned with "workers"
+    done = [(w, k) for w, k in zip(walls, prov.get("workers", [])) if w is not None]
     if not done:
         return ""
-    workers = sorted({k for _, k in done if k is not None})
+    workers = "/".join(map(str, sorted({k for _, k in done})))
     return (
         f" Wall-clock time of the grid: {sum(w for w, _ in done) / 60:.1f} min ({len(done)} of {len(walls)} "
-        f"invocation(s) measured, start to finish; {'/'.join(map(str, workers)) or '?'} worker(s))."
+        f"invocation(s) measured, start to finish; {workers} worker(s))."
     )
 
 
