@@ -42,9 +42,12 @@ lint: $(STAMP)
 
 # JupyterLab from the project's environment: its default "python3" kernel is .venv's Python.
 # --allow-root: CI and most containers run as root, where JupyterLab otherwise refuses to start. MPLBACKEND (Agg,
-# exported above for headless runs) is dropped so that the kernels draw figures inline.
+# exported above for headless runs) is dropped so that the kernels draw figures inline. Offline: no news feed, no
+# update check, and no prompt asking to fetch them (notebooks/.jupyterlab/overrides.json; the browser test uses the
+# same LAB_FLAGS).
+LAB_FLAGS := --LabApp.news_url=None --LabApp.app_settings_dir=$(CURDIR)/notebooks/.jupyterlab
 lab: $(STAMP)
-	env -u MPLBACKEND $(VENV)/bin/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root,)
+	env -u MPLBACKEND $(VENV)/bin/jupyter lab notebooks/ $(LAB_FLAGS) $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 # Chromium and its driver for tests/test_lab_browser.py, from Debian's packages (apt needs root; CI runs as root).
 # Without them that test is skipped and says why.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,13 @@ from .config import ExperimentConfig, config_reference
 from .configbase import ConfigError, describe, yaml_load
 from .strategies import STRATEGIES, strategy_config
 
-__all__ = ["add_config_arguments", "config_from_args", "apply_overrides", "load_config"]
+__all__ = ["add_config_arguments", "config_from_args", "apply_overrides", "load_config", "plain"]
+
+
+def plain(text: str) -> str:
+    """Docstring text for a terminal: Sphinx roles (``:mod:`fedlib.benchmark```, ``:class:`~a.B```) and double
+    backquotes become plain text, as ``--help`` prints them."""
+    return re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", text).replace("``", "")
 
 
 def _value(text: str) -> Any:
@@ -70,7 +77,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
             type=_value,
             default=None,
             metavar=tp.split(" ")[0].upper(),
-            help=f"{help_}{extra} [{tp}; default {default!r}]",
+            help=plain(f"{help_}{extra} [{tp}; default {default!r}]"),
         )
     group = groups["strategy"]
     for name, (help_, names) in _strategy_params().items():
@@ -79,7 +86,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
             dest=f"strategy.{name}",
             type=_value,
             default=None,
-            help=f"{help_} [{', '.join(names)}]",
+            help=plain(f"{help_} [{', '.join(names)}]"),
         )
     return parser
 

@@ -71,6 +71,7 @@ def _partition(argv: list[str]) -> None:
         print(f"partition: {args.save}")
     if args.plot:
         fig = plot_label_distributions(part, train)
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(args.plot, dpi=100, bbox_inches="tight")
         print(f"plot: {args.plot}")
 

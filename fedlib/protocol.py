@@ -46,6 +46,7 @@ from pathlib import Path
 import pandas as pd
 
 from .benchmark import COLUMNS, cost_table, paired_table, pending_runs, plot_grid, run_grid, view_table
+from .cli import plain
 from .config import ExperimentConfig
 from .configbase import yaml_load
 from .report import markdown_table
@@ -238,7 +239,7 @@ def run_slices(
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog=prog, description=plain(__doc__.splitlines()[0]))
     p.add_argument(
         "protocol",
         help="YAML with tasks, strategies, seeds, an 'experiment' ExperimentConfig and optional "

@@ -1,6 +1,7 @@
 """JupyterLab in a real browser: ``jupyter lab`` on 127.0.0.1 with a token, notebook 01 opened in headless Chromium
 (Debian's ``chromium`` and ``chromium-driver``, driven by Selenium), Run All Cells; the ipywidgets sliders render and
-no cell shows an error; a screenshot (scrolled to the widget) is saved to ``runs/lab_browser/notebook01.png``.
+no cell shows an error, and no prompt asks to fetch Jupyter news (``make lab``'s offline flags, ``LAB_FLAGS``, read
+from the Makefile); a screenshot (scrolled to the widget) is saved to ``runs/lab_browser/notebook01.png``.
 
 ``make test`` installs the browser first (``make browser``, apt as root). Without it (or without Selenium) this test
 is skipped, saying so."""
@@ -36,6 +37,12 @@ FLAGS = [
 ]
 
 
+def lab_flags() -> list[str]:
+    """``make lab``'s ``LAB_FLAGS``, as the Makefile states them (one definition for both)."""
+    line = next(x for x in (ROOT / "Makefile").read_text().splitlines() if x.startswith("LAB_FLAGS :="))
+    return line.split(":=", 1)[1].replace("$(CURDIR)", str(ROOT)).split()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -66,6 +73,7 @@ def lab(tmp_path):
         f"--IdentityProvider.token={token}",
         f"--ServerApp.root_dir={served}",
         "--allow-root",
+        *lab_flags(),
     ]
     log = open(tmp_path / "lab.log", "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -125,6 +133,7 @@ def test_notebook_01_runs_in_jupyterlab_in_chromium(lab, tmp_path):
         errors = browser.find_elements(By.CSS_SELECTOR, "[data-mime-type='application/vnd.jupyter.stderr']")
         tracebacks = [e.text for e in errors if "Traceback" in e.text or "Error" in e.text.split("\n")[0]]
         images = browser.find_elements(By.CSS_SELECTOR, ".jp-RenderedImage img")
+        news = browser.find_elements(By.XPATH, "//*[contains(text(), 'Jupyter news')]")
         browser.execute_script("arguments[0].scrollIntoView({block: 'start'})", sliders[0])  # the widget on screen
         time.sleep(1)
         browser.save_screenshot(str(shot))
@@ -136,4 +145,5 @@ def test_notebook_01_runs_in_jupyterlab_in_chromium(lab, tmp_path):
     assert len(sliders) >= 2, "the ipywidgets sliders did not render"
     assert not tracebacks, tracebacks
     assert images, "no figure rendered"
+    assert not news, "JupyterLab asks to fetch news: make lab's offline settings were not applied"
     assert shot.stat().st_size > 10_000
