@@ -18,6 +18,7 @@ __all__ = [
     "headline",
     "summarize",
     "rounds_to_target",
+    "round_line",
     "markdown_table",
     "plot_curves",
     "plot_method",
@@ -81,6 +82,20 @@ def summarize(history: pd.DataFrame, target: float | None = None) -> dict:
     if target is not None:
         out["rounds_to_target"], out["seconds_to_target"], out["bytes_to_target"] = rounds_to_target(history, target)
     return out
+
+
+def round_line(rec: dict, rounds: int) -> str:
+    """A round's record in one line: clients, loss, the evaluated views, bytes and seconds."""
+    views = ", ".join(
+        f"{name} {rec[f'{name}_metric']:.4f}"
+        for name in ("global", "personal", "personal_iid")
+        if rec.get(f"{name}_metric") is not None and rec[f"{name}_metric"] == rec[f"{name}_metric"]
+    )
+    return (
+        f"round {rec['round']}/{rounds}: {rec['reported']} clients reported, {rec['failed']} failed; "
+        f"train loss {rec['train_loss']:.4f}; {views or 'not evaluated'}; "
+        f"{rec['bytes_up'] + rec['bytes_down']:,} bytes; {rec['seconds_client'] + rec['seconds_aggregate']:.1f} s"
+    )
 
 
 def markdown_table(df: pd.DataFrame, floatfmt: str = ".4f") -> str:

@@ -36,6 +36,7 @@ from .evaluation import evaluate_global, evaluate_personal, pooled_by_shard, vie
 from .models import backbone_for
 from .partition import Partition, make_partition
 from .progress import bar
+from .report import round_line
 from .rounds import Federation
 from .runtime import resolve_device, seed_everything
 from .server import ServerState
@@ -353,6 +354,11 @@ class Simulation(Federation):
             self.out_dir,
         )
 
+    def report_round(self, rec: dict) -> None:
+        """One line per round for the log (debug level here, where the progress bar shows the rounds; the Flower
+        ServerApp reports at info level through Flower's logger, which ``flwr run --stream`` and ``flwr log`` show)."""
+        log.debug("%s on %s, %s", self.strategy.name, self.fed.task, round_line(rec, self.fed.rounds))
+
     def _rounds(self, start: int, tracker) -> None:
         fed = self.fed
         cum_bytes = self.history[-1]["cum_bytes"] if self.history else 0
@@ -369,6 +375,7 @@ class Simulation(Federation):
             cum_seconds += rec["seconds_client"] + rec["seconds_aggregate"]
             rec.update(cum_bytes=cum_bytes, cum_seconds=cum_seconds)
             self.history.append(rec)
+            self.report_round(rec)
             if tracker is not None:
                 tracker.log_round(rec)
             if self.out_dir is not None:

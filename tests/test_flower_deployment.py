@@ -3,6 +3,7 @@
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -23,11 +24,26 @@ def _run(tmp_path, run_config: dict, **kwargs) -> list[dict]:
     out = tmp_path / "out"
     fed = LocalDeployment(2, tmp_path / "federation", **kwargs)
     with fed:
-        fed.run(APP, {**RUN, **run_config, "out-dir": str(out)}, timeout=500)
+        streamed = fed.run(APP, {**RUN, **run_config, "out-dir": str(out)}, timeout=500)
     assert len(fed.stopped) >= (1 if kwargs.get("simulation") else 3)
     alive = [p for p in fed.stopped if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     assert not alive, f"processes survived stop(): {alive}"
-    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    _check_stream(streamed, rows, out)
+    return rows
+
+
+def _check_stream(streamed: str, rows: list[dict], out: Path) -> None:
+    """``flwr run --stream`` shows what the ServerApp did: a line per round with its clients, views and bytes,
+    then where the results are."""
+    for r in rows:
+        if r["round"] >= 1:
+            line = re.search(
+                rf"fedlib \w+ on \w+, round {r['round']}/\d+: (\d+) clients reported, \d+ failed; .* bytes;", streamed
+            )
+            assert line and int(line.group(1)) == r["reported"], streamed[-3000:]
+    assert f"global {rows[-1]['global_metric']:.4f}" in streamed, streamed[-3000:]
+    assert f"fedlib results: {out / 'results.jsonl'}" in streamed, streamed[-3000:]
 
 
 def _check(rows: list[dict], rounds: int) -> None:
@@ -59,8 +75,9 @@ def test_flwr_run_in_simulation(tmp_path):
 
 def test_a_supernode_killed_mid_round_is_counted_failed_and_rejoins_with_its_state(tmp_path):
     """SIGKILL one of three SuperNodes while round 2 trains: round 2 completes with the other two (the node counted
-    failed once the SuperLink marks it offline), the node restarted rejoins under a new node id, and trains round 3
-    from the state it had saved after round 1 (its AdamW step count: 2 rounds of local steps, not 1)."""
+    failed once the SuperLink marks it offline: two missed heartbeats, here 2 x 10 s, the shortest Flower allows),
+    the node restarted rejoins under a new node id, and trains round 3 from the state it had saved after round 1
+    (its AdamW step count: 2 rounds of local steps, not 1)."""
     import time
 
     from safetensors.torch import load_file
@@ -68,7 +85,7 @@ def test_a_supernode_killed_mid_round_is_counted_failed_and_rejoins_with_its_sta
     out, rounds = tmp_path / "out", 3
     run = {**RUN, "num-clients": 3, "clients-per-round": 3, "num-server-rounds": rounds, "strategy": "fedpeptao"}
     run.update({"shared-layers": 3, "out-dir": str(out), "eval-every": 0})  # evaluated after the last round
-    with LocalDeployment(3, tmp_path / "federation", state_dirs=True) as fed:
+    with LocalDeployment(3, tmp_path / "federation", state_dirs=True, heartbeat=10) as fed:  # Flower's shortest
         proc, log = fed.start_run(APP, run), out / "results.jsonl"
         deadline = time.monotonic() + 300
         while not (log.exists() and any(json.loads(x)["round"] == 1 for x in log.read_text().splitlines())):

@@ -19,10 +19,12 @@ from __future__ import annotations
 import json
 import logging
 import time
+from logging import INFO
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.logger import log as flwr_log
 from flwr.serverapp import Grid, ServerApp
 
 from ..client import ClientResult, client_update, personal_tensors
@@ -30,6 +32,7 @@ from ..client_store import ClientStore
 from ..config import ExperimentConfig
 from ..evaluation import personal_predictions, pool_personal, union_positions
 from ..models import backbone_for
+from ..report import round_line
 from ..runtime import resolve_device, seed_everything
 from ..simulation import (
     Simulation,
@@ -253,6 +256,13 @@ class FlowerSimulation(Simulation):
             if not reply.has_error():
                 node_of[int(reply.content["metrics"]["partition-id"])] = reply.metadata.src_node_id
         return node_of
+
+    def report_round(self, rec: dict) -> None:
+        """Each round's line through Flower's logger on the ServerApp's side (what ``flwr run --stream`` and
+        ``flwr log`` show), and after the last one where the results are."""
+        flwr_log(INFO, "fedlib %s on %s, %s", self.strategy.name, self.fed.task, round_line(rec, self.fed.rounds))
+        if rec["round"] == self.fed.rounds:
+            flwr_log(INFO, "fedlib results: %s", self.out_dir / "results.jsonl" if self.out_dir else "(no out-dir)")
 
     def _refresh_nodes(self) -> None:
         """Learn the partitions of nodes that joined since (a node restarted after a crash registers anew, under

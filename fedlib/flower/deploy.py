@@ -100,7 +100,9 @@ class LocalDeployment:
     for ``num_nodes`` virtual SuperNodes on Flower's Simulation Runtime): ``flwr run`` in simulation, offline
     (the managed local SuperLink that ``flwr run`` starts by itself would try to install the app's
     dependencies). ``state_dirs=True``: each node also keeps its client state on disk, so :meth:`kill_node` then
-    :meth:`start_node` is a crash the node recovers from.
+    :meth:`start_node` is a crash the node recovers from. ``heartbeat``: the SuperNodes' heartbeat interval in
+    seconds (Flower's default 30; at least 10), so that the SuperLink notices a dead node after two intervals
+    instead of a minute (:mod:`fedlib.flower.supernode`).
     """
 
     def __init__(
@@ -111,13 +113,14 @@ class LocalDeployment:
         simulation: bool = False,
         startup_timeout: float = 60.0,
         state_dirs: bool = False,
+        heartbeat: float | None = None,
     ) -> None:
         if num_nodes < 1:
             raise ValueError(f"num_nodes must be >= 1, got {num_nodes}")
         self.num_nodes, self.tls, self.simulation, self.startup_timeout = num_nodes, tls, simulation, startup_timeout
         self.workdir = Path(workdir).resolve()
         self.port = 0
-        self.state_dirs = state_dirs
+        self.state_dirs, self.heartbeat = state_dirs, heartbeat
         self.procs: list[subprocess.Popen] = []
         self.nodes: dict[int, subprocess.Popen] = {}  # partition -> its SuperNode process
         self.stopped: list[int] = []
@@ -127,7 +130,7 @@ class LocalDeployment:
     # ---- processes ------------------------------------------------------------------------------
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
         logf = open(self.workdir / f"{name}.log", "a")  # a restarted node appends
-        cmd = [str(self.bin / args[0]), *args[1:]]
+        cmd = [args[0] if os.path.isabs(args[0]) else str(self.bin / args[0]), *args[1:]]
         log.info("starting %s: %s", name, shlex.join(cmd))
         proc = subprocess.Popen(
             cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=self.workdir, env=self.env, start_new_session=True
@@ -210,10 +213,13 @@ class LocalDeployment:
         config = f"partition-id={k} num-partitions={self.num_nodes}"
         if self.state_dirs:
             config += f" state-dir='{self.workdir / f'state_{k}'}'"
+        launcher = ["flower-supernode"]
+        if self.heartbeat is not None:
+            launcher = [sys.executable, "-m", "fedlib.flower.supernode", "--heartbeat", str(self.heartbeat)]
         self.nodes[k] = self._spawn(
             f"supernode_{k}",
             [
-                "flower-supernode",
+                *launcher,
                 *self._security(False),
                 "--superlink",
                 f"127.0.0.1:{self.port}",
