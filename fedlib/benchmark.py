@@ -32,7 +32,7 @@ from .models import backbone_for
 from .references import REFERENCES
 from .report import shared_layer_count, summarize
 from .simulation import run_simulation
-from .stats import censored_median, mean_ci, paired_differences, summary_table
+from .stats import censored_median, floor_flags, mean_ci, paired_differences, summary_table
 from .strategies import get_strategy
 from .workers import claim, file_lock, write_atomic
 
@@ -275,13 +275,20 @@ def run_grid(
     return pd.DataFrame(rows).reindex(columns=COLUMNS)
 
 
-def view_table(table: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+def view_table(table: pd.DataFrame, level: float = 0.95, floor: str | None = None) -> pd.DataFrame:
     """Per (task, strategy): each view's mean ± half-width of its 95% CI over seeds, the mean bytes and the median
-    seconds (a median, so that one run slowed by other work on the machine does not move it)."""
+    seconds (a median, so that one run slowed by other work on the machine does not move it). ``floor`` (e.g.
+    ``"majority_local"``, a row of the table): a column naming the views on which a row's mean is at or below the
+    floor row's mean on its task."""
     out = summary_table(table, VIEW_COLUMNS, level)
     g = table.groupby(["task", "strategy"], sort=False)
     cost = pd.concat([g["bytes_total"].mean(), g["seconds_total"].median().rename("median_seconds")], axis=1)
-    return out.merge(cost.reset_index(), on=["task", "strategy"], how="left")
+    out = out.merge(cost.reset_index(), on=["task", "strategy"], how="left")
+    if floor is not None:
+        out["at_or_below_floor"] = (
+            floor_flags(table, VIEW_COLUMNS, floor).reindex(list(zip(out["task"], out["strategy"]))).values
+        )
+    return out
 
 
 def paired_table(table: pd.DataFrame, method: str = "fedpeptao", level: float = 0.95) -> pd.DataFrame:

@@ -8,9 +8,9 @@
 - ``"widget"``: a Jupyter kernel whose client is an interactive front end (JupyterLab, Notebook, VS Code): tqdm's
   ipywidgets bar;
 - ``"headless"``: a Jupyter kernel run by papermill, nbclient, nbconvert or pytest (nbval): no one sees a widget
-  there, and a widget saved in the output notebook shows its first state forever (a stalled bar). A text bar
-  instead, redrawn at most every ``HEADLESS_INTERVAL`` seconds (plus its final state), so the saved notebook
-  holds a few lines per bar, not one per update.
+  there, a widget saved in the output notebook shows its first state forever (a stalled bar), and a redrawn text bar
+  leaves its carriage returns and cursor moves in the saved notebook. So one plain line per bar when it ends
+  (``"fedavg on sst2: 4/4 in 12.3 s"``), and nothing for inner bars (``leave=False``, e.g. a round's clients).
 
 ``$FEDLIB_PROGRESS`` = ``terminal``, ``widget``, ``headless`` or ``off`` forces a mode.
 """
@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
-__all__ = ["progress_mode", "bar", "HEADLESS_INTERVAL"]
+__all__ = ["progress_mode", "bar", "interactive_front_end", "OneLine"]
 
-HEADLESS_INTERVAL = 30.0
 MODES = ("off", "terminal", "widget", "headless")
 HEADLESS_PARENTS = ("papermill", "nbclient", "nbconvert", "pytest", "nbval", "nbmake")
 
@@ -55,6 +55,16 @@ def _in_kernel() -> bool:
     return shell is not None and getattr(shell, "kernel", None) is not None
 
 
+def interactive_front_end() -> bool:
+    """Whether a person's front end (JupyterLab, Notebook, VS Code) shows this kernel's widgets: a Jupyter kernel
+    that papermill, nbclient, nbconvert or pytest did not start. :func:`fedlib.notebook.interact` draws a static
+    figure instead where it is not."""
+    if not _in_kernel():
+        return False
+    parent = _kernel_parent_cmdline().lower()
+    return not any(name in parent for name in HEADLESS_PARENTS)
+
+
 def progress_mode() -> str:
     forced = os.environ.get("FEDLIB_PROGRESS", "").strip().lower()
     if forced in MODES:
@@ -62,16 +72,48 @@ def progress_mode() -> str:
     if os.environ.get("CI") or forced in ("0", "false", "no"):
         return "off"
     if _in_kernel():
-        parent = _kernel_parent_cmdline().lower()
-        return "headless" if any(name in parent for name in HEADLESS_PARENTS) else "widget"
+        return "widget" if interactive_front_end() else "headless"
     return "terminal" if sys.stderr.isatty() else "off"
+
+
+class OneLine:
+    """The headless bar: iterates (or counts :meth:`update`) silently and writes one line when it ends."""
+
+    disable = False
+
+    def __init__(self, iterable=None, desc: str | None = None, total=None, initial: int = 0, file=None, **_unused):
+        self.iterable, self.desc, self.n, self.file = iterable, desc or "progress", initial, file or sys.stderr
+        self.total = total if total is not None or not hasattr(iterable, "__len__") else len(iterable)
+        self.t0, self.closed = time.perf_counter(), False
+
+    def __iter__(self):
+        for item in self.iterable:
+            yield item
+            self.n += 1
+        self.close()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            total = "" if self.total is None else f"/{self.total}"
+            print(f"{self.desc}: {self.n}{total} in {time.perf_counter() - self.t0:.1f} s", file=self.file, flush=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def bar(iterable=None, enabled: bool | None = None, **kwargs):
     """A tqdm bar for :func:`progress_mode` (``enabled=False``: none; ``True``: one even where the mode is off,
-    as text). ``kwargs`` go to tqdm (``desc``, ``total``, ``leave`` ...)."""
+    as text); headless, a :class:`OneLine` (none for ``leave=False`` bars). ``kwargs`` go to tqdm (``desc``,
+    ``total``, ``leave`` ...)."""
     mode = progress_mode()
-    if enabled is False or (enabled is None and mode == "off"):
+    if enabled is False or (enabled is None and mode == "off") or (mode == "headless" and not kwargs.get("leave", 1)):
         from tqdm import tqdm
 
         return tqdm(iterable, disable=True, **kwargs)
@@ -79,8 +121,8 @@ def bar(iterable=None, enabled: bool | None = None, **kwargs):
         from tqdm.notebook import tqdm
 
         return tqdm(iterable, **kwargs)
+    if mode == "headless":
+        return OneLine(iterable, **kwargs)
     from tqdm import tqdm
 
-    if mode == "headless":
-        kwargs = {"mininterval": HEADLESS_INTERVAL, "file": sys.stderr, "ascii": True, **kwargs}
     return tqdm(iterable, **kwargs)

@@ -2,9 +2,11 @@
 
 A run's history is the DataFrame :func:`fedlib.simulation.run_simulation` returns (one row per round; a
 round 0 row, phase "selection", holds layer selection's cost). Each evaluated round has three views
-(:mod:`fedlib.evaluation`): ``global_metric``, ``personal_metric`` and ``personal_iid_metric``. The
-``headline`` of a round, for curves, is the personalised metric when present (the reference's protocol), else the
-global one; targets are reached on the global metric.
+(:mod:`fedlib.evaluation`, :data:`VIEWS`): ``global_metric``, ``personal_metric`` (each client's model on a shard
+with its own label mix) and ``personal_iid_metric`` (the same models on IID shards). No helper here picks a view
+for its caller: a curve names its view, and :func:`plot_views` and :func:`views_table` show all three beside the
+``majority_local`` floor (:func:`fedlib.references.majority_local`, no model), which under label skew wins the
+matched personalised view by knowing each client's label prior. Targets are reached on the global metric.
 """
 
 from __future__ import annotations
@@ -15,12 +17,16 @@ import numpy as np
 import pandas as pd
 
 __all__ = [
-    "headline",
+    "VIEWS",
+    "view_series",
     "summarize",
+    "views_table",
+    "floor_views",
     "rounds_to_target",
     "round_line",
     "markdown_table",
     "plot_curves",
+    "plot_views",
     "plot_method",
     "shared_layer_count",
 ]
@@ -31,14 +37,18 @@ def shared_layer_count(result) -> int:
     return sum(r == "shared" for r in result.roles)
 
 
-def headline(history: pd.DataFrame) -> pd.Series:
-    """Per-round metric series (NaN on rounds without evaluation)."""
-    col = (
-        "personal_metric"
-        if "personal_metric" in history and history["personal_metric"].notna().any()
-        else "global_metric"
-    )
-    return history[col] if col in history else pd.Series(np.nan, index=history.index)
+VIEWS = {
+    "global_metric": "global",
+    "personal_metric": "personalised, matched",
+    "personal_iid_metric": "personalised, IID shards",
+}
+
+
+def view_series(history: pd.DataFrame, view: str) -> pd.Series:
+    """Per-round ``view`` (a key of :data:`VIEWS`), NaN on rounds without evaluation (or runs without the view)."""
+    if view not in VIEWS:
+        raise ValueError(f"view={view!r}: one of {list(VIEWS)}")
+    return history[view] if view in history else pd.Series(np.nan, index=history.index)
 
 
 def rounds_to_target(history: pd.DataFrame, target: float, column: str = "global_metric") -> tuple[float, ...]:
@@ -57,15 +67,14 @@ def _last(history: pd.DataFrame, column: str) -> float:
 
 
 def summarize(history: pd.DataFrame, target: float | None = None) -> dict:
-    """Final metric of each view, bytes and seconds per round (training rounds) and in total (layer selection
-    included, also on its own), and rounds/seconds/bytes to ``target`` on the global metric."""
-    metric = headline(history).dropna()
+    """Final metric of each view (and the best global one), bytes and seconds per round (training rounds) and in
+    total (layer selection included, also on its own), and rounds/seconds/bytes to ``target`` on the global metric."""
     rounds = history[history["round"] >= 1]
     selection = history[history["round"] == 0]
+    best = view_series(history, "global_metric").max()
     out = {
-        "final_metric": float(metric.iloc[-1]) if len(metric) else math.nan,
-        "best_metric": float(metric.max()) if len(metric) else math.nan,
         "final_global_metric": _last(history, "global_metric"),
+        "best_global_metric": float(best) if best == best else math.nan,
         "final_personal_metric": _last(history, "personal_metric"),
         "final_personal_iid_metric": _last(history, "personal_iid_metric"),
         "bytes_up_per_round": float(rounds["bytes_up"].mean()),
@@ -85,7 +94,10 @@ def summarize(history: pd.DataFrame, target: float | None = None) -> dict:
 
 
 def round_line(rec: dict, rounds: int) -> str:
-    """A round's record in one line: clients, loss, the evaluated views, bytes and seconds."""
+    """A round's record in one line: clients, loss, the evaluated views, bytes and seconds (round 0: layer
+    selection's cost)."""
+    if rec.get("phase") == "selection":
+        return f"layer selection: {rec['bytes_up'] + rec['bytes_down']:,} bytes; {rec['seconds_client']:.1f} s"
     views = ", ".join(
         f"{name} {rec[f'{name}_metric']:.4f}"
         for name in ("global", "personal", "personal_iid")
@@ -112,21 +124,49 @@ def markdown_table(df: pd.DataFrame, floatfmt: str = ".4f") -> str:
     return "\n".join([head, sep, *rows])
 
 
+def floor_views(floor) -> dict[str, float]:
+    """The floor's value per view, from a ``majority_local`` history (or a ``{view: value}`` dict)."""
+    if floor is None:
+        return {}
+    if isinstance(floor, pd.DataFrame):
+        return {v: _last(floor, v) for v in VIEWS}
+    return {v: float(floor[v]) for v in VIEWS if v in floor}
+
+
+def views_table(histories: dict[str, pd.DataFrame], floor=None) -> pd.DataFrame:
+    """Each run's final value of every view, the floor's row (``majority_local``) last, and which runs are at or
+    below the floor on each view (``at_or_below_floor``: the views' short names)."""
+    floors = floor_views(floor)
+    rows = []
+    for name, h in histories.items():
+        row = {"run": name, **{v: _last(h, v) for v in VIEWS}}
+        below = [VIEWS[v] for v, f in floors.items() if row[v] == row[v] and row[v] <= f + 1e-12]
+        rows.append({**row, "at_or_below_floor": ", ".join(below) or "none"})
+    if floors:
+        rows.append({"run": "majority_local (floor, no model)", **{v: floors.get(v, math.nan) for v in VIEWS}})
+        rows[-1]["at_or_below_floor"] = ""
+    return pd.DataFrame(rows)
+
+
 def plot_curves(
     histories: dict[str, pd.DataFrame],
+    view: str,
     x: str = "round",
     ax=None,
     title: str | None = None,
-    ylabel: str = "metric",
+    ylabel: str | None = None,
+    floor=None,
     highlight: tuple[str, ...] = ("fedpeptao",),
 ):
-    """Metric per round (``x="round"``) or per cumulative byte (``x="cum_bytes"``), one line per run; the runs
-    named in ``highlight`` drawn thicker."""
+    """One view (a key of :data:`VIEWS`, no default: the caller says which) per round (``x="round"``) or per
+    cumulative byte (``x="cum_bytes"``), one line per run; the runs named in ``highlight`` drawn thicker;
+    ``floor`` (a ``majority_local`` history or ``{view: value}``) as a dashed line."""
     import matplotlib.pyplot as plt
 
     ax = ax or plt.subplots(figsize=(6.5, 4))[1]
+    ylabel = ylabel or VIEWS[view]
     for i, (name, h) in enumerate(histories.items()):
-        m = headline(h)
+        m = view_series(h, view)
         keep = m.notna()
         xs = h.loc[keep, x] / (1e6 if x == "cum_bytes" else 1)
         ax.plot(
@@ -142,13 +182,35 @@ def plot_curves(
     ax.set_xlabel(
         {"round": "round", "cum_bytes": "cumulative MB exchanged", "cum_seconds": "cumulative seconds"}.get(x, x)
     )
+    level = floor_views(floor).get(view)
+    if level is not None and level == level:
+        ax.axhline(level, color="black", ls=":", lw=1.2, label=f"majority_local floor ({level:.3f})")
     ax.set_ylabel(ylabel)
+    if x == "round":
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if x == "cum_bytes":
         ax.set_xscale("log")
     ax.set_title(title or f"{ylabel} per {x.replace('_', ' ')}")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     return ax
+
+
+def plot_views(histories: dict[str, pd.DataFrame], floor=None, x: str = "round", title: str | None = None):
+    """The three views side by side (:data:`VIEWS`), each with its ``majority_local`` floor: a run's place on one
+    view is read against the others and against what a guess with no model scores. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4), sharey=True)
+    for ax, view in zip(axes, VIEWS):
+        plot_curves(histories, view, x=x, ax=ax, title=VIEWS[view], ylabel=" ", floor=floor)
+    axes[0].set_ylabel("metric")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
 
 
 ROLE_COLOURS = {"shared": "#1f77b4", "personal": "#ff7f0e", "off": "#d9d9d9"}

@@ -334,6 +334,7 @@ class Simulation(Federation):
                 self._rewrite_log()
         if not resuming and self.selection is not None and "bytes_up" in self.selection:
             self.history.append(selection_record(self.selection))
+            self.report_round(self.history[-1])
             if self.out_dir is not None:
                 self._append_log(self.history[-1])
         tracker = make_tracker(self.cfg.run, self.cfg.to_dict(), self.out_dir)

@@ -15,7 +15,7 @@ import math
 import numpy as np
 import pandas as pd
 
-__all__ = ["mean_ci", "paired_differences", "censored_median", "summary_table"]
+__all__ = ["mean_ci", "paired_differences", "censored_median", "summary_table", "floor_flags"]
 
 
 def mean_ci(values, level: float = 0.95) -> tuple[float, float, int]:
@@ -78,3 +78,19 @@ def summary_table(table: pd.DataFrame, columns: list[str], level: float = 0.95) 
             row[col] = "—" if math.isnan(mean) else (f"{mean:.4f}" if math.isnan(half) else f"{mean:.4f} ± {half:.4f}")
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def floor_flags(table: pd.DataFrame, columns: list[str], floor: str = "majority_local") -> pd.Series:
+    """Per (task, strategy): the ``columns`` (comma-separated, ``_metric`` dropped; "none") whose mean over seeds is at
+    or below the ``floor`` row's mean on the same task ("" for the floor itself, NaN where the task has no floor
+    row): a personalised score is only worth its distance above a guess with no model."""
+    means = table.groupby(["task", "strategy"], sort=False)[list(columns)].mean()
+    flags = {}
+    for (task, strategy), row in means.iterrows():
+        if (task, floor) not in means.index:
+            flags[task, strategy] = math.nan
+            continue
+        base = means.loc[(task, floor)]
+        below = [c.removesuffix("_metric") for c in columns if row[c] == row[c] and row[c] <= base[c] + 1e-12]
+        flags[task, strategy] = "" if strategy == floor else ", ".join(below) or "none"
+    return pd.Series(flags, dtype=object)

@@ -47,7 +47,8 @@ def test_summary_numbers():
         }
     )
     s = summarize(h, target=0.7)
-    assert (s["final_metric"], s["best_metric"], s["final_global_metric"]) == (0.8, 0.8, 0.7)
+    assert (s["final_personal_metric"], s["best_global_metric"], s["final_global_metric"]) == (0.8, 0.7, 0.7)
+    assert "final_metric" not in s  # no number without its view
     assert (s["bytes_per_round"], s["seconds_per_round"], s["failed_clients"]) == (30, 1.5, 1)
     assert (s["rounds_to_target"], s["seconds_to_target"]) == (3, 4.5)
     assert all(math.isnan(v) for v in rounds_to_target(h, 0.9))  # never reached

@@ -56,12 +56,19 @@ def test_a_process_that_merely_imported_ipykernel_is_not_a_kernel(clean_env):
     assert not progress._in_kernel() and progress_mode() == "off"
 
 
-def test_headless_bar_redraws_a_few_times_not_once_per_update(clean_env):
+def test_headless_bar_is_one_line_when_it_ends_and_inner_bars_are_silent(clean_env):
     clean_env.setenv("FEDLIB_PROGRESS", "headless")
     out = io.StringIO()
     for _ in bar(range(5000), desc="rounds", file=out):
-        pass
-    assert out.getvalue().count("\r") <= 3 and "5000/5000" in out.getvalue()
+        for _ in bar(range(3), desc="round clients", leave=False, file=out):
+            pass
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rounds: 5000/5000 in ") and "\r" not in out.getvalue()
+    counted = bar(total=10, desc="train", file=out)
+    counted.update(4)
+    counted.close()
+    counted.close()  # closing twice writes once
+    assert out.getvalue().splitlines()[1].startswith("train: 4/10 in ")
 
 
 @pytest.mark.slow
@@ -69,7 +76,10 @@ def test_papermill_run_saves_a_text_bar_not_a_widget(tmp_path):
     """The README's headless command: papermill executes a notebook whose cell runs a fedlib bar."""
     nbformat = pytest.importorskip("nbformat")
     nb = nbformat.v4.new_notebook()
-    code = "from fedlib.progress import bar, progress_mode\nprint(progress_mode())\nfor _ in bar(range(3000)): pass"
+    code = (
+        "from fedlib.progress import bar, progress_mode\nprint(progress_mode())\n"
+        "for _ in bar(range(3000)):\n    for _ in bar(range(2), leave=False): pass"
+    )
     nb.cells = [nbformat.v4.new_code_cell(code)]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     src, dst = tmp_path / "in.ipynb", tmp_path / "out.ipynb"
@@ -86,4 +96,5 @@ def test_papermill_run_saves_a_text_bar_not_a_widget(tmp_path):
     outputs = json.loads(dst.read_text())["cells"][0]["outputs"]
     assert not any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
     text = "".join("".join(o.get("text", "")) for o in outputs)
-    assert text.startswith("headless") and "3000/3000" in text and text.count("\r") <= 3, text
+    assert text.startswith("headless") and "3000/3000" in text and "\r" not in text and "\x1b" not in text, text
+    assert len(text.splitlines()) == 2, text  # the mode, then the bar's one line
