@@ -29,12 +29,16 @@ $(STAMP): pyproject.toml constraints.txt
 experiment: $(STAMP)
 	$(PY) -m fedlib.experiment $(ARGS)
 
-# nbval executes each notebook once (first); tests/test_notebooks.py then checks the summaries those runs wrote.
+# Two pytest-xdist workers (one per core, one torch thread each: tests/conftest.py); TEST_WORKERS=0 runs in one
+# process. nbval executes each notebook once; tests/test_notebooks.py then checks the summary that run wrote, on the
+# same worker (--dist loadgroup). docs/testing.md says what each part runs and how long it takes.
+TEST_WORKERS ?= 2
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup)
 test: $(STAMP) lint browser
-	$(PY) -m pytest notebooks tests --nbval-lax -p no:cacheprovider --durations=25 $(PYTEST_ARGS)
+	$(PY) -m pytest notebooks tests --nbval-lax -p no:cacheprovider $(XDIST) --durations=25 $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest tests -m "not slow" -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest tests -m "not slow" -p no:cacheprovider $(XDIST) --durations=10 $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

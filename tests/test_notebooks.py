@@ -10,6 +10,7 @@ a notebook run with injected parameters whose effect is checked.
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -72,7 +73,7 @@ def papermill_run(name: str, out: Path, **params) -> dict:
     import papermill as pm
 
     old = os.environ.get("FEDLIB_PROGRESS")
-    os.environ["FEDLIB_PROGRESS"] = "0"
+    os.environ["FEDLIB_PROGRESS"] = "headless"  # as papermill shows it to a user, CI or not
     try:
         pm.execute_notebook(
             str(ROOT / "notebooks" / f"{name}.ipynb"),
@@ -89,20 +90,49 @@ def papermill_run(name: str, out: Path, **params) -> dict:
 
 @pytest.fixture(scope="module", params=NOTEBOOKS)
 def executed(request, tmp_path_factory):
-    """(name, output folder, summary): nbval's run of this session, else a papermill run now."""
+    """(name, output folder, summary, executed notebook): nbval's run of this session (its outputs written back by
+    tests/conftest.py), else a papermill run now."""
     name = request.param
     out = ROOT / "notebooks" / parameters(name)["out_dir"]
-    summary = out / "summary.json"
-    if summary.exists() and summary.stat().st_mtime >= SESSION_START:
-        return name, out, json.loads(summary.read_text())
+    summary, nb = out / "summary.json", ROOT / "notebooks" / "runs" / "executed" / f"{name}.ipynb"
+    if summary.exists() and summary.stat().st_mtime >= SESSION_START and nb.exists():
+        return name, out, json.loads(summary.read_text()), nb
     out = tmp_path_factory.mktemp(name)
-    return name, out, papermill_run(name, out)
+    return name, out, papermill_run(name, out), out / f"{name}.ipynb"
 
 
 def test_notebook_runs_and_its_numbers_are_sane(executed):
-    name, out, s = executed
+    name, out, s, _ = executed
     assert list(out.glob("*.png")), f"{name} saved no figure"
     CHECKS[name](s, out)
+
+
+def _images(cell) -> int:
+    return sum("image/png" in o.get("data", {}) for o in cell.get("outputs", []))
+
+
+def test_executed_notebook_shows_every_figure_and_no_progress_noise(executed):
+    """Run headless, as papermill or nbval runs it: every slider cell (``fedlib.notebook.interact``) still draws its
+    figure, every "What to see" has a figure above it, and progress is at most one plain line per run (no carriage
+    returns or cursor moves left in the outputs)."""
+    import nbformat
+
+    name, _, _, path = executed
+    cells = nbformat.read(path, as_version=4).cells
+    for i, cell in enumerate(cells):
+        if cell.cell_type == "code" and "interact(" in cell.source:
+            assert _images(cell), f"{name}: the slider cell {i} left no figure"
+        if cell.cell_type == "markdown" and cell.source.startswith("**What to see.**"):
+            above = next(c for c in reversed(cells[:i]) if c.cell_type == "code")
+            assert _images(above), f"{name}: no figure above 'What to see' (cell {i})"
+        text = "".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream")
+        assert "\r" not in text and "\x1b" not in text, f"{name}: progress escape codes in cell {i}: {text[:300]!r}"
+        bars = re.findall(r"^.+: \d+(?:/\d+)? in [0-9.]+ s$", text, flags=re.M)
+        assert len(bars) <= PROGRESS_LINES.get(name, 10), f"{name}: {len(bars)} progress lines in cell {i}"
+
+
+# progress lines a notebook's busiest cell may print: one per run (03: 5 strategies x 3 seeds; 04: 8 runs)
+PROGRESS_LINES = {"03_client_drift": 15, "04_adaptive_optimizers": 8}
 
 
 def _overview(s, out):
@@ -135,19 +165,21 @@ def _scoring(s, out):
 
 
 def _drift(s, out):
-    assert len(s["mean_drift"]) == 5
+    assert len(s["mean_drift"]) == 5 and len(s["seeds"]) >= 3
     assert all(np.isfinite(v) and v > 0 for v in s["mean_drift"].values())
     assert all(-1 <= v <= 1 for v in s["mean_cosine"].values())
-    assert all(0 <= v <= 1 for v in s["final_personal_metric"].values())
+    for view in s["views"].values():  # five strategies and the floor, each view
+        assert len(view) == 6 and all(0 <= v <= 1 for v in view.values())
+    assert s["at_or_below_floor"]["majority_local"] == "" and set(s["drift_minus_fedavg"]) == set(s["mean_drift"]) - {
+        "fedavg"
+    }
 
 
 def _optimizers(s, out):
-    assert (
-        len(s["final_metric"]) == 8
-        and s["quadratic_corrected_beats_fedavg"] >= 0.5
-        and all(0 <= v <= 1 for v in s["final_metric"].values())
-    )
-    assert (out / "results.csv").exists()
+    assert s["quadratic_corrected_beats_fedavg"] >= 0.5 and (out / "results.csv").exists()
+    for view in ("final_global_metric", "final_personal_metric", "final_personal_iid_metric"):
+        assert len(s[view]) == 9 and all(0 <= v <= 1 for v in s[view].values()), view  # 8 runs and the floor
+        assert "majority_local (floor, no model)" in s[view]
 
 
 def _full(s, out):
