@@ -56,16 +56,13 @@ def _check(rows: list[dict], rounds: int) -> None:
     assert 0.0 <= rows[-1]["personal_metric"] <= 1.0 and 0.0 <= rows[-1]["global_metric"] <= 1.0
 
 
-def test_fedpeptao_on_a_loopback_superlink_and_two_supernodes(tmp_path):
-    rows = _run(tmp_path, {"strategy": "fedpeptao", "shared-layers": 3, "num-server-rounds": 2})
+def test_fedpeptao_on_a_loopback_superlink_and_two_supernodes_over_tls(tmp_path):
+    """FedPepTAO (layer selection, then 2 rounds) through a real SuperLink and two SuperNodes, over TLS with a
+    throw-away CA (the killed-node test below runs the same deployment without TLS)."""
+    tls = shutil.which("openssl") is not None  # without openssl (to make certificates): the plain deployment
+    rows = _run(tmp_path, {"strategy": "fedpeptao", "shared-layers": 3, "num-server-rounds": 2}, tls=tls)
     _check(rows, 2)
-
-
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make test certificates")
-def test_tls_deployment_on_loopback(tmp_path):
-    rows = _run(tmp_path, {"strategy": "fedavg", "num-server-rounds": 1}, tls=True)
-    _check(rows, 1)
-    assert (tmp_path / "federation" / "certs" / "ca.crt").exists()
+    assert (tmp_path / "federation" / "certs" / "ca.crt").exists() == tls
 
 
 def test_flwr_run_in_simulation(tmp_path):

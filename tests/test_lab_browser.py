@@ -65,6 +65,7 @@ def lab(tmp_path):
         "HF_HUB_OFFLINE": "1",
     }
     env.pop("MPLBACKEND", None)  # make test exports Agg; a user's kernel draws inline, as JupyterLab shows
+    env.pop("FEDLIB_PROGRESS", None)  # the suite runs nbval's kernels as headless; a user's JupyterLab is not
     cmd = [
         str(Path(sys.executable).parent / "jupyter-lab"),
         "--no-browser",

@@ -27,6 +27,7 @@ def clean_env(monkeypatch):
         ("python -m pytest notebooks --nbval-lax", "headless"),
         ("jupyter-nbconvert --execute x.ipynb", "headless"),
         ("/venv/bin/python /venv/bin/jupyter-lab notebooks/", "widget"),
+        ("/venv/bin/python /venv/bin/jupyter-lab --ServerApp.root_dir=/tmp/pytest-of-root/lab", "widget"),
     ],
 )
 def test_a_kernel_gets_a_widget_only_under_an_interactive_front_end(clean_env, parent, mode):
@@ -98,3 +99,17 @@ def test_papermill_run_saves_a_text_bar_not_a_widget(tmp_path):
     text = "".join("".join(o.get("text", "")) for o in outputs)
     assert text.startswith("headless") and "3000/3000" in text and "\r" not in text and "\x1b" not in text, text
     assert len(text.splitlines()) == 2, text  # the mode, then the bar's one line
+
+
+def test_interact_draws_once_with_the_defaults_where_nobody_can_move_a_slider(clean_env):
+    """fedlib.notebook.interact: a widget in JupyterLab, the function once with its defaults elsewhere."""
+    from fedlib.notebook import interact
+
+    calls = []
+    clean_env.setenv("FEDLIB_PROGRESS", "headless")
+    interact(lambda alpha=1.0: calls.append(alpha), alpha=(0.1, 10.0))
+    assert calls == [1.0]
+    clean_env.delenv("FEDLIB_PROGRESS")
+    clean_env.setattr(progress, "_in_kernel", lambda: False)  # a plain script: no front end either
+    interact(lambda alpha=2.0: calls.append(alpha), alpha=(0.1, 10.0))
+    assert calls == [1.0, 2.0]
