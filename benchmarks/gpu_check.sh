@@ -46,18 +46,7 @@ if [ "$QUICK" = 1 ]; then
   step tests env FEDLIB_DEVICE=$DEVICE "$PY" -m pytest tests/test_train.py -k same_seed -q -p no:cacheprovider
   step step_cost "$PY" benchmarks/step_cost.py --batch 2 --prompt-len 2 --reps 1 --mem-reps 1 --device "$DEVICE"
   BATCHED=(--clients 2 --per-client 4 --batch 2 --reps 1 --device "$DEVICE")
-  PROTOCOL="$OUT/quick.yaml"  # cpu-medium's rows at the smallest sizes
-  cat >"$PROTOCOL" <<'YAML'
-tasks: [sst2]
-strategies: [majority_local, fedavg, fedpeptao]
-seeds: [0]
-targets: {sst2: 0.72}
-experiment:
-  model: {prompt_len: 2, max_length: 48}
-  fed: {num_clients: 2, clients_per_round: 2, rounds: 1}
-  data: {train_limit: 32, eval_limit: 16}
-  selection: {shared_layers: 3}
-YAML
+  PROTOCOL=benchmarks/protocols/smoke.yaml  # cpu-medium's rows at the smallest sizes
   SLICE=(--strategies majority_local,fedavg)
 else
   step tests env FEDLIB_DEVICE=$DEVICE "$PY" -m pytest tests -m "not slow" -q -p no:cacheprovider
