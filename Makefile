@@ -30,8 +30,9 @@ experiment: $(STAMP)
 	$(PY) -m fedlib.experiment $(ARGS)
 
 # Three pytest-xdist workers on 2 cores, one torch thread each (conftest.py): many tests wait on subprocesses (Flower
-# nodes, kernels), so a third worker uses the idle core time; TEST_WORKERS=0 runs in one process. nbval executes each notebook once; tests/test_notebooks.py then checks the summary that run wrote, on the
-# same worker (--dist loadgroup). docs/testing.md says what each part runs and how long it takes.
+# nodes, kernels), so a third worker uses the idle core time; TEST_WORKERS=0 runs in one process. nbval executes each
+# notebook once; tests/test_notebooks.py then checks what that run wrote, on the same worker (--dist loadgroup, read
+# by conftest.py's scheduler). docs/testing.md says what each part runs and how long it takes.
 TEST_WORKERS ?= 3
 XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup)
 test: $(STAMP) lint browser

@@ -45,10 +45,38 @@ def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
 
     class NotebookGroups(LoadScopeScheduling):
+        ordered = False
+
         def _split_scope(self, nodeid: str) -> str:
             return notebook_group(nodeid) or nodeid
 
+        def _assign_work_unit(self, node) -> None:
+            if not self.ordered:  # the slow files first, so that no long test starts last (the queue's tail)
+                units = sorted(self.workqueue.items(), key=lambda unit: _rank(unit[0]))
+                self.workqueue.clear()
+                self.workqueue.update(units)
+                self.ordered = True
+            super()._assign_work_unit(node)
+
     return NotebookGroups(config, log)
+
+
+# files whose tests take tens of seconds each (docs/testing.md), in the order they are dealt out, notebooks among them
+SLOW_FIRST = (
+    "tests/test_readme.py",
+    "tests/test_flower_deployment.py",
+    "notebooks/",
+    "tests/test_benchmarks.py",
+    "tests/test_flower.py",
+    "tests/test_lab_browser.py",
+    "tests/test_robustness.py",
+)
+
+
+def _rank(scope: str) -> int:
+    """A work unit's place in the queue: notebook groups rank with ``notebooks/``, the rest by their file."""
+    path = "notebooks/" if "::" not in scope else scope.split("::")[0]
+    return next((i for i, prefix in enumerate(SLOW_FIRST) if path.startswith(prefix)), len(SLOW_FIRST))
 
 
 @pytest.hookimpl(hookwrapper=True)
