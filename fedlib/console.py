@@ -32,7 +32,8 @@ COMMANDS = {
 
 def _run(argv: list[str]) -> None:
     from .cli import add_config_arguments, config_from_args
-    from .report import summarize
+    from .references import majority_local
+    from .report import floor_views, summarize
     from .simulation import run_simulation
 
     p = argparse.ArgumentParser(prog="fedlib run", description=COMMANDS["run"])
@@ -45,7 +46,8 @@ def _run(argv: list[str]) -> None:
     res = run_simulation(cfg, args.out, resume=args.resume)
     s = summarize(res.history)
     keys = ["final_global_metric", "final_personal_metric", "final_personal_iid_metric", "bytes_per_round"]
-    print(json.dumps({k: s.get(k) for k in keys}, indent=2))
+    floor = floor_views(majority_local(cfg))  # no model: each client's majority label, the same partition
+    print(json.dumps({**{k: s.get(k) for k in keys}, "majority_local_floor": floor}, indent=2))
     print(f"results: {Path(args.out) / 'results.jsonl'}")
 
 

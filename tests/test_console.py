@@ -70,3 +70,4 @@ def test_run_trains_and_reports_the_three_views(tmp_path, capsys):
     out = capsys.readouterr().out
     summary = json.loads(out[: out.rindex("}") + 1])
     assert 0 <= summary["final_global_metric"] <= 1 and (tmp_path / "r" / "results.jsonl").exists()
+    assert set(summary["majority_local_floor"]) == {"global_metric", "personal_metric", "personal_iid_metric"}

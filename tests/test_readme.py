@@ -91,6 +91,7 @@ def test_readme_shell_line_runs_and_writes_its_file(line, clone):
         assert "plot: " in proc.stdout and re.search(r"^\s*0\s", proc.stdout, re.M), proc.stdout[-2000:]
     if line.startswith("fedlib run"):
         assert '"final_global_metric"' in proc.stdout and '"final_personal_iid_metric"' in proc.stdout
+        assert '"majority_local_floor"' in proc.stdout
     if "papermill" in line:
         check_drift_notebook(path)
 
