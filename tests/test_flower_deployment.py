@@ -1,5 +1,5 @@
-"""Flower's Deployment Runtime on loopback: a real SuperLink and two SuperNodes (plain and TLS), and
-``flwr run`` of the project's app in simulation. Every process started is gone afterwards."""
+"""Flower's Deployment Runtime on loopback: a real SuperLink and three SuperNodes over TLS, one killed and restarted
+mid-run, and ``flwr run`` of the project's app in simulation. Every process started is gone afterwards."""
 
 import json
 import math
@@ -56,33 +56,28 @@ def _check(rows: list[dict], rounds: int) -> None:
     assert 0.0 <= rows[-1]["personal_metric"] <= 1.0 and 0.0 <= rows[-1]["global_metric"] <= 1.0
 
 
-def test_fedpeptao_on_a_loopback_superlink_and_two_supernodes_over_tls(tmp_path):
-    """FedPepTAO (layer selection, then 2 rounds) through a real SuperLink and two SuperNodes, over TLS with a
-    throw-away CA (the killed-node test below runs the same deployment without TLS)."""
-    tls = shutil.which("openssl") is not None  # without openssl (to make certificates): the plain deployment
-    rows = _run(tmp_path, {"strategy": "fedpeptao", "shared-layers": 3, "num-server-rounds": 2}, tls=tls)
-    _check(rows, 2)
-    assert (tmp_path / "federation" / "certs" / "ca.crt").exists() == tls
-
-
 def test_flwr_run_in_simulation(tmp_path):
     rows = _run(tmp_path, {"strategy": "fedpeptao", "shared-layers": 3, "num-server-rounds": 1}, simulation=True)
     _check(rows, 1)
 
 
-def test_a_supernode_killed_mid_round_is_counted_failed_and_rejoins_with_its_state(tmp_path):
-    """SIGKILL one of three SuperNodes while round 2 trains: round 2 completes with the other two (the node counted
+def test_fedpeptao_over_tls_survives_a_supernode_killed_mid_round(tmp_path):
+    """FedPepTAO (layer selection, then 3 rounds) through a real SuperLink and three SuperNodes over TLS with a
+    throw-away CA. SIGKILL one SuperNode while round 2 trains: round 2 completes with the other two (the node counted
     failed once the SuperLink marks it offline: two missed heartbeats, here 2 x 10 s, the shortest Flower allows),
     the node restarted rejoins under a new node id, and trains round 3 from the state it had saved after round 1
-    (its AdamW step count: 2 rounds of local steps, not 1)."""
+    (its AdamW step count: 2 rounds of local steps, not 1). The stream shows every round; no process survives."""
     import time
 
+    import psutil
     from safetensors.torch import load_file
 
     out, rounds = tmp_path / "out", 3
     run = {**RUN, "num-clients": 3, "clients-per-round": 3, "num-server-rounds": rounds, "strategy": "fedpeptao"}
     run.update({"shared-layers": 3, "out-dir": str(out), "eval-every": 0})  # evaluated after the last round
-    with LocalDeployment(3, tmp_path / "federation", state_dirs=True, heartbeat=10) as fed:  # Flower's shortest
+    tls = shutil.which("openssl") is not None  # without openssl (to make certificates): the plain deployment
+    fed = LocalDeployment(3, tmp_path / "federation", state_dirs=True, heartbeat=10, tls=tls)  # Flower's shortest
+    with fed:
         proc, log = fed.start_run(APP, run), out / "results.jsonl"
         deadline = time.monotonic() + 300
         while not (log.exists() and any(json.loads(x)["round"] == 1 for x in log.read_text().splitlines())):
@@ -90,8 +85,14 @@ def test_a_supernode_killed_mid_round_is_counted_failed_and_rejoins_with_its_sta
             time.sleep(0.2)
         killed = fed.kill_node(1)  # round 2's messages are out: node 1 dies while training (or about to)
         fed.start_node(1)
-        fed.wait_run(proc, timeout=400)
-    rows = [json.loads(x) for x in log.read_text().splitlines() if json.loads(x)["round"] >= 1]
+        streamed = fed.wait_run(proc, timeout=400)
+    assert (tmp_path / "federation" / "certs" / "ca.crt").exists() == tls
+    alive = [p for p in fed.stopped if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert len(fed.stopped) >= 4 and not alive, f"processes survived stop(): {alive}"
+    every = [json.loads(x) for x in log.read_text().splitlines()]
+    _check_stream(streamed, every, out)
+    assert every[0]["phase"] == "selection" and every[0]["bytes_up"] > 0
+    rows = [r for r in every if r["round"] >= 1]
     assert killed and [r["round"] for r in rows] == list(range(1, rounds + 1))
     assert rows[1]["reported"] == 2 and [f["client"] for f in rows[1]["failures"]] == [1]
     assert all(r["reported"] == 3 for r in (rows[0], *rows[2:])), [r["failures"] for r in rows]
