@@ -146,6 +146,8 @@ def client_updates_batched(
         prepare_client(model, global_shared, state, init_personal, cfg, strategy, download, device)
         for model, state in zip(models, states)
     ]
+    for run, seed in zip(runs, seeds):
+        run.seed = seed
     torch.manual_seed(seeds[0])
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     stats = batched_local_train(runs, datas, device, gens, chunk)

@@ -70,6 +70,7 @@ COLUMNS = [
     "shared_layers",
     "failed_clients",
     "wall_seconds",
+    "epsilon",
 ]
 
 

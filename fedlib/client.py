@@ -55,6 +55,7 @@ class ClientResult:
     extra: Tensors = field(default_factory=dict)
     seconds: float = 0.0
     lrs: dict[str, float] = field(default_factory=dict)
+    update_norm: float = math.nan  # ||y_i - x|| before DP clipping (a diagnostic; only computed under DP)
 
     def finite(self) -> bool:
         return math.isfinite(self.loss) and all(
@@ -109,6 +110,7 @@ class LocalRun:
     after_backward: object = None
     controls: tuple[Tensors, Tensors] | None = None  # SCAFFOLD (c, c_i)
     t0: float = 0.0
+    seed: int = 0  # the client's seed of the round (local DP draws its noise from it)
 
     def lrs(self) -> dict[str, float]:
         """The learning rate of each trainable tensor, as the optimiser's parameter groups set it."""
@@ -144,13 +146,16 @@ def finish_client(run: LocalRun, client: int, num_examples: int, stats: dict, st
     client's new state (personal tensors, AdamW state, what the strategy keeps) after local training."""
     model = run.model
     shared = {k: v.cpu() for k, v in model.state("shared").items()}
+    norm = math.nan
+    if strategy.privacy is not None:  # clipped (and in local mode noised) here, on every path (fedlib.privacy)
+        shared, norm = strategy.privacy.finish_upload({k: v.cpu() for k, v in run.x.items()}, shared, run.seed)
     new_state = {f"personal/{k}": v.cpu() for k, v in model.state("personal").items()}
     new_state.update(export_optimizer(run.opt, model))
     extra = strategy.client_report(run, stats["steps"], new_state)
     lrs = run.lrs()
     seconds = time.perf_counter() - run.t0
     return ClientResult(
-        client, num_examples, stats["steps"], stats["loss"], shared, extra, seconds, {k: lrs[k] for k in shared}
+        client, num_examples, stats["steps"], stats["loss"], shared, extra, seconds, {k: lrs[k] for k in shared}, norm
     ), new_state
 
 
@@ -174,6 +179,7 @@ def client_update(
     (at most ``cfg.max_steps`` steps) of :func:`fedlib.train.local_train`.
     """
     run = prepare_client(model, global_shared, state, init_personal, cfg, strategy, download, device)
+    run.seed = seed
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     stats = local_train(

@@ -10,6 +10,7 @@
     strategy   the federated algorithm and its hyper-parameters   (a StrategyConfig of fedlib.strategies)
     selection  which prompt layers are shared (FedPepTAO)         (SelectionConfig)
     run        device, checkpoints, faults, client storage, speed (RunConfig)
+    privacy    client-level differential privacy                  (fedlib.privacy.PrivacyConfig)
 
 In YAML, a section is a mapping; ``strategy`` is ``{name: fedadam, server_lr: 0.01, ...}`` with the named
 strategy's own fields. On the command line every field is ``--section.field`` (:mod:`fedlib.cli`);
@@ -26,6 +27,7 @@ from . import fedpeptao as _fedpeptao  # noqa: F401  (registers the fedpeptao st
 from . import server_optimizers as _server_optimizers  # noqa: F401  (registers fedavgm, fedadam, ...)
 from .configbase import Config, ConfigError, check, describe, setting
 from .partition import METHODS
+from .privacy import PrivacyConfig, privacy_refusal
 from .prompts import ROLES
 from .strategies import STRATEGIES, StrategyConfig, strategy_config
 from .tasks import ALIASES, TASKS
@@ -39,6 +41,7 @@ __all__ = [
     "PartitionConfig",
     "SelectionConfig",
     "RunConfig",
+    "PrivacyConfig",
     "ExperimentConfig",
     "StrategyConfig",
     "strategy_config",
@@ -318,6 +321,12 @@ class ExperimentConfig(Config):
     strategy: StrategyConfig = setting(factory=lambda: strategy_config("fedavg"), help="the federated strategy")
     selection: SelectionConfig = setting(factory=SelectionConfig, help="layer selection")
     run: RunConfig = setting(factory=RunConfig, help="execution")
+    privacy: PrivacyConfig = setting(factory=PrivacyConfig, help="client-level differential privacy")
+
+    def validate(self) -> None:
+        why = privacy_refusal(self)
+        if why:
+            raise ConfigError(why)
 
     def with_strategy(self, name: str, **params) -> "ExperimentConfig":
         """A copy running strategy ``name`` with ``params`` (its defaults for the rest)."""

@@ -98,6 +98,16 @@ class FedPepTAO(Strategy):
         state.scalars["server_lr"] = self.cfg.server_lr  # the only rate that changes over rounds
         return state
 
+    def privacy_refusal(self) -> str | None:
+        if self.cfg.control_variates or self.cfg.server_variant != "corrected":
+            return (
+                f"strategy.control_variates={self.cfg.control_variates}, strategy.server_variant="
+                f"{self.cfg.server_variant!r}: the server keeps each client's own direction (its control variate) and "
+                "mixes it into later steps, which the noise on the round's mean does not cover; FedPepTAO-DP is "
+                "strategy.control_variates=False with server_variant 'corrected' (momentum on the noised mean)"
+            )
+        return None
+
     def server_step(self, state, results, avg, delta, num_clients):
         return fedpeptao_server_step(state, results, avg, delta, self.cfg, num_clients)
 
@@ -143,7 +153,7 @@ def fedpeptao_server_step(
     scalars["diagnostics"] = {
         "server_ratio": _norm({k: new_theta[k] - avg[k] for k in theta}) / max(_norm(d_t), 1e-30),
         "c_norm": _norm(c),
-        "c_i_norm": float(np.mean([_norm(controls[f"c{r.client}"]) for r in results])),
+        "c_i_norm": float(np.mean([_norm(controls[f"c{r.client}"]) for r in results])) if results else 0.0,
         "server_lr": float(eta),
     }
     return ServerState(state.round + 1, new_theta, opt, controls, scalars)

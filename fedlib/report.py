@@ -87,6 +87,7 @@ def summarize(history: pd.DataFrame, target: float | None = None) -> dict:
         "selection_seconds": float(selection["seconds_client"].sum()),
         "rounds": len(rounds),
         "failed_clients": int(rounds["failed"].sum()),
+        "epsilon": _last(history, "epsilon") if "epsilon" in history else math.nan,  # DP: epsilon at the end
     }
     if target is not None:
         out["rounds_to_target"], out["seconds_to_target"], out["bytes_to_target"] = rounds_to_target(history, target)
@@ -107,6 +108,7 @@ def round_line(rec: dict, rounds: int) -> str:
         f"round {rec['round']}/{rounds}: {rec['reported']} clients reported, {rec['failed']} failed; "
         f"train loss {rec['train_loss']:.4f}; {views or 'not evaluated'}; "
         f"{rec['bytes_up'] + rec['bytes_down']:,} bytes; {rec['seconds_client'] + rec['seconds_aggregate']:.1f} s"
+        + (f"; epsilon {rec['epsilon']:.3g}" if "epsilon" in rec else "")
     )
 
 

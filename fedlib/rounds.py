@@ -58,6 +58,9 @@ class Federation:
         self._workspaces: list = []  # batched clients' extra models (fedlib.batched.workspaces)
 
     def sample(self, round_: int) -> list[int]:
+        """Round ``round_``'s clients: m drawn without replacement, or under DP a Poisson sample of rate m / N."""
+        if self.strategy.privacy is not None:
+            return self.strategy.privacy.sample(round_)
         return sample_clients(self.cfg.fed.seed, round_, self.cfg.fed.num_clients, self.cfg.fed.clients_per_round)
 
     def personal_of(self, client: int) -> dict:
@@ -165,4 +168,6 @@ class Federation:
             "seconds_aggregate": time.perf_counter() - t1,
             **new.scalars.get("diagnostics", {}),  # the strategy's own (FedPepTAO: norms of c, c_i; eta_s)
         }
+        if self.strategy.privacy is not None:  # epsilon so far (the count lives in the server's scalars)
+            rec.update(self.strategy.privacy.account(new.scalars, results))
         return new, rec

@@ -127,9 +127,14 @@ def select_layers(model, train: Encoded, partition, cfg, device) -> dict:
     "weights", "k", "how", "roles", "hessian", "seconds", "bytes_down", "bytes_up"}``. ``cfg``: an ExperimentConfig."""
     sel, t0 = cfg.selection, time.perf_counter()
     num_layers = model.info.num_layers
-    scores = score_layers(model, train, partition.train, sel.score_batch, cfg.fed.seed, device)
-    clients = sum(1 for s in partition.train if s)
-    down, up = clients * tensor_bytes(model.state("shared")), clients * 8 * (num_layers + 1)  # prompts; scores, n_k
+    if cfg.privacy.on:  # under DP the layers are chosen without client data (fedlib.privacy.privacy_refusal)
+        nan = np.full(num_layers, np.nan)
+        scores = {"ranking": list(range(num_layers)), "scores": nan, "per_client": nan[None], "weights": nan}
+        down = up = 0
+    else:
+        scores = score_layers(model, train, partition.train, sel.score_batch, cfg.fed.seed, device)
+        clients = sum(1 for s in partition.train if s)
+        down, up = clients * tensor_bytes(model.state("shared")), clients * 8 * (num_layers + 1)  # prompts; scores
     hessian = None
     if sel.shared_layers:
         k, how = min(sel.shared_layers, num_layers), "fixed count (selection.shared_layers)"

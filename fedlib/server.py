@@ -72,8 +72,15 @@ def weighted_mean(states: list[Tensors], weights: list[float]) -> Tensors:
 def server_update(state: ServerState, results: list, strategy, num_clients: int) -> ServerState:
     """Aggregate ``results`` (client results with ``.shared``, ``.num_examples``) and apply ``strategy``'s step.
 
-    With no results the state is returned unchanged except for the round counter.
+    With no results the state is returned unchanged except for the round counter. Under client-level DP
+    (``strategy.privacy``) the step sees only the aggregate :meth:`fedlib.privacy.Privacy.aggregate` (central: the
+    clipped uploads' noised sum over q N, also when no client reported) and no per-client results.
     """
+    dp = getattr(strategy, "privacy", None)
+    if dp is not None and (results or dp.cfg.mode == "central"):
+        delta = dp.aggregate(state.shared, results, state.round)
+        avg = {k: state.shared[k] + d for k, d in delta.items()}
+        return strategy.server_step(state, [], avg, delta, num_clients)
     if not results:
         scalars = {k: v for k, v in state.scalars.items() if k != "diagnostics"}  # no step, nothing to diagnose
         return ServerState(state.round + 1, state.shared, state.opt, state.controls, scalars)

@@ -35,12 +35,12 @@ from .encode import encode_dataset
 from .evaluation import evaluate_global, evaluate_personal, pooled_by_shard, view_record
 from .models import backbone_for
 from .partition import Partition, make_partition
+from .privacy import strategy_for
 from .progress import bar
 from .report import round_line
 from .rounds import Federation
 from .runtime import resolve_device, seed_everything
 from .server import ServerState
-from .strategies import get_strategy
 from .tasks import get_task, load_task
 from .tracking import make_tracker
 
@@ -176,7 +176,7 @@ class Simulation(Federation):
         client_fn=client_update,
         selection: dict | None = None,
     ) -> None:
-        strategy = get_strategy(cfg.strategy)
+        strategy = strategy_for(cfg)  # with its privacy mechanism (None when privacy.mode is off)
         device = resolve_device(cfg.run.device)
         seed_everything(cfg.fed.seed)
         model = build_model(cfg, strategy, backbone, device)

@@ -143,6 +143,13 @@ class Strategy:
         self.cfg = cfg if cfg is not None else self.Config()
         if type(self.cfg) is not self.Config:
             raise ConfigError(f"strategy {self.name!r} needs a {self.Config.__name__}, got {type(self.cfg).__name__}")
+        self.privacy = None  # a fedlib.privacy.Privacy when the run is differentially private (privacy.strategy_for)
+
+    def privacy_refusal(self) -> str | None:
+        """Why this strategy (as configured) cannot run under client-level DP, or None: under DP the server step
+        sees only the noised aggregate ``delta`` (``results`` is empty) and a client uploads only its clipped
+        shared tensors (:mod:`fedlib.privacy`)."""
+        return None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.cfg!r})"
@@ -273,6 +280,9 @@ class Scaffold(FedAvg):
     def download(self, state: ServerState) -> Tensors:
         return state.controls["c"]
 
+    def privacy_refusal(self) -> str | None:
+        return "each client uploads dc_i beside its update and the server keeps c; the noise on the mean covers neither"
+
     def client_setup(self, run, state: Tensors, download: Tensors) -> None:
         device = next(iter(run.x.values())).device
         c = {k: v.to(device) for k, v in download.items()}
@@ -317,6 +327,9 @@ class LocalOnly(Strategy):
 
     name, Config, layers, head_role = "local_only", LocalOnlyConfig, "none", "personal"
     doc = "reference: each client tunes its own prompts and head alone; nothing is exchanged"
+
+    def privacy_refusal(self) -> str | None:
+        return "nothing is exchanged, so there is nothing to noise (run it with privacy.mode 'off' as the reference)"
 
     def server_step(self, state, results, avg, delta, num_clients):
         return ServerState(state.round + 1, state.shared, state.opt, state.controls, dict(state.scalars))

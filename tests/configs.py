@@ -8,7 +8,7 @@ import dataclasses
 
 from fedlib.config import ExperimentConfig
 
-SECTIONS = ("fed", "data", "partition", "selection", "run", "train", "model")
+SECTIONS = ("fed", "data", "partition", "selection", "run", "train", "model", "privacy")
 
 
 def build(

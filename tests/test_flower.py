@@ -49,9 +49,12 @@ def test_flower_gives_the_in_process_result(runs):
     assert {k for k in flower.server.controls if k != "c"} == {k for k in local.server.controls if k != "c"}
 
 
-def test_a_failing_client_is_counted_and_the_round_completes(tmp_path):
+def test_a_failing_client_is_counted_and_dp_gives_the_in_process_result(tmp_path):
+    """Central DP through Flower: each node clips its own update, the ServerApp noises the sum; a node that fails is
+    counted and left out. The same seed gives the in-process run's tensors, records and epsilon."""
     from flwr.app import Message
 
+    from fedlib.client import client_update
     from fedlib.flower.apps import make_client_app, run_flower_simulation
 
     def fail_partition_1(msg: Message, context, call_next):
@@ -59,15 +62,23 @@ def test_a_failing_client_is_counted_and_the_round_completes(tmp_path):
             raise RuntimeError("node lost its disk")
         return call_next(msg, context)
 
-    res = run_flower_simulation(
-        cfg(strategy="fedavg", clients_per_round=3, rounds=1),
-        tmp_path,
-        num_cpus=1,
-        client_app=make_client_app(mods=[fail_partition_1]),
-    )
+    def fail_client_1(model, k, *args):
+        if k == 1:
+            raise RuntimeError("node lost its disk")
+        return client_update(model, k, *args)
+
+    c = cfg(strategy="fedavg", clients_per_round=3, rounds=2)
+    c = c.replace(privacy=c.privacy.replace(mode="central", clip_norm=0.05, noise_multiplier=1.0))
+    res = run_flower_simulation(c, tmp_path, num_cpus=1, client_app=make_client_app(mods=[fail_partition_1]))
+    local = run_simulation(c, progress=False, client_fn=fail_client_1)
     rec = res.history.iloc[0]
     assert rec["reported"] == 2 and rec["failed"] == 1 and rec["failures"][0]["client"] == 1
     assert all(torch.isfinite(v).all() for v in res.server.shared.values())
+    for k, v in local.server.shared.items():
+        assert float((v - res.server.shared[k]).abs().max()) < 1e-5
+    cols = ["round", "clients", "reported", "epsilon", "releases", "clipped_fraction"]
+    assert local.history[cols].to_dict("records") == res.history[cols].to_dict("records")
+    assert res.history["epsilon"].iloc[-1] > res.history["epsilon"].iloc[0] > 0
 
 
 def test_too_few_nodes_fails_clearly_instead_of_waiting_forever():

@@ -32,6 +32,7 @@ from ..client_store import ClientStore
 from ..config import ExperimentConfig
 from ..evaluation import personal_predictions, pool_personal, union_positions
 from ..models import backbone_for
+from ..privacy import strategy_for
 from ..report import round_line
 from ..runtime import resolve_device, seed_everything
 from ..simulation import (
@@ -43,7 +44,6 @@ from ..simulation import (
     partition_for,
     set_roles,
 )
-from ..strategies import get_strategy
 
 __all__ = [
     "FlowerSimulation",
@@ -74,7 +74,7 @@ class ClientWorkspace:
 
     def __init__(self, cfg: ExperimentConfig, selection: dict | None, k: int, backbone=None, partition=None) -> None:
         self.cfg, self.k = cfg, k
-        self.strategy = get_strategy(cfg.strategy)
+        self.strategy = strategy_for(cfg)
         self.device = resolve_device(cfg.run.device)
         seed_everything(cfg.fed.seed)  # the initial prompts, as the server's Simulation draws them
         self.model = build_model(cfg, self.strategy, backbone, self.device)
@@ -179,6 +179,7 @@ def make_client_app(mods: list | None = None) -> ClientApp:
                 "loss": float(res.loss),
                 "seconds": res.seconds,
                 "partition-id": k,
+                "update-norm": float(res.update_norm),
             }
         )
         content = RecordDict(
@@ -314,6 +315,7 @@ class FlowerSimulation(Simulation):
                     _tensors(reply.content.get("extra")),
                     float(m["seconds"]),
                     {n: float(v) for n, v in reply.content["lrs"].items()},
+                    float(m.get("update-norm", float("nan"))),
                 )
                 out.append((k, res, None, None))
         return out
