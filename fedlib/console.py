@@ -46,6 +46,7 @@ def _run(argv: list[str]) -> None:
     res = run_simulation(cfg, args.out, resume=args.resume)
     s = summarize(res.history)
     keys = ["final_global_metric", "final_personal_metric", "final_personal_iid_metric", "bytes_per_round"]
+    keys += ["epsilon"] if cfg.privacy.on else []  # client-level DP: epsilon at privacy.delta after the last round
     floor = floor_views(majority_local(cfg))  # no model: each client's majority label, the same partition
     print(json.dumps({**{k: s.get(k) for k in keys}, "majority_local_floor": floor}, indent=2))
     print(f"results: {Path(args.out) / 'results.jsonl'}")

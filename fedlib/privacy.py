@@ -90,7 +90,18 @@ class PrivacyConfig(Config):
 
 
 # ---- accounting ----------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=4096)
+RDP_ORDERS = tuple([1 + x / 10.0 for x in range(1, 100)] + list(range(11, 256)))
+
+
+@functools.lru_cache(maxsize=1024)
+def _rdp_per_release(q: float, z: float) -> np.ndarray:
+    """Renyi DP of one sampled Gaussian release at each of :data:`RDP_ORDERS` (it adds up over releases)."""
+    from opacus.accountants.analysis.rdp import compute_rdp
+
+    return np.asarray(compute_rdp(q=q, noise_multiplier=z, steps=1, orders=list(RDP_ORDERS)), dtype=float)
+
+
+@functools.lru_cache(maxsize=8192)
 def epsilon(
     q: float, z: float, releases: int, delta: float, accountant: str = "rdp", sampling: str = "poisson"
 ) -> float:
@@ -108,11 +119,10 @@ def epsilon(
     with warnings.catch_warnings():  # Opacus warns when the best RDP order is its largest: still a valid bound
         warnings.simplefilter("ignore", UserWarning)
         if accountant == "rdp":
-            from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+            from opacus.accountants.analysis.rdp import get_privacy_spent
 
-            orders = [1 + x / 10.0 for x in range(1, 100)] + list(range(11, 256))
-            rdp = compute_rdp(q=rate, noise_multiplier=z, steps=int(releases), orders=orders)
-            return float(get_privacy_spent(orders=orders, rdp=rdp, delta=delta)[0])
+            rdp = _rdp_per_release(float(rate), float(z)) * int(releases)
+            return float(get_privacy_spent(orders=list(RDP_ORDERS), rdp=rdp, delta=delta)[0])
         if accountant == "prv":
             from opacus.accountants import PRVAccountant
 
@@ -139,9 +149,13 @@ def noise_for_epsilon(target: float, q: float, releases: int, delta: float, acco
 def clip_update(x: Tensors, y: Tensors, clip: float) -> tuple[Tensors, float]:
     """``(x + u min(1, C / ||u||), ||u||)`` with ``u = y - x`` over every tensor jointly (float64 norm)."""
     u = {k: y[k].double() - x[k].double().to(y[k].device) for k in x}
-    norm = math.sqrt(sum(float((v * v).sum()) for v in u.values()))
+    norm = _norm(u)
     factor = min(1.0, clip / norm) if norm > 0 else 1.0
     return {k: (x[k].double().to(y[k].device) + u[k] * factor).to(y[k].dtype) for k in x}, norm
+
+
+def _norm(tensors: dict) -> float:
+    return math.sqrt(sum(float(v.double().pow(2).sum()) for v in tensors.values()))
 
 
 def gaussian_like(tensors: Tensors, std: float, seed: int) -> Tensors:
@@ -203,7 +217,9 @@ class Privacy:
         if self.cfg.mode == "central":
             noise = gaussian_like(shared, self.std, noise_seed(self.seed, round_)) if self.z > 0 else {}
             denom = self.q * self.N
+            self.last_norms = (_norm(total) / denom, _norm(noise) / denom)  # the round's signal and noise
             return {k: ((total[k] + noise.get(k, 0.0)) / denom).to(shared[k].dtype) for k in total}
+        self.last_norms = (math.nan, math.nan)  # local mode: the noise is inside each upload
         return {k: (total[k] / max(len(results), 1)).to(shared[k].dtype) for k in total}
 
     # ---- accounting over the run ------------------------------------------------------------------------
@@ -217,13 +233,17 @@ class Privacy:
             st["participations"][str(r.client)] = st["participations"].get(str(r.client), 0) + 1
         scalars["privacy"] = st
         norms = [r.update_norm for r in results]
+        signal, noise = getattr(self, "last_norms", (math.nan, math.nan))
         return {
             "epsilon": self.epsilon_of(st),
             "noise_multiplier": self.z,
             "sample_rate": self.q,
             "releases": st["releases"],
+            "update_norms": [float(n) for n in norms],
             "update_norm_median": float(np.median(norms)) if norms else math.nan,
             "clipped_fraction": float(np.mean([n > self.cfg.clip_norm for n in norms])) if norms else math.nan,
+            "signal_norm": signal,  # || sum of clipped updates || / (q N), before the noise
+            "noise_norm": noise,  # || noise || / (q N), about z C sqrt(d) / (q N)
         }
 
     def epsilon_of(self, st: dict) -> float:

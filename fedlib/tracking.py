@@ -28,6 +28,14 @@ GROUPS = {  # record key prefix or name -> TensorBoard section
     "seconds": "cost",
     "failed": "clients",
     "reported": "clients",
+    "epsilon": "privacy",
+    "noise_multiplier": "privacy",
+    "sample_rate": "privacy",
+    "releases": "privacy",
+    "update_norm": "privacy",
+    "clipped_fraction": "privacy",
+    "signal_norm": "privacy",
+    "noise_norm": "privacy",
 }
 SKIP = {"round", "phase", "clients", "failures"}
 

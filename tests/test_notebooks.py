@@ -31,6 +31,7 @@ def test_the_sequence_is_complete():
         "03_client_drift",
         "04_adaptive_optimizers",
         "05_full_experiments",
+        "06_privacy",
     ]
 
 
@@ -131,8 +132,9 @@ def test_executed_notebook_shows_every_figure_and_no_progress_noise(executed):
         assert len(bars) <= PROGRESS_LINES.get(name, 10), f"{name}: {len(bars)} progress lines in cell {i}"
 
 
-# progress lines a notebook's busiest cell may print: one per run (03: 5 strategies x 3 seeds; 04: 8 runs)
-PROGRESS_LINES = {"03_client_drift": 15, "04_adaptive_optimizers": 8}
+# progress lines a notebook's busiest cell may print: one per run (03: 5 strategies x 3 seeds; 04: 8 runs; 06: 3
+# strategies x 3 settings x 3 seeds, local_only's 3, and the utility grid's own line)
+PROGRESS_LINES = {"03_client_drift": 15, "04_adaptive_optimizers": 8, "06_privacy": 37}
 
 
 def _overview(s, out):
@@ -195,6 +197,27 @@ def _full(s, out):
         assert rows["majority_local", seed]["bytes_total"] == 0
 
 
+def _privacy(s, out):
+    """The accountant's figures for N = 100, m = 10, 100 rounds (z = 2: 2.6 with sampling, 35 without), epsilon
+    falling with N at the same noise, every utility row a real run with its epsilon, the noise's norm near
+    z C sqrt(d) / (qN)."""
+    last = {r["z"]: r for r in s["epsilon_last"]}
+    assert last[2.0]["rdp"] == pytest.approx(2.58, abs=0.01) and last[2.0]["no_amplification"] > 30
+    assert all(r["prv"] < r["rdp"] < r["no_amplification"] for r in last.values())
+    for z in {r["z"] for r in s["scale"]}:
+        eps = [r["epsilon"] for r in sorted(s["scale"], key=lambda r: r["N"]) if r["z"] == z]
+        assert eps == sorted(eps, reverse=True), eps
+    rows = s["rows"]
+    private = [r for r in rows if r["epsilon"] is not None and r["z"] == r["z"]]
+    assert private and all(0 < r["epsilon"] < 100 for r in private)
+    assert {r["strategy"] for r in rows} >= {"fedavg", "fedavg_selected", "shallow", "local_only", "majority_local"}
+    assert all(0 <= r["personal_iid_metric"] <= 1 for r in rows)
+    assert s["update_norm_median"] > 0
+    for r in s["noise_to_signal"]:
+        assert r["noise_over_signal"] > 1 and r["clipped_fraction"] >= 0
+    assert (out / "utility.png").exists() and (out / "epsilon.png").exists()
+
+
 CHECKS = {
     "00_overview": _overview,
     "01_non_iid_partitioning": _partitioning,
@@ -202,6 +225,7 @@ CHECKS = {
     "03_client_drift": _drift,
     "04_adaptive_optimizers": _optimizers,
     "05_full_experiments": _full,
+    "06_privacy": _privacy,
 }
 
 

@@ -114,10 +114,22 @@ def test_refused_combinations_name_their_fields(strategy, params, fields):
     assert all(f in str(err.value) for f in fields), str(err.value)
 
 
-def test_fedpeptao_dp_steps_on_the_noised_mean_alone(bundled_backbone):
-    cfg = tiny_cfg(rounds=2, mode="central", shared_layers=2, choose="first")
+def test_fedpeptao_dp_steps_on_the_noised_mean_alone(bundled_backbone, tmp_path):
+    """FedPepTAO-DP: momentum on the noised mean, no per-client state, layers fixed without data; epsilon in the
+    results, TensorBoard and the round lines."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = tiny_cfg(rounds=2, mode="central", shared_layers=2, choose="first", tracking="tensorboard")
     cfg = cfg.with_strategy("fedpeptao", control_variates=False)
-    res = run_simulation(cfg, backbone=bundled_backbone, progress=False)
+    res = run_simulation(cfg, tmp_path, backbone=bundled_backbone, progress=False)
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    logged = {e.step: e.value for e in events.Scalars("privacy/epsilon")}
+    rounds = res.history.query("round > 0")
+    assert logged == pytest.approx(dict(zip(rounds["round"], rounds["epsilon"])))
+    from fedlib.report import round_line
+
+    assert round_line(res.history.iloc[-1].to_dict(), 2).endswith(f"epsilon {res.history['epsilon'].iloc[-1]:.3g}")
     assert set(res.server.controls) <= {"c"}  # no per-client state on the server
     assert res.selection["bytes_up"] == 0 and res.roles[:2] == ("shared", "shared")  # layers fixed without data
     assert (res.history.query("round > 0")["epsilon"].diff().dropna() > 0).all()

@@ -92,6 +92,7 @@ def test_readme_shell_line_runs_and_writes_its_file(line, clone):
     if line.startswith("fedlib run"):
         assert '"final_global_metric"' in proc.stdout and '"final_personal_iid_metric"' in proc.stdout
         assert '"majority_local_floor"' in proc.stdout
+        assert ('"epsilon"' in proc.stdout) == ("--privacy.mode central" in line), proc.stdout[-2000:]
     if "papermill" in line:
         check_selection_notebook(path)
 
