@@ -35,6 +35,7 @@ def test_every_benchmark_script_has_a_smoke_test():
         "tune.py",
         "scale_clients.py",
         "grid_workers.py",
+        "secagg_cost.py",
     }
     assert {p.name for p in BENCH.glob("*.sh")} == {"gpu_check.sh"}
 
@@ -55,6 +56,13 @@ def test_flower_parity():
     )
     m = re.fullmatch(rf"flower_parity max_abs_diff=({NUM}) time_ratio={NUM}", line)
     assert m and float(m.group(1)) < 1e-5, line
+
+
+def test_secagg_cost():
+    args = ("--num-clients", "3", "--clients-per-round", "3", "--rounds", "1", "--train-limit", "24")
+    line = run("secagg_cost.py", *args)
+    m = re.fullmatch(rf"secagg_cost m=3 messages_ratio=({NUM}) seconds_ratio={NUM} max_abs_diff=({NUM})", line)
+    assert m and float(m.group(1)) == 4 and float(m.group(2)) < 1e-4, line
 
 
 def test_grid_workers():

@@ -4,7 +4,6 @@ import pytest
 import torch
 
 pytest.importorskip("flwr")
-pytestmark = pytest.mark.slow  # Ray start-up and Flower runs
 
 from fedlib.config import ModelConfig, TrainConfig  # noqa: E402
 from fedlib.simulation import run_simulation  # noqa: E402
@@ -28,12 +27,21 @@ def cfg(**fed):
     return build(model=ModelConfig(prompt_len=2), train=TrainConfig(batch_size=8), **{**base, **fed})
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    from fedlib.flower.apps import run_flower_simulation
+def on_grid(c, client_app=None):
+    """``c`` through the ServerApp's code (``FlowerSimulation``) with every message delivered to the ClientApp on an
+    in-process Grid: the messages and code of a deployment, without a SuperLink or Ray (Flower's Simulation Runtime
+    runs in ``tests/test_benchmarks.py::test_flower_parity`` and ``flwr run`` in ``test_flower_deployment.py``)."""
+    from fedlib.flower.apps import FlowerSimulation, make_client_app
+    from fedlib.flower.local_grid import LocalGrid
 
+    grid = LocalGrid(client_app or make_client_app(), c.fed.num_clients)
+    return FlowerSimulation(c, grid, progress=False).run()
+
+
+@pytest.fixture(scope="module")
+def runs():
     c = cfg()
-    return run_simulation(c, progress=False), run_flower_simulation(c, tmp_path_factory.mktemp("flower"), num_cpus=1)
+    return run_simulation(c, progress=False), on_grid(c)
 
 
 def test_flower_gives_the_in_process_result(runs):
@@ -49,13 +57,13 @@ def test_flower_gives_the_in_process_result(runs):
     assert {k for k in flower.server.controls if k != "c"} == {k for k in local.server.controls if k != "c"}
 
 
-def test_a_failing_client_is_counted_and_dp_gives_the_in_process_result(tmp_path):
+def test_a_failing_client_is_counted_and_dp_gives_the_in_process_result():
     """Central DP through Flower: each node clips its own update, the ServerApp noises the sum; a node that fails is
     counted and left out. The same seed gives the in-process run's tensors, records and epsilon."""
     from flwr.app import Message
 
     from fedlib.client import client_update
-    from fedlib.flower.apps import make_client_app, run_flower_simulation
+    from fedlib.flower.apps import make_client_app
 
     def fail_partition_1(msg: Message, context, call_next):
         if msg.metadata.message_type == "train" and int(context.node_config["partition-id"]) == 1:
@@ -69,7 +77,7 @@ def test_a_failing_client_is_counted_and_dp_gives_the_in_process_result(tmp_path
 
     c = cfg(strategy="fedavg", clients_per_round=3, rounds=2)
     c = c.replace(privacy=c.privacy.replace(mode="central", clip_norm=0.05, noise_multiplier=1.0))
-    res = run_flower_simulation(c, tmp_path, num_cpus=1, client_app=make_client_app(mods=[fail_partition_1]))
+    res = on_grid(c, make_client_app(mods=[fail_partition_1]))
     local = run_simulation(c, progress=False, client_fn=fail_client_1)
     rec = res.history.iloc[0]
     assert rec["reported"] == 2 and rec["failed"] == 1 and rec["failures"][0]["client"] == 1

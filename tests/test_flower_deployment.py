@@ -56,9 +56,11 @@ def _check(rows: list[dict], rounds: int) -> None:
     assert 0.0 <= rows[-1]["personal_metric"] <= 1.0 and 0.0 <= rows[-1]["global_metric"] <= 1.0
 
 
-def test_flwr_run_in_simulation(tmp_path):
-    rows = _run(tmp_path, {"strategy": "fedpeptao", "shared-layers": 3, "num-server-rounds": 1}, simulation=True)
-    _check(rows, 1)
+def test_flwr_run_in_simulation_under_secure_aggregation(tmp_path):
+    """``flwr run`` of the project's app, FedAvg with every round through Flower's SecAgg+ (``secure-aggregation``);
+    FedPepTAO's app run is the TLS deployment's above."""
+    rows = _run(tmp_path, {"strategy": "fedavg", "secure-aggregation": True, "num-server-rounds": 2}, simulation=True)
+    _check(rows, 2)
 
 
 def test_fedpeptao_over_tls_survives_a_supernode_killed_mid_round(tmp_path):

@@ -44,6 +44,7 @@ from ..simulation import (
     partition_for,
     set_roles,
 )
+from .secagg import fit_reply, fit_request, secagg_train_mod, secure_mean
 
 __all__ = [
     "FlowerSimulation",
@@ -147,24 +148,22 @@ def make_client_app(mods: list | None = None) -> ClientApp:
     def query(msg: Message, context: Context) -> Message:
         return Message(RecordDict({"metrics": MetricRecord({"partition-id": _partition_id(context)})}), reply_to=msg)
 
-    @app.train()
-    def train(msg: Message, context: Context) -> Message:
-        conf = msg.content["config"]
+    def local_update(conf, shared: dict, download: dict, context: Context):
+        """The node's client update for the train config ``conf``, its state kept (context and state-dir)."""
         k = int(conf["partition-id"])
         if k != _partition_id(context):
             raise SimulationError(f"message for partition {k} reached the node of partition {_partition_id(context)}")
         ws = _workspace(conf["experiment"], conf["selection"], k)
-        state = _client_state(context, k)
         res, new_state = client_update(
             ws.model,
             k,
-            _tensors(msg.content["arrays"]),
-            state,
+            shared,
+            _client_state(context, k),
             ws.init_personal,
             ws.train,
             ws.cfg.train,
             ws.strategy,
-            _tensors(msg.content.get("download")),
+            download,
             int(conf["seed"]),
             ws.device,
         )
@@ -172,6 +171,17 @@ def make_client_app(mods: list | None = None) -> ClientApp:
         store = _node_store(context)
         if store is not None:
             store.put(k, new_state)
+        return res
+
+    @app.train(mods=[secagg_train_mod])  # a SecAgg+ round's messages go through Flower's secaggplus_mod
+    def train(msg: Message, context: Context) -> Message:
+        secure = fit_request(msg)
+        if secure is not None:  # a secure round: a legacy FitRes, masked by secaggplus_mod on its way out
+            conf, shared = secure
+            return fit_reply(msg, conf, local_update(conf, shared, {}, context))
+        conf = msg.content["config"]
+        k = int(conf["partition-id"])
+        res = local_update(conf, _tensors(msg.content["arrays"]), _tensors(msg.content.get("download")), context)
         metrics = MetricRecord(
             {
                 "num-examples": res.num_examples,
@@ -225,10 +235,19 @@ class FlowerSimulation(Simulation):
         out_dir=None,
         node_timeout: float = 120.0,
         reply_timeout: float = 600.0,
+        secure_aggregation: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(cfg, out_dir, **kwargs)
-        self.grid, self.reply_timeout = grid, reply_timeout
+        self.grid, self.reply_timeout, self.secure = grid, reply_timeout, secure_aggregation
+        if secure_aggregation:
+            why = self.strategy.privacy_refusal() or (
+                "DP-FedAvg needs the uniform sum of clipped updates, SecAgg+ here gives the size-weighted mean"
+                if self.strategy.privacy is not None
+                else None
+            )
+            if why:
+                raise SimulationError(f"secure aggregation with strategy.name={cfg.strategy.name!r}: {why}")
         self.node_of = self._connect(node_timeout)
 
     def _connect(self, timeout: float) -> dict[int, int]:
@@ -286,8 +305,28 @@ class FlowerSimulation(Simulation):
             }
         )
 
+    def train_secure(self, round_: int, sampled: list[int], shared: dict) -> list[tuple]:
+        """The round through Flower's SecAgg+ (:mod:`fedlib.flower.secagg`): the server learns only the clients'
+        size-weighted mean, which stands as every reporting client's ``y_i`` (their weighted mean is that mean)."""
+        configs = {self.node_of[k]: dict(self._config(k, round_)) for k in sampled}
+        biggest = max(len(s) for s in self.partition.train)  # weights n_i / max_weight stay near 1: fine quantisation
+        outcome = secure_mean(self.grid, round_, shared, configs, biggest, timeout=self.reply_timeout)
+        got = {int(m["partition-id"]): (n, m) for n, m in outcome.clients}
+        out = []
+        for k in sampled:
+            if k not in got or outcome.mean is None:
+                out.append((k, None, None, "no secure-aggregation result (node lost, or the protocol halted)"))
+                continue
+            n, m = got[k]
+            steps, loss, seconds, lrs = int(m["steps"]), float(m["loss"]), float(m["seconds"]), json.loads(m["lrs"])
+            res = ClientResult(k, n, steps, loss, dict(outcome.mean), {}, seconds, lrs)
+            out.append((k, res, None, None))
+        return out
+
     def train_clients(self, round_: int, sampled: list[int], shared: dict, download: dict) -> list[tuple]:
         self._refresh_nodes()
+        if self.secure:
+            return self.train_secure(round_, sampled, shared)
         msgs = []
         for k in sampled:
             content = RecordDict({"arrays": _arrays(shared), "config": self._config(k, round_)})

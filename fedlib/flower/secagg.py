@@ -1,0 +1,168 @@
+"""Secure aggregation (SecAgg+, Bell et al. 2020) of a round's uploads on Flower, through Flower 1.42's own protocol.
+
+Flower 1.42 offers SecAgg+ only on its legacy workflow: the server side, ``flwr.server.workflow.SecAggPlusWorkflow``,
+runs the protocol's four stages (set-up, key sharing, masked vectors, unmasking) inside a ``LegacyContext`` that
+holds a legacy ``Strategy`` and asks it for the round's ``FitIns``; the client side, ``secaggplus_mod``, answers the
+stages and masks what the ClientApp returns as a legacy ``FitRes``. This module is the adapter between that and
+``fedlib``'s own round: :func:`secure_mean` runs one round of the workflow with :class:`_RoundStrategy` (which hands
+it this round's sampled nodes and keeps what it aggregates) and returns the size-weighted mean of the clients' shared
+tensors, ``sum_i n_i y_i / sum_i n_i``; the server never sees a single ``y_i``. :func:`secagg_train_mod` routes a
+ClientApp's SecAgg+ messages through ``secaggplus_mod`` and lets every other message pass, so the same ClientApp
+serves plain and secure rounds.
+
+Each ``y_i`` is scaled by ``n_i / max_weight`` (``max_weight``: the largest client's size, so the scale stays near 1),
+clipped to ``[-clipping_range, clipping_range]`` and quantised to ``quantization_range`` levels before masking; the
+mean is exact up to that quantisation (about ``2 clipping_range / quantization_range`` per coordinate, 4e-6 with
+Flower's defaults). Only strategies whose server step needs nothing but the mean run under it
+(:meth:`fedlib.strategies.Strategy.privacy_refusal` is None): FedAvg, FedProx, the server optimisers,
+``fedavg_selected``, FedPepTAO without control variates.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.common import Code, FitIns, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+from flwr.server.strategy import Strategy as LegacyStrategy
+
+__all__ = ["secure_mean", "secagg_train_mod", "SecureRound", "fit_request", "fit_reply"]
+
+FITINS_CONFIG = "fitins.config"  # where a legacy train message carries its config (flwr.compat)
+
+
+def secagg_train_mod(msg: Message, context: Context, call_next):
+    """Client mod for the train handler: SecAgg+ stages go through Flower's ``secaggplus_mod``; other messages pass."""
+    if RECORD_KEY_CONFIGS in msg.content.config_records:
+        from flwr.client.mod import secaggplus_mod
+
+        return secaggplus_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
+def fit_request(msg: Message) -> tuple[dict, dict[str, torch.Tensor]] | None:
+    """A secure round's train message as ``(config, global shared tensors)``, or None for a plain one."""
+    if FITINS_CONFIG not in msg.content.config_records:
+        return None
+    conf = dict(msg.content.config_records[FITINS_CONFIG])
+    names = json.loads(conf["names"])
+    arrays = parameters_to_ndarrays(_fitins_parameters(msg))
+    return conf, {n: torch.from_numpy(np.array(a)) for n, a in zip(names, arrays, strict=True)}
+
+
+def _fitins_parameters(msg: Message):
+    import flwr.compat.common.recorddict_compat as compat
+
+    return compat.recorddict_to_fitins(msg.content, keep_input=True).parameters
+
+
+def fit_reply(msg: Message, conf: dict, result) -> Message:
+    """The legacy ``FitRes`` reply (``secaggplus_mod`` masks its parameters): ``y_i`` in the order of
+    ``conf["names"]``, ``n_i`` as the weight, and the client's numbers as metrics."""
+    import flwr.compat.common.recorddict_compat as compat
+
+    names = json.loads(conf["names"])
+    fitres = FitRes(
+        status=Status(code=Code.OK, message=""),
+        parameters=ndarrays_to_parameters([result.shared[n].detach().cpu().numpy() for n in names]),
+        num_examples=int(result.num_examples),
+        metrics={
+            "partition-id": int(conf["partition-id"]),
+            "steps": int(result.steps),
+            "loss": float(result.loss),
+            "seconds": float(result.seconds),
+            "lrs": json.dumps(result.lrs),
+        },
+    )
+    return Message(compat.fitres_to_recorddict(fitres, keep_input=False), reply_to=msg)
+
+
+class _RoundStrategy(LegacyStrategy):
+    """The legacy strategy the SecAgg+ workflow consults for one round: it samples nothing itself (``fedlib`` did),
+    hands over each sampled node's ``FitIns`` and keeps the aggregate and the clients' metrics."""
+
+    def __init__(self, fitins: dict[int, FitIns], grid) -> None:
+        self.fitins, self.grid = fitins, grid
+        self.results: list = []
+        self.failures: list = []
+
+    def configure_fit(self, server_round, parameters, client_manager):
+        from flwr.server.compat.grid_client_proxy import GridClientProxy
+
+        return [(GridClientProxy(nid, self.grid, 1), ins) for nid, ins in self.fitins.items()]
+
+    def aggregate_fit(self, server_round, results, failures):
+        self.results, self.failures = results, failures
+        return (results[0][1].parameters if results else None), {}
+
+    def initialize_parameters(self, client_manager):  # pragma: no cover - unused by the workflow
+        return None
+
+    def configure_evaluate(self, server_round, parameters, client_manager):  # pragma: no cover
+        return []
+
+    def aggregate_evaluate(self, server_round, results, failures):  # pragma: no cover
+        return None, {}
+
+    def evaluate(self, server_round, parameters):  # pragma: no cover
+        return None
+
+
+@dataclass
+class SecureRound:
+    """One secure round's outcome: the weighted mean of the shared tensors (None if the protocol halted), and per
+    reporting client its example count and metrics."""
+
+    mean: dict[str, torch.Tensor] | None
+    clients: list[tuple[int, dict]] = field(default_factory=list)
+    failures: int = 0
+
+
+def secure_mean(
+    grid,
+    round_: int,
+    shared: dict[str, torch.Tensor],
+    configs: dict[int, dict],
+    max_weight: float,
+    timeout: float | None = None,
+    clipping_range: float = 8.0,
+    quantization_range: int = 2**22,
+) -> SecureRound:
+    """Run Flower's SecAgg+ workflow for round ``round_`` (0-based) on the nodes of ``configs`` (node id -> the
+    train config fields, all scalars): each trains from ``shared`` and the workflow returns only the mean."""
+    import flwr.compat.common.recorddict_compat as compat
+    from flwr.server import ServerConfig
+    from flwr.server.compat.legacy_context import LegacyContext
+    from flwr.server.workflow import SecAggPlusWorkflow
+    from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
+
+    names = list(shared)
+    params = ndarrays_to_parameters([shared[n].detach().cpu().numpy() for n in names])
+    fitins = {nid: FitIns(params, {**conf, "names": json.dumps(names)}) for nid, conf in configs.items()}
+    strategy = _RoundStrategy(fitins, grid)
+    context = LegacyContext(
+        Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}),
+        config=ServerConfig(num_rounds=round_ + 1),
+        strategy=strategy,
+    )
+    context.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({Key.CURRENT_ROUND: round_ + 1})
+    context.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(params, keep_input=True)
+    workflow = SecAggPlusWorkflow(
+        num_shares=1.0,  # every sampled client holds a share of every other's keys
+        reconstruction_threshold=0.5,
+        max_weight=float(max_weight),
+        clipping_range=clipping_range,
+        quantization_range=quantization_range,
+        timeout=timeout,
+    )
+    workflow(grid, context)
+    if not strategy.results:
+        return SecureRound(None, [], len(configs))
+    arrays = parameters_to_ndarrays(strategy.results[0][1].parameters)
+    mean = {n: torch.from_numpy(np.array(a)).to(shared[n].dtype) for n, a in zip(names, arrays, strict=True)}
+    clients = [(int(res.num_examples), dict(res.metrics)) for _, res in strategy.results]
+    return SecureRound(mean, clients, len(configs) - len(clients))
