@@ -40,7 +40,7 @@ def main() -> None:
         SelectionConfig,
         TrainConfig,
     )
-    from fedlib.flower.apps import run_flower_simulation
+    from fedlib.flower.ray_simulation import run_flower_simulation
     from fedlib.simulation import run_simulation
 
     cfg = ExperimentConfig(

@@ -102,7 +102,7 @@ def test_too_few_nodes_fails_clearly_instead_of_waiting_forever():
 
 
 def test_gpu_share_per_virtual_node(monkeypatch):
-    from fedlib.flower.apps import gpu_share
+    from fedlib.flower.ray_simulation import gpu_share
 
     c = cfg(clients_per_round=2)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

@@ -44,15 +44,13 @@ from ..simulation import (
     partition_for,
     set_roles,
 )
-from .secagg import fit_reply, fit_request, secagg_train_mod, secure_mean
+from .secagg import check_secure, fit_reply, fit_request, secagg_train_mod, secure_round
 
 __all__ = [
     "FlowerSimulation",
     "ClientWorkspace",
-    "gpu_share",
     "make_client_app",
     "make_server_app",
-    "run_flower_simulation",
 ]
 
 log = logging.getLogger(__name__)
@@ -241,13 +239,7 @@ class FlowerSimulation(Simulation):
         super().__init__(cfg, out_dir, **kwargs)
         self.grid, self.reply_timeout, self.secure = grid, reply_timeout, secure_aggregation
         if secure_aggregation:
-            why = self.strategy.privacy_refusal() or (
-                "DP-FedAvg needs the uniform sum of clipped updates, SecAgg+ here gives the size-weighted mean"
-                if self.strategy.privacy is not None
-                else None
-            )
-            if why:
-                raise SimulationError(f"secure aggregation with strategy.name={cfg.strategy.name!r}: {why}")
+            check_secure(self.strategy, cfg)
         self.node_of = self._connect(node_timeout)
 
     def _connect(self, timeout: float) -> dict[int, int]:
@@ -305,28 +297,10 @@ class FlowerSimulation(Simulation):
             }
         )
 
-    def train_secure(self, round_: int, sampled: list[int], shared: dict) -> list[tuple]:
-        """The round through Flower's SecAgg+ (:mod:`fedlib.flower.secagg`): the server learns only the clients'
-        size-weighted mean, which stands as every reporting client's ``y_i`` (their weighted mean is that mean)."""
-        configs = {self.node_of[k]: dict(self._config(k, round_)) for k in sampled}
-        biggest = max(len(s) for s in self.partition.train)  # weights n_i / max_weight stay near 1: fine quantisation
-        outcome = secure_mean(self.grid, round_, shared, configs, biggest, timeout=self.reply_timeout)
-        got = {int(m["partition-id"]): (n, m) for n, m in outcome.clients}
-        out = []
-        for k in sampled:
-            if k not in got or outcome.mean is None:
-                out.append((k, None, None, "no secure-aggregation result (node lost, or the protocol halted)"))
-                continue
-            n, m = got[k]
-            steps, loss, seconds, lrs = int(m["steps"]), float(m["loss"]), float(m["seconds"]), json.loads(m["lrs"])
-            res = ClientResult(k, n, steps, loss, dict(outcome.mean), {}, seconds, lrs)
-            out.append((k, res, None, None))
-        return out
-
     def train_clients(self, round_: int, sampled: list[int], shared: dict, download: dict) -> list[tuple]:
         self._refresh_nodes()
         if self.secure:
-            return self.train_secure(round_, sampled, shared)
+            return secure_round(self, round_, sampled, shared)
         msgs = []
         for k in sampled:
             content = RecordDict({"arrays": _arrays(shared), "config": self._config(k, round_)})
@@ -398,61 +372,3 @@ def make_server_app(cfg: ExperimentConfig, out_dir=None, result: dict | None = N
             result["result"] = res
 
     return app
-
-
-def start_ray(init_args: dict) -> None:
-    """Start Ray as Flower's Ray backend would (``include_dashboard=False``, the driver's ``sys.path`` as the
-    workers' ``PYTHONPATH``), but pass that path through the environment the workers inherit instead of a Ray
-    ``runtime_env``: building a runtime_env costs about 5 s before the first actor on a 2-core CPU, for the same
-    environment variable. Flower then finds Ray initialised and uses it (and shuts it down at the end). A Ray
-    already running (e.g. ``ray.init(address=...)`` by the user) is left as it is."""
-    import os
-    import sys
-
-    import ray
-
-    if ray.is_initialized():
-        return
-    paths = [*sys.path, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))  # Flower sets the same, then a runtime_env
-    ray.init(include_dashboard=False, **init_args)
-
-
-def gpu_share(cfg: ExperimentConfig, num_gpus: float | None) -> float:
-    """The GPU fraction each virtual node asks Ray for: ``num_gpus`` when given, else 0 without CUDA and
-    1 / clients_per_round with it (the round's sampled clients train side by side on one GPU)."""
-    import torch
-
-    if num_gpus is None:
-        return 1.0 / cfg.fed.clients_per_round if torch.cuda.is_available() else 0.0
-    if num_gpus < 0 or (num_gpus > 1 and num_gpus != int(num_gpus)):
-        raise ValueError(f"num_gpus={num_gpus}: a fraction in [0, 1] or a whole number of GPUs per node")
-    return float(num_gpus)
-
-
-def run_flower_simulation(
-    cfg: ExperimentConfig,
-    out_dir=None,
-    num_cpus: float = 2.0,
-    client_app: ClientApp | None = None,
-    num_gpus: float | None = None,
-    **kwargs,
-):
-    """Run ``cfg`` on Flower's Simulation Runtime (Ray) in this process, one virtual node per client;
-    returns the :class:`~fedlib.simulation.SimulationResult`. Each node asks Ray for ``num_cpus`` CPUs and
-    :func:`gpu_share` (``num_gpus``) of a GPU."""
-    from flwr.simulation import run_simulation
-
-    start_ray({"logging_level": logging.WARNING, "log_to_driver": False})  # Flower then skips its own ray.init
-    holder: dict = {}
-    run_simulation(
-        server_app=make_server_app(cfg, out_dir, holder, **kwargs),
-        client_app=client_app or make_client_app(),
-        num_supernodes=cfg.fed.num_clients,
-        backend_config={
-            "client_resources": {"num_cpus": num_cpus, "num_gpus": gpu_share(cfg, num_gpus)},
-        },
-    )
-    if "result" not in holder:
-        raise SimulationError("the Flower run ended without a result (see the log above)")
-    return holder["result"]

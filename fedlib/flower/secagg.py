@@ -30,7 +30,7 @@ from flwr.common import Code, FitIns, FitRes, Status, ndarrays_to_parameters, pa
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.server.strategy import Strategy as LegacyStrategy
 
-__all__ = ["secure_mean", "secagg_train_mod", "SecureRound", "fit_request", "fit_reply"]
+__all__ = ["secure_mean", "secure_round", "check_secure", "secagg_train_mod", "SecureRound", "fit_request", "fit_reply"]
 
 FITINS_CONFIG = "fitins.config"  # where a legacy train message carries its config (flwr.compat)
 
@@ -166,3 +166,37 @@ def secure_mean(
     mean = {n: torch.from_numpy(np.array(a)).to(shared[n].dtype) for n, a in zip(names, arrays, strict=True)}
     clients = [(int(res.num_examples), dict(res.metrics)) for _, res in strategy.results]
     return SecureRound(mean, clients, len(configs) - len(clients))
+
+
+def check_secure(strategy, cfg) -> None:
+    """Refuse secure aggregation for a strategy whose server step needs more than the mean, or under DP."""
+    from ..simulation import SimulationError
+
+    why = strategy.privacy_refusal() or (
+        "DP-FedAvg needs the uniform sum of clipped updates; SecAgg+ here gives the size-weighted mean"
+        if strategy.privacy is not None
+        else None
+    )
+    if why:
+        raise SimulationError(f"secure aggregation with strategy.name={cfg.strategy.name!r}: {why}")
+
+
+def secure_round(sim, round_: int, sampled: list[int], shared: dict) -> list[tuple]:
+    """``FlowerSimulation.train_clients`` through SecAgg+: ``[(client, result, None, failure reason)]`` where every
+    reporting client's result carries the securely aggregated mean as its ``y_i`` (their size-weighted mean is that
+    mean, so the server update is unchanged) and its own example count, steps, loss, seconds and rates."""
+    from ..client import ClientResult
+
+    configs = {sim.node_of[k]: dict(sim._config(k, round_)) for k in sampled}
+    biggest = max(len(s) for s in sim.partition.train)  # weights n_i / max_weight stay near 1: fine quantisation
+    outcome = secure_mean(sim.grid, round_, shared, configs, biggest, timeout=sim.reply_timeout)
+    got = {int(m["partition-id"]): (n, m) for n, m in outcome.clients}
+    out = []
+    for k in sampled:
+        if k not in got or outcome.mean is None:
+            out.append((k, None, None, "no secure-aggregation result (node lost, or the protocol halted)"))
+            continue
+        n, m = got[k]
+        steps, loss, seconds, lrs = int(m["steps"]), float(m["loss"]), float(m["seconds"]), json.loads(m["lrs"])
+        out.append((k, ClientResult(k, n, steps, loss, dict(outcome.mean), {}, seconds, lrs), None, None))
+    return out
