@@ -43,7 +43,6 @@ Unlike the reference, variates cover only the shared tensors. Each step records 
 
 from __future__ import annotations
 
-import math
 import typing
 from dataclasses import dataclass
 
@@ -51,7 +50,7 @@ import numpy as np
 import torch
 
 from .configbase import check, setting
-from .server import ServerState, weighted_mean
+from .server import ServerState, tensor_norm, weighted_mean
 from .strategies import FedAvgConfig, Strategy, register
 
 __all__ = ["FedPepTAO", "FedPepTAOConfig", "fedpeptao_server_step"]
@@ -112,10 +111,6 @@ class FedPepTAO(Strategy):
         return fedpeptao_server_step(state, results, avg, delta, self.cfg, num_clients)
 
 
-def _norm(tensors: dict) -> float:
-    return math.sqrt(sum(float(t.double().pow(2).sum()) for t in tensors.values()))
-
-
 def fedpeptao_server_step(
     state: ServerState, results: list, avg: dict, delta: dict, cfg: FedPepTAOConfig, num_clients: int
 ) -> ServerState:
@@ -151,9 +146,9 @@ def fedpeptao_server_step(
             new_theta = {k: (avg[k] if k.startswith("head.") else v) for k, v in new_theta.items()}
         opt.update({f"V.{k}": v for k, v in new_V.items()})
     scalars["diagnostics"] = {
-        "server_ratio": _norm({k: new_theta[k] - avg[k] for k in theta}) / max(_norm(d_t), 1e-30),
-        "c_norm": _norm(c),
-        "c_i_norm": float(np.mean([_norm(controls[f"c{r.client}"]) for r in results])) if results else 0.0,
+        "server_ratio": tensor_norm({k: new_theta[k] - avg[k] for k in theta}) / max(tensor_norm(d_t), 1e-30),
+        "c_norm": tensor_norm(c),
+        "c_i_norm": float(np.mean([tensor_norm(controls[f"c{r.client}"]) for r in results])) if results else 0.0,
         "server_lr": float(eta),
     }
     return ServerState(state.round + 1, new_theta, opt, controls, scalars)

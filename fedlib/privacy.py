@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from .configbase import Config, ConfigError, check, setting
+from .server import tensor_norm
 
 __all__ = [
     "PrivacyConfig",
@@ -149,13 +150,9 @@ def noise_for_epsilon(target: float, q: float, releases: int, delta: float, acco
 def clip_update(x: Tensors, y: Tensors, clip: float) -> tuple[Tensors, float]:
     """``(x + u min(1, C / ||u||), ||u||)`` with ``u = y - x`` over every tensor jointly (float64 norm)."""
     u = {k: y[k].double() - x[k].double().to(y[k].device) for k in x}
-    norm = _norm(u)
+    norm = tensor_norm(u)
     factor = min(1.0, clip / norm) if norm > 0 else 1.0
     return {k: (x[k].double().to(y[k].device) + u[k] * factor).to(y[k].dtype) for k in x}, norm
-
-
-def _norm(tensors: dict) -> float:
-    return math.sqrt(sum(float(v.double().pow(2).sum()) for v in tensors.values()))
 
 
 def gaussian_like(tensors: Tensors, std: float, seed: int) -> Tensors:
@@ -217,7 +214,7 @@ class Privacy:
         if self.cfg.mode == "central":
             noise = gaussian_like(shared, self.std, noise_seed(self.seed, round_)) if self.z > 0 else {}
             denom = self.q * self.N
-            self.last_norms = (_norm(total) / denom, _norm(noise) / denom)  # the round's signal and noise
+            self.last_norms = (tensor_norm(total) / denom, tensor_norm(noise) / denom)  # the round's signal and noise
             return {k: ((total[k] + noise.get(k, 0.0)) / denom).to(shared[k].dtype) for k in total}
         self.last_norms = (math.nan, math.nan)  # local mode: the noise is inside each upload
         return {k: (total[k] / max(len(results), 1)).to(shared[k].dtype) for k in total}

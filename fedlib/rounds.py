@@ -20,7 +20,7 @@ import numpy as np
 from .client import ClientStore, client_seed, client_update, personal_tensors
 from .encode import Encoded
 from .progress import bar
-from .server import ServerState, server_update, tensor_bytes
+from .server import ServerState, server_update, tensor_bytes, tensor_norm
 
 __all__ = ["Federation", "sample_clients"]
 
@@ -131,7 +131,7 @@ class Federation:
         """Why a client's result must be left out (non-finite, diverged), or None."""
         if not res.finite():
             return "non-finite update"
-        norm = float(sum(((res.shared[n].double() - shared[n].double()) ** 2).sum() for n in shared) ** 0.5)
+        norm = tensor_norm({n: res.shared[n].double() - shared[n].double() for n in shared})
         if norm > self.cfg.run.max_update_norm:
             return f"update norm {norm:.3g} exceeds max_update_norm"
         return None

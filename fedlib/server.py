@@ -10,11 +10,12 @@ code. Aggregation weights are ``p_i = n_i / sum_j n_j`` over the clients that re
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["ServerState", "server_update", "tensor_bytes", "weighted_mean"]
+__all__ = ["ServerState", "server_update", "tensor_bytes", "tensor_norm", "weighted_mean"]
 
 log = logging.getLogger(__name__)
 Tensors = dict[str, torch.Tensor]
@@ -23,6 +24,11 @@ Tensors = dict[str, torch.Tensor]
 def tensor_bytes(tensors: Tensors) -> int:
     """Bytes of a dict of tensors as exchanged (dtype-aware)."""
     return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def tensor_norm(tensors: Tensors) -> float:
+    """The L2 norm of a dict of tensors taken as one vector (float64 accumulation)."""
+    return math.sqrt(sum(float(t.double().pow(2).sum()) for t in tensors.values()))
 
 
 @dataclass

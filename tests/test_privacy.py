@@ -9,21 +9,18 @@ import torch
 from fedlib.client import client_update
 from fedlib.config import ConfigError
 from fedlib.privacy import Privacy, PrivacyConfig, clip_update, epsilon, noise_for_epsilon
+from fedlib.server import tensor_norm
 from fedlib.simulation import Simulation, run_simulation
 
 from .configs import build
 from .test_simulation import Stop, tiny_cfg
 
 
-def _norm(tensors: dict) -> float:
-    return math.sqrt(sum(float(v.double().pow(2).sum()) for v in tensors.values()))
-
-
 def test_clip_update_scales_only_updates_longer_than_c():
     x = {"a": torch.zeros(3), "b": torch.ones(2)}
     y = {"a": torch.tensor([3.0, 0.0, 0.0]), "b": torch.tensor([1.0, 5.0])}  # ||y - x|| = 5
     clipped, norm = clip_update(x, y, 1.0)
-    assert norm == pytest.approx(5.0) and _norm({k: clipped[k] - x[k] for k in x}) == pytest.approx(1.0)
+    assert norm == pytest.approx(5.0) and tensor_norm({k: clipped[k] - x[k] for k in x}) == pytest.approx(1.0)
     same, _ = clip_update(x, y, 10.0)
     assert all(torch.equal(same[k], y[k]) for k in y)
 
@@ -38,7 +35,7 @@ def test_every_upload_is_clipped_to_c_in_a_run(bundled_backbone):
 
     cfg = tiny_cfg(rounds=2, mode="central", clip_norm=0.05, noise_multiplier=0.5)
     res = run_simulation(cfg, backbone=bundled_backbone, progress=False, client_fn=spy)
-    norms = [_norm({n: r.shared[n] - x[n] for n in x}) for r, x in seen]
+    norms = [tensor_norm({n: r.shared[n] - x[n] for n in x}) for r, x in seen]
     assert seen and max(norms) <= 0.05 * (1 + 1e-5), norms
     assert max(r.update_norm for r, _ in seen) > 0.05  # clipping was active
     assert res.history["clipped_fraction"].max() > 0 and (res.history["epsilon"] > 0).all()
