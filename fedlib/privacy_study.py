@@ -15,9 +15,9 @@ import pandas as pd
 from .privacy import epsilon
 from .progress import bar
 from .references import majority_local
-from .report import summarize
+from .report import VIEWS, summarize
 from .simulation import run_simulation
-from .stats import mean_ci
+from .stats import at_or_below, mean_ci
 
 __all__ = [
     "epsilon_curves",
@@ -27,11 +27,9 @@ __all__ = [
     "noise_to_signal",
     "plot_epsilon",
     "plot_utility",
-    "VIEWS",
 ]
 
 REFERENCE_ROWS = ("local_only", "majority_local")  # drawn as lines, not as strategies under DP
-VIEWS = {"global_metric": "global", "personal_metric": "personalised, matched", "personal_iid_metric": "IID shards"}
 
 
 def epsilon_curves(q: float, noise_multipliers, rounds: int, delta: float) -> pd.DataFrame:
@@ -108,9 +106,7 @@ def utility_table(rows: pd.DataFrame) -> pd.DataFrame:
             m, h, _ = mean_ci(g[v].dropna())
             rec[v], rec[f"{v}_ci"] = m, h
         if label != "majority_local":
-            rec["at_or_below_floor"] = ", ".join(
-                VIEWS[v] for v in VIEWS if floor_mean and rec[v] <= floor_mean[v] + 1e-12
-            )
+            rec["at_or_below_floor"] = ", ".join(VIEWS[v] for v in at_or_below(rec, floor_mean, VIEWS))
         out.append(rec)
     return pd.DataFrame(out)
 

@@ -16,6 +16,8 @@ import math
 import numpy as np
 import pandas as pd
 
+from .stats import at_or_below
+
 __all__ = [
     "VIEWS",
     "view_series",
@@ -142,7 +144,7 @@ def views_table(histories: dict[str, pd.DataFrame], floor=None) -> pd.DataFrame:
     rows = []
     for name, h in histories.items():
         row = {"run": name, **{v: _last(h, v) for v in VIEWS}}
-        below = [VIEWS[v] for v, f in floors.items() if row[v] == row[v] and row[v] <= f + 1e-12]
+        below = [VIEWS[v] for v in at_or_below(row, floors, VIEWS)]
         rows.append({**row, "at_or_below_floor": ", ".join(below) or "none"})
     if floors:
         rows.append({"run": "majority_local (floor, no model)", **{v: floors.get(v, math.nan) for v in VIEWS}})

@@ -15,7 +15,7 @@ import math
 import numpy as np
 import pandas as pd
 
-__all__ = ["mean_ci", "paired_differences", "censored_median", "summary_table", "floor_flags"]
+__all__ = ["mean_ci", "paired_differences", "censored_median", "summary_table", "at_or_below", "floor_flags"]
 
 
 def mean_ci(values, level: float = 0.95) -> tuple[float, float, int]:
@@ -80,6 +80,13 @@ def summary_table(table: pd.DataFrame, columns: list[str], level: float = 0.95) 
     return pd.DataFrame(rows)
 
 
+def at_or_below(values, floor, columns) -> list[str]:
+    """The ``columns`` on which ``values`` is at or below ``floor`` (mappings of column to number), in order; a value
+    that is NaN, or a column the floor lacks, is neither. The one rule every results table flags views with: a
+    personalised score is only worth its distance above a guess with no model."""
+    return [c for c in columns if c in floor and values[c] == values[c] and values[c] <= floor[c] + 1e-12]
+
+
 def floor_flags(table: pd.DataFrame, columns: list[str], floor: str = "majority_local") -> pd.Series:
     """Per (task, strategy): the ``columns`` (comma-separated, ``_metric`` dropped; "none") whose mean over seeds is at
     or below the ``floor`` row's mean on the same task ("" for the floor itself, NaN where the task has no floor
@@ -91,6 +98,6 @@ def floor_flags(table: pd.DataFrame, columns: list[str], floor: str = "majority_
             flags[task, strategy] = math.nan
             continue
         base = means.loc[(task, floor)]
-        below = [c.removesuffix("_metric") for c in columns if row[c] == row[c] and row[c] <= base[c] + 1e-12]
+        below = [c.removesuffix("_metric") for c in at_or_below(row, base, columns)]
         flags[task, strategy] = "" if strategy == floor else ", ".join(below) or "none"
     return pd.Series(flags, dtype=object)
