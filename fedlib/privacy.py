@@ -204,9 +204,12 @@ class Privacy:
             y = {k: (v.double() + noise[k].to(v.device)).to(v.dtype) for k, v in y.items()}
         return y, norm
 
-    def aggregate(self, shared: Tensors, results: list, round_: int) -> Tensors:
+    def aggregate(self, shared: Tensors, results: list, round_: int) -> tuple[Tensors, dict]:
         """Server side: ``Delta_t`` (module docstring) from the clipped uploads; central mode adds the noise and
-        divides by q N (also for an empty round), local mode takes the plain mean of the (already noised) uploads."""
+        divides by q N (also for an empty round), local mode takes the plain mean of the (already noised) uploads.
+        Also the round's diagnostics: ``signal_norm``, || sum of clipped updates || / (q N) before the noise, and
+        ``noise_norm``, || noise || / (q N) (about z C sqrt(d) / (q N)); NaN in local mode, where the noise is
+        inside each upload."""
         total = {k: torch.zeros(v.shape, dtype=torch.float64) for k, v in shared.items()}
         for r in results:
             for k in total:
@@ -214,10 +217,10 @@ class Privacy:
         if self.cfg.mode == "central":
             noise = gaussian_like(shared, self.std, noise_seed(self.seed, round_)) if self.z > 0 else {}
             denom = self.q * self.N
-            self.last_norms = (tensor_norm(total) / denom, tensor_norm(noise) / denom)  # the round's signal and noise
-            return {k: ((total[k] + noise.get(k, 0.0)) / denom).to(shared[k].dtype) for k in total}
-        self.last_norms = (math.nan, math.nan)  # local mode: the noise is inside each upload
-        return {k: (total[k] / max(len(results), 1)).to(shared[k].dtype) for k in total}
+            norms = {"signal_norm": tensor_norm(total) / denom, "noise_norm": tensor_norm(noise) / denom}
+            return {k: ((total[k] + noise.get(k, 0.0)) / denom).to(shared[k].dtype) for k in total}, norms
+        norms = {"signal_norm": math.nan, "noise_norm": math.nan}
+        return {k: (total[k] / max(len(results), 1)).to(shared[k].dtype) for k in total}, norms
 
     # ---- accounting over the run ------------------------------------------------------------------------
     def account(self, scalars: dict, results: list) -> dict:
@@ -230,7 +233,6 @@ class Privacy:
             st["participations"][str(r.client)] = st["participations"].get(str(r.client), 0) + 1
         scalars["privacy"] = st
         norms = [r.update_norm for r in results]
-        signal, noise = getattr(self, "last_norms", (math.nan, math.nan))
         return {
             "epsilon": self.epsilon_of(st),
             "noise_multiplier": self.z,
@@ -239,8 +241,6 @@ class Privacy:
             "update_norms": [float(n) for n in norms],
             "update_norm_median": float(np.median(norms)) if norms else math.nan,
             "clipped_fraction": float(np.mean([n > self.cfg.clip_norm for n in norms])) if norms else math.nan,
-            "signal_norm": signal,  # || sum of clipped updates || / (q N), before the noise
-            "noise_norm": noise,  # || noise || / (q N), about z C sqrt(d) / (q N)
         }
 
     def epsilon_of(self, st: dict) -> float:

@@ -82,11 +82,13 @@ def server_update(state: ServerState, results: list, strategy, num_clients: int)
     (``strategy.privacy``) the step sees only the aggregate :meth:`fedlib.privacy.Privacy.aggregate` (central: the
     clipped uploads' noised sum over q N, also when no client reported) and no per-client results.
     """
-    dp = getattr(strategy, "privacy", None)
+    dp = strategy.privacy
     if dp is not None and (results or dp.cfg.mode == "central"):
-        delta = dp.aggregate(state.shared, results, state.round)
+        delta, norms = dp.aggregate(state.shared, results, state.round)
         avg = {k: state.shared[k] + d for k, d in delta.items()}
-        return strategy.server_step(state, [], avg, delta, num_clients)
+        new = strategy.server_step(state, [], avg, delta, num_clients)
+        new.scalars["diagnostics"] = {**new.scalars.get("diagnostics", {}), **norms}  # the round's signal and noise
+        return new
     if not results:
         scalars = {k: v for k, v in state.scalars.items() if k != "diagnostics"}  # no step, nothing to diagnose
         return ServerState(state.round + 1, state.shared, state.opt, state.controls, scalars)

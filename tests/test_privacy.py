@@ -82,12 +82,12 @@ def test_central_noise_has_the_stated_mean_and_std():
     """Delta_t = (sum of clipped updates + N(0, (zC)^2)) / (qN): over 200 rounds x 1,000 coordinates."""
     p = Privacy(PrivacyConfig(mode="central", clip_norm=2.0, noise_multiplier=1.5), 100, 10, 1, seed=0)
     x = {"a": torch.zeros(1000)}
-    draws = torch.stack([p.aggregate(x, [], r)["a"] for r in range(200)]).double()
+    draws = torch.stack([p.aggregate(x, [], r)[0]["a"] for r in range(200)]).double()
     std = 1.5 * 2.0 / 10
     assert abs(float(draws.mean())) < 4 * std / math.sqrt(draws.numel())
     assert float(draws.std()) == pytest.approx(std, rel=0.01)
     assert not torch.equal(draws[0], draws[1])  # a fresh draw each round, the same for the same (seed, round)
-    assert torch.equal(p.aggregate(x, [], 7)["a"], p.aggregate(x, [], 7)["a"])
+    assert torch.equal(p.aggregate(x, [], 7)[0]["a"], p.aggregate(x, [], 7)[0]["a"])
 
 
 def test_poisson_sampling_has_rate_q_and_may_be_empty():
