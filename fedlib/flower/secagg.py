@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+import flwr.compat.common.recorddict_compat as compat
 import numpy as np
 import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
@@ -50,21 +51,13 @@ def fit_request(msg: Message) -> tuple[dict, dict[str, torch.Tensor]] | None:
         return None
     conf = dict(msg.content.config_records[FITINS_CONFIG])
     names = json.loads(conf["names"])
-    arrays = parameters_to_ndarrays(_fitins_parameters(msg))
+    arrays = parameters_to_ndarrays(compat.recorddict_to_fitins(msg.content, keep_input=True).parameters)
     return conf, {n: torch.from_numpy(np.array(a)) for n, a in zip(names, arrays, strict=True)}
-
-
-def _fitins_parameters(msg: Message):
-    import flwr.compat.common.recorddict_compat as compat
-
-    return compat.recorddict_to_fitins(msg.content, keep_input=True).parameters
 
 
 def fit_reply(msg: Message, conf: dict, result) -> Message:
     """The legacy ``FitRes`` reply (``secaggplus_mod`` masks its parameters): ``y_i`` in the order of
     ``conf["names"]``, ``n_i`` as the weight, and the client's numbers as metrics."""
-    import flwr.compat.common.recorddict_compat as compat
-
     names = json.loads(conf["names"])
     fitres = FitRes(
         status=Status(code=Code.OK, message=""),
@@ -88,7 +81,6 @@ class _RoundStrategy(LegacyStrategy):
     def __init__(self, fitins: dict[int, FitIns], grid) -> None:
         self.fitins, self.grid = fitins, grid
         self.results: list = []
-        self.failures: list = []
 
     def configure_fit(self, server_round, parameters, client_manager):
         from flwr.server.compat.grid_client_proxy import GridClientProxy
@@ -96,7 +88,7 @@ class _RoundStrategy(LegacyStrategy):
         return [(GridClientProxy(nid, self.grid, 1), ins) for nid, ins in self.fitins.items()]
 
     def aggregate_fit(self, server_round, results, failures):
-        self.results, self.failures = results, failures
+        self.results = results  # the failures: the sampled nodes missing from them (secure_round)
         return (results[0][1].parameters if results else None), {}
 
     def initialize_parameters(self, client_manager):  # pragma: no cover - unused by the workflow
@@ -119,7 +111,6 @@ class SecureRound:
 
     mean: dict[str, torch.Tensor] | None
     clients: list[tuple[int, dict]] = field(default_factory=list)
-    failures: int = 0
 
 
 def secure_mean(
@@ -134,7 +125,6 @@ def secure_mean(
 ) -> SecureRound:
     """Run Flower's SecAgg+ workflow for round ``round_`` (0-based) on the nodes of ``configs`` (node id -> the
     train config fields, all scalars): each trains from ``shared`` and the workflow returns only the mean."""
-    import flwr.compat.common.recorddict_compat as compat
     from flwr.server import ServerConfig
     from flwr.server.compat.legacy_context import LegacyContext
     from flwr.server.workflow import SecAggPlusWorkflow
@@ -161,11 +151,11 @@ def secure_mean(
     )
     workflow(grid, context)
     if not strategy.results:
-        return SecureRound(None, [], len(configs))
+        return SecureRound(None)
     arrays = parameters_to_ndarrays(strategy.results[0][1].parameters)
     mean = {n: torch.from_numpy(np.array(a)).to(shared[n].dtype) for n, a in zip(names, arrays, strict=True)}
     clients = [(int(res.num_examples), dict(res.metrics)) for _, res in strategy.results]
-    return SecureRound(mean, clients, len(configs) - len(clients))
+    return SecureRound(mean, clients)
 
 
 def check_secure(strategy, cfg) -> None:
