@@ -11,13 +11,18 @@ Reads the protocol's ``tuning`` section:
       grid: {fedprox: {mu: [0.001, 0.01, 0.1]}, fedpeptao: {server_lr: [0.01, 0.05, 0.2]}}
 
 Every combination of a strategy's values is a labelled variant of one grid (:func:`fedlib.benchmark.run_grid`, same
-seeds, partitions and sampling as the protocol, so resumable); per strategy, the combination with the best mean
-global metric over tasks and seeds wins. Means within one validation example (1 / validation) of the best are
-ties, and among ties the protocol's current value stays (else the best of them, then the first listed): a
-hyper-parameter whose effect is below what the validation set can resolve does not move the protocol, nor force
-its rows to be run again. Prints every candidate's mean and the choice;
-``--write`` sets the protocol's ``params`` line to the chosen values (merged with the ones already there, every
-other line kept). Writes ``<out>/tuning.csv``.
+seeds, partitions and sampling as the protocol, so resumable). The runs evaluate the global model once, after the last
+round (``fed.eval_every: 0``, no personalised views): the choice is made on one number. **Per task**, on that task's
+own metric (accuracy, or CoLA's MCC: never a mean over tasks of different metrics), the combination with the best mean
+over seeds wins. Means within one validation example (1 / validation) of the best are ties, and among ties the
+protocol's current value stays (else the best of them, then the first listed): a hyper-parameter whose effect is
+below what the validation set can resolve does not move the protocol, nor force its rows to be run again. A choice at
+the edge of a grid axis (its smallest or largest value) is marked: the best value may lie beyond it.
+
+Prints every candidate's mean per task and the choices; writes ``<out>/tuning.csv`` (every run) and
+``<out>/choices.csv`` (per task and strategy: the chosen values, their mean, the runner-up's, edges); ``--write`` sets
+the protocol's ``params`` line to the chosen values (a value that differs between tasks as ``{task: value}``, read by
+:func:`fedlib.benchmark.task_params`), every other line kept.
 """
 
 from __future__ import annotations
@@ -29,9 +34,12 @@ import logging
 import re
 from pathlib import Path
 
-from fedlib.benchmark import run_grid
+import pandas as pd
+
+from fedlib.benchmark import run_grid, task_params
 from fedlib.config import ExperimentConfig
 from fedlib.configbase import yaml_load
+from fedlib.workers import grid_lock, run_workers
 
 
 def candidates(grid: dict[str, dict[str, list]]) -> dict[str, tuple[str, dict]]:
@@ -56,11 +64,60 @@ def write_params(protocol: Path, params: dict) -> None:
     protocol.write_text(text)
 
 
+def choose(table, labels: dict, known: dict, base: ExperimentConfig, tasks: list[str], tol: float) -> list[dict]:
+    """Per task and tuned strategy: the chosen combination (module docstring), as rows of ``choices.csv``."""
+    rows = []
+    for task in tasks:
+        means = table[table["task"] == task].groupby("strategy", sort=False)["global_metric"].mean()
+        for name in dict.fromkeys(n for n, _ in labels.values()):
+            mine = [label for label, (n, _) in labels.items() if n == name]
+            own = task_params(known.get(name, {}), task, f"params.{name}")
+            current = base.with_strategy(name, **own).strategy  # the protocol's value, or the default
+            top = max(means[label] for label in mine)
+            tied = [label for label in mine if means[label] >= top - tol]
+            kept = [label for label in tied if all(getattr(current, k) == v for k, v in labels[label][1].items())]
+            best = kept[0] if kept else max(tied, key=lambda label: (means[label], -mine.index(label)))
+            values = labels[best][1]
+            axes = {k: sorted({labels[label][1][k] for label in mine}) for k in values}
+            edges = [k for k, grid in axes.items() if len(grid) > 1 and values[k] in (grid[0], grid[-1])]
+            others = [means[label] for label in mine if label != best]
+            for label in mine:
+                mark = "  <- chosen" if label == best else ("  (tie)" if label in tied else "")
+                print(f"{task} {label}: validation metric {means[label]:.4f}{mark}")
+            if edges:
+                print(f"{task} {name}: {', '.join(f'{k}={values[k]}' for k in edges)} at the edge of its grid")
+            rows.append(
+                {
+                    "task": task,
+                    "strategy": name,
+                    "chosen": json.dumps(values),
+                    "grid": json.dumps(axes),
+                    "metric": float(means[best]),
+                    "runner_up": float(max(others)) if others else float("nan"),
+                    "ties": len(tied),
+                    "edge": ",".join(edges),
+                }
+            )
+    return rows
+
+
+def merged_params(known: dict, rows: list[dict], tasks: list[str]) -> dict:
+    """The protocol's ``params`` with the choices: one value where every task chose it, else ``{task: value}``."""
+    chosen = {name: dict(values) for name, values in known.items()}
+    for name in dict.fromkeys(r["strategy"] for r in rows):
+        per_task = {r["task"]: json.loads(r["chosen"]) for r in rows if r["strategy"] == name}
+        for key in next(iter(per_task.values())):
+            values = {task: per_task[task][key] for task in tasks}
+            chosen.setdefault(name, {})[key] = values[tasks[0]] if len(set(values.values())) == 1 else values
+    return chosen
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("protocol", help="a protocol YAML with a 'tuning' section")
     p.add_argument("--out", required=True)
     p.add_argument("--write", action="store_true", help="write the chosen values into the protocol's params")
+    p.add_argument("--workers", type=int, default=1, help="processes running the grid at once (as run_grid.py)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     path = Path(args.protocol)
@@ -69,39 +126,41 @@ def main() -> None:
     if not tuning or not tuning.get("grid"):
         raise SystemExit(f"{path}: no 'tuning' section with a 'grid' (see {__file__})")
     base = ExperimentConfig.from_dict(proto["experiment"])
-    base = base.replace(data=base.data.replace(validation=int(tuning.get("validation", 300)), eval_limit=0))
+    base = base.replace(
+        data=base.data.replace(validation=int(tuning.get("validation", 300)), eval_limit=0),
+        fed=base.fed.replace(eval_every=0, personal_eval=False),  # one number per run: the final global metric
+    )
     known = dict(proto.get("params") or {})
     labels = candidates(tuning["grid"])
-    variants = {
-        label: {"strategy": {"name": name, **known.get(name, {}), **params}} for label, (name, params) in labels.items()
-    }
-    table = run_grid(  # majority_local: the floor on the same validation split (no model)
-        base,
-        tuning.get("tasks") or proto["tasks"],
-        ["majority_local", *labels],
-        tuning.get("seeds", [0, 1]),
-        args.out,
-        variants=variants,
-    )
-    table.to_csv(Path(args.out) / "tuning.csv", index=False)
-    means = table.groupby("strategy", sort=False)["global_metric"].mean()
-    tol = 1.0 / base.data.validation  # one validation example: below what the validation set resolves
-    chosen = dict(known)
-    for name in tuning["grid"]:
-        mine = [label for label, (n, _) in labels.items() if n == name]
-        current = base.with_strategy(name, **known.get(name, {})).strategy  # the protocol's value, or the default
-        top = max(means[label] for label in mine)
-        tied = [label for label in mine if means[label] >= top - tol]
-        kept = [label for label in tied if all(getattr(current, k) == v for k, v in labels[label][1].items())]
-        best = kept[0] if kept else max(tied, key=lambda label: (means[label], -mine.index(label)))
-        for label in mine:
-            mark = "  <- chosen" if label == best else ("  (tie)" if label in tied else "")
-            print(f"{label}: validation global metric {means[label]:.4f}{mark}")
-        chosen[name] = {**known.get(name, {}), **labels[best][1]}
+    variants = {}
+    for label, (name, params) in labels.items():
+        fixed = {k: v for k, v in known.get(name, {}).items() if k not in params and not isinstance(v, dict)}
+        variants[label] = {"strategy": {"name": name, **fixed, **params}}
+    tasks = tuning.get("tasks") or proto["tasks"]
+    strategies = ["majority_local", *labels]  # majority_local: the floor on the same validation split (no model)
+    seeds = tuning.get("seeds", [0, 1])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.workers > 1:
+        with grid_lock(out):
+            claims = out / "claims"
+            run_workers(_run, (base, tasks, strategies, seeds, out, variants, claims), args.workers, claims)
+        table = pd.read_csv(out / "results.csv")
+    else:
+        table = run_grid(base, tasks, strategies, seeds, out, variants=variants)
+    table.to_csv(out / "tuning.csv", index=False)
+    rows = choose(table, labels, known, base, tasks, tol=1.0 / base.data.validation)
+    pd.DataFrame(rows).to_csv(out / "choices.csv", index=False)
+    chosen = merged_params(known, rows, tasks)
     print("params:", json.dumps(chosen))
     if args.write:
         write_params(path, chosen)
         print(f"wrote params into {path}")
+
+
+def _run(base, tasks, strategies, seeds, out, variants, claims):
+    """One ``--workers`` process: its share of the tuning grid (:func:`fedlib.benchmark.run_grid` with claims)."""
+    run_grid(base, tasks, strategies, seeds, out, variants=variants, claims=claims, progress=False)
 
 
 if __name__ == "__main__":

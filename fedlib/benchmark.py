@@ -143,7 +143,10 @@ def sibling_selection(out: Path, task: str, seed: int, cfg: ExperimentConfig) ->
 def grid_configs(
     base: ExperimentConfig, tasks: list[str], strategies: list[str], params: dict | None, variants: dict | None
 ) -> dict[tuple[str, str], ExperimentConfig]:
-    """(task, row label) -> the row's configuration (seed aside), every one validated before any training."""
+    """(task, row label) -> the row's configuration (seed aside), every one validated before any training.
+
+    ``params``: per strategy, its hyper-parameters; a value may be a mapping task -> value (tuned per task,
+    :func:`task_params`)."""
     params, variants, configs = params or {}, variants or {}, {}
     for task in tasks:
         cfg = base.replace(fed=base.fed.replace(task=task))
@@ -151,8 +154,25 @@ def grid_configs(
             if name in variants:
                 configs[task, name] = cfg.with_overrides(variants[name])
             else:
-                configs[task, name] = cfg if name in REFERENCES else cfg.with_strategy(name, **params.get(name, {}))
+                own = task_params(params.get(name, {}), task, f"params.{name}")
+                configs[task, name] = cfg if name in REFERENCES else cfg.with_strategy(name, **own)
     return configs
+
+
+def task_params(params: dict, task: str, where: str = "params") -> dict:
+    """One task's hyper-parameters from a strategy's ``params``, where a value may be ``{task: value}``: e.g.
+    ``{"lr": {"sst2": 0.3, "mr": 1.0}, "server_lr": 1.0}`` -> ``{"lr": 0.3, "server_lr": 1.0}`` for SST-2.
+    Raises :class:`fedlib.configbase.ConfigError` naming a per-task value that lacks ``task``."""
+    from .configbase import ConfigError
+
+    out = {}
+    for key, value in params.items():
+        if isinstance(value, dict):
+            if task not in value:
+                raise ConfigError(f"{where}.{key}: a value per task, {sorted(value)}, without {task!r}")
+            value = value[task]
+        out[key] = value
+    return out
 
 
 def pending_runs(

@@ -109,6 +109,7 @@ class LocalRun:
     extra_loss: object = None
     after_backward: object = None
     controls: tuple[Tensors, Tensors] | None = None  # SCAFFOLD (c, c_i)
+    diagnostics: dict | None = None  # what a strategy's hooks measure during local training (SCAFFOLD's norms)
     t0: float = 0.0
     seed: int = 0  # the client's seed of the round (local DP draws its noise from it)
 
@@ -133,7 +134,7 @@ def prepare_client(
     t0 = time.perf_counter()
     model.load_state({k: v.to(device) for k, v in global_shared.items()})
     model.load_state({k: v.to(device) for k, v in personal_tensors(state, init_personal).items()})
-    train_cfg = cfg.replace(lr=strategy.client_lr(cfg.lr))
+    train_cfg = strategy.client_train(cfg)
     opt = make_optimizer(model, train_cfg)
     import_optimizer(opt, model, state)
     run = LocalRun(model, opt, train_cfg, {k: v.to(device) for k, v in global_shared.items()}, t0=t0)

@@ -38,7 +38,9 @@ and costs no communication. Differences from the reference (``server_variant="pa
 ``control_variates=False`` drops the correction (the ablation); ``server_momentum=0`` drops the momentum;
 ``adaptive_head=False`` averages the head plainly (the reference has a frozen verbalizer, no trained head).
 Unlike the reference, variates cover only the shared tensors. Each step records diagnostics in
-``state.scalars["diagnostics"]``: ||theta - x̄|| / ||Delta_t||, ||c||, mean ||c_i|| over S, eta_s.
+``state.scalars["diagnostics"]``: ||theta - x̄|| / ||Delta_t||, ||c||, mean ||c_i|| over S, eta_s, and ('corrected')
+the momentum's and the correction's shares of the step, ||eta_s V|| / ||Delta_t|| and ||kappa (c - sum p_i c_i)|| /
+||Delta_t||.
 """
 
 from __future__ import annotations
@@ -135,13 +137,14 @@ def fedpeptao_server_step(
     first = f"prev.{next(iter(theta))}" not in opt
     g = {k: (d_t[k] if first else opt[f"prev.{k}"] - d_t[k]) for k in theta}
     opt.update({f"prev.{k}": v for k, v in d_t.items()})
+    shares = {}
     if first:  # first server step: FedAvg
         new_theta, eta = avg, scalars["server_lr"]
     else:
         eta = scalars["server_lr"] = max(cfg.server_lr_decay * scalars["server_lr"], cfg.server_lr_min)
         V = {k: opt.get(f"V.{k}", torch.zeros_like(v)) for k, v in theta.items()}
         step = _corrected if cfg.server_variant == "corrected" else _reference
-        new_theta, new_V = step(cfg, results, p, avg, g, V, c, controls, eta)
+        new_theta, new_V, shares = step(cfg, results, p, avg, g, V, c, controls, eta)
         if not cfg.adaptive_head:
             new_theta = {k: (avg[k] if k.startswith("head.") else v) for k, v in new_theta.items()}
         opt.update({f"V.{k}": v for k, v in new_V.items()})
@@ -150,6 +153,7 @@ def fedpeptao_server_step(
         "c_norm": tensor_norm(c),
         "c_i_norm": float(np.mean([tensor_norm(controls[f"c{r.client}"]) for r in results])) if results else 0.0,
         "server_lr": float(eta),
+        **{k: v / max(tensor_norm(d_t), 1e-30) for k, v in shares.items()},
     }
     return ServerState(state.round + 1, new_theta, opt, controls, scalars)
 
@@ -188,14 +192,17 @@ def _reference_variates(controls, results, directions, theta, num_clients) -> di
 
 
 def _corrected(cfg, results, p, avg, g, V, c, controls, eta):
+    """The repaired step; also the norms of its two parts, eta_s V and kappa (c - sum_i p_i c_i) (``*_share`` in the
+    diagnostics, divided there by ||Delta_t||: each part's size against FedAvg's step)."""
     beta, on = cfg.server_momentum, float(cfg.control_variates)
-    new_theta, new_V = {}, {}
+    new_theta, new_V, momentum, correction = {}, {}, {}, {}
     for k in avg:
         new_V[k] = beta * V[k] + (1 - beta) * g[k]
         kappa = cfg.correction_scale * sum(float(pi) * max(r.steps, 1) * r.lrs[k] for pi, r in zip(p, results))
         c_s = sum(float(pi) * controls[f"c{r.client}"][k] for pi, r in zip(p, results))
-        new_theta[k] = avg[k] - eta * new_V[k] - on * kappa * (c[k] - c_s)
-    return new_theta, new_V
+        momentum[k], correction[k] = eta * new_V[k], on * kappa * (c[k] - c_s)
+        new_theta[k] = avg[k] - momentum[k] - correction[k]
+    return new_theta, new_V, {"momentum_share": tensor_norm(momentum), "correction_share": tensor_norm(correction)}
 
 
 def _reference(cfg, results, p, avg, g, V, c, controls, eta):
@@ -214,4 +221,4 @@ def _reference(cfg, results, p, avg, g, V, c, controls, eta):
             ws = [avg[k] - eta * v for v in vs]
         new_theta[k] = sum(float(pk) * w for pk, w in zip(p, ws))
         new_V[k] = sum(float(pk) * v for pk, v in zip(p, vs))
-    return new_theta, new_V
+    return new_theta, new_V, {}

@@ -1,4 +1,4 @@
-"""A federated problem whose answer is known: heterogeneous quadratics trained with local AdamW.
+"""A federated problem whose answer is known: heterogeneous quadratics trained with local AdamW or SGD.
 
 Client i holds f_i(x) = 1/2 sum_k a_ik (x_k - b_ik)^2 (curvatures ``a`` log-uniform in [0.2, 5], optima ``b``
 shifted per client by N(0, ``spread``^2): label skew's analogue, a larger spread for a smaller Dirichlet alpha) and
@@ -47,6 +47,16 @@ class Quadratic:
         return f(x) - f(self.optimum)
 
 
+class _Point:
+    """A client's "model" on the quadratic: one trainable tensor ``x`` [d] (what the strategies' hooks expect)."""
+
+    def __init__(self, dim: int):
+        self.x = torch.nn.Parameter(torch.zeros(dim, dtype=torch.float64))
+
+    def trainable(self) -> dict:
+        return {"x": self.x}
+
+
 def run_quadratic(
     problem: Quadratic,
     strategy,
@@ -56,35 +66,52 @@ def run_quadratic(
     lr: float = 0.05,
     noise: float = 0.3,
     client_weights: list | None = None,
+    optimizer: str = "adamw",
 ) -> dict:
-    """Federated training on ``problem`` with ``strategy``'s server step; local AdamW (Loshchilov & Hutter,
-    betas 0.9/0.999, eps 1e-8, no weight decay) in numpy. ``client_weights`` biases the sampling (e.g. one
-    client taking part again and again). Sampling and noise depend on ``problem.seed`` only, so strategies are
-    compared on the same draws. Returns ``gap`` (F - F* per round), ``c_i_norm`` (largest ||c_i|| per round)."""
+    """Federated training on ``problem`` with ``strategy``'s client hooks and server step. Local steps: AdamW
+    (Loshchilov & Hutter, betas 0.9/0.999, eps 1e-8, no weight decay, its state kept per client across rounds) or
+    plain SGD (``optimizer="sgd"``, SCAFFOLD's and FedAvg's local rule), on noisy gradients, at ``lr``; the strategy's
+    :meth:`~fedlib.strategies.Strategy.client_setup` / ``client_report`` run around them as on the device (FedProx's
+    term, SCAFFOLD's correction and control variates). ``client_weights`` biases the sampling (e.g. one client taking
+    part again and again). Sampling and noise depend on ``problem.seed`` only, so strategies are compared on the same
+    draws. Returns ``gap`` (F - F* per round), ``c_i_norm`` (largest server-held ||c_i|| per round)."""
+    from .client import LocalRun
+
     g = np.random.default_rng(problem.seed + 10_000)
     n, d = problem.num_clients, problem.dim
     probs = None if client_weights is None else np.asarray(client_weights, float) / np.sum(client_weights)
-    moments = np.zeros((n, 2, d))
-    counts = np.zeros(n, int)
+    points = [_Point(d) for _ in range(n)]
+    make = {
+        "adamw": lambda p: torch.optim.AdamW([p], lr=lr, weight_decay=0.0),
+        "sgd": lambda p: torch.optim.SGD([p], lr=lr),
+    }
+    opts = [make[optimizer](p.x) for p in points]  # one per client: AdamW's state persists across its rounds
+    states: list[dict] = [{} for _ in range(n)]
     state = strategy.init_server({"x": torch.zeros(d, dtype=torch.float64)})
     gaps, c_norms = [], []
     for _ in range(rounds):
         sampled = g.choice(n, clients_per_round, replace=False, p=probs)
-        theta = state.shared["x"].numpy()
+        download = strategy.download(state)
         results = []
         for i in sampled:
-            x = theta.copy()
+            point, a, b = points[i], torch.from_numpy(problem.a[i]), torch.from_numpy(problem.b[i])
+            with torch.no_grad():
+                point.x.copy_(state.shared["x"])
+            run = LocalRun(point, opts[i], None, {"x": state.shared["x"].clone()})
+            strategy.client_setup(run, states[i], download)
             for _ in range(steps):
-                grad = problem.a[i] * (x - problem.b[i]) + noise * g.normal(0.0, 1.0, d)
-                counts[i] += 1
-                moments[i, 0] = 0.9 * moments[i, 0] + 0.1 * grad
-                moments[i, 1] = 0.999 * moments[i, 1] + 0.001 * grad**2
-                m_hat = moments[i, 0] / (1 - 0.9 ** counts[i])
-                v_hat = moments[i, 1] / (1 - 0.999 ** counts[i])
-                x = x - lr * m_hat / (np.sqrt(v_hat) + 1e-8)
-            results.append(
-                ClientResult(int(i), int(problem.n[i]), steps, 0.0, {"x": torch.from_numpy(x)}, lrs={"x": lr})
-            )
+                opts[i].zero_grad(set_to_none=True)
+                shift = torch.from_numpy(noise * g.normal(0.0, 1.0, d))  # gradient noise: a linear term
+                loss = 0.5 * (a * (point.x - b) ** 2).sum() + (shift * point.x).sum()
+                if run.extra_loss is not None:
+                    loss = loss + run.extra_loss(point)
+                loss.backward()
+                if run.after_backward is not None:
+                    run.after_backward(point)
+                opts[i].step()
+            extra = strategy.client_report(run, steps, states[i])
+            y = {"x": point.x.detach().clone()}
+            results.append(ClientResult(int(i), int(problem.n[i]), steps, 0.0, y, extra, lrs={"x": lr}))
         state = server_update(state, results, strategy, num_clients=n)
         gaps.append(problem.loss(state.shared["x"].numpy()))
         norms = [float(v["x"].norm()) for key, v in state.controls.items() if key != "c"]

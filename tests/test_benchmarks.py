@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -193,7 +194,8 @@ def test_run_grid_workers_share_the_grid_without_doing_a_run_twice(tmp_path):
         "tasks: [rte]\nstrategies: [fedavg, fedavg_selected, fedpeptao]\nseeds: [0, 1, 2]\n"
         "experiment:\n  model: {prompt_len: 2, max_length: 48}\n  train: {batch_size: 8}\n"
         "  fed: {num_clients: 2, clients_per_round: 2, rounds: 1}\n"
-        "  data: {train_limit: 16, eval_limit: 8}\n  selection: {hessian_warmup_rounds: 1, hessian_iters: 2}\n"
+        "  data: {train_limit: 16, eval_limit: 8}\n"
+        "  selection: {share_ratio: 0.0, hessian_warmup_rounds: 1, hessian_iters: 2}\n"
     )
     out = tmp_path / "out"
     run("run_grid.py", str(proto), "--out", str(out), "--workers", "2")
@@ -214,10 +216,10 @@ def test_run_grid_workers_share_the_grid_without_doing_a_run_twice(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in out.glob("rte/seed*/*/results.jsonl")} == mtimes
 
 
-def test_tune_chooses_on_the_validation_split_and_writes_the_protocol(tmp_path):
+def test_tune_chooses_per_task_on_the_validation_split_and_writes_the_protocol(tmp_path):
     proto = tmp_path / "tiny.yaml"
     proto.write_text(
-        "# a comment that stays\ntasks: [rte]\nstrategies: [fedavg, fedprox]\nseeds: [0]\n"
+        "# a comment that stays\ntasks: [rte, mrpc]\nstrategies: [fedavg, fedprox]\nseeds: [0]\n"
         "tuning: {validation: 8, seeds: [0], grid: {fedprox: {mu: [0.01, 1.0]}}}\n"
         "experiment:\n  model: {prompt_len: 2, max_length: 48}\n  train: {batch_size: 8}\n"
         "  fed: {num_clients: 2, clients_per_round: 2, rounds: 1}\n  data: {train_limit: 16, eval_limit: 8}\n"
@@ -225,16 +227,32 @@ def test_tune_chooses_on_the_validation_split_and_writes_the_protocol(tmp_path):
     line = run("tune.py", str(proto), "--out", str(tmp_path / "out"), "--write")
     assert line.startswith("wrote params into")
     text = proto.read_text()
-    assert text.startswith("# a comment that stays\n") and re.search(
-        r"^params: \{fedprox: \{mu: (0.01|1.0)\}\}$", text, re.M
-    )
-    runs = json.loads((tmp_path / "out" / "rte" / "seed0" / "fedprox_mu=0.01" / "config.json").read_text())
-    assert runs["data"]["validation"] == 8 and runs["strategy"]["mu"] == 0.01
+    assert text.startswith("# a comment that stays\n") and re.search(r"^params: \{fedprox: \{mu: .+\}\}$", text, re.M)
+    choices = pd.read_csv(tmp_path / "out" / "choices.csv")
+    assert list(choices.task) == ["rte", "mrpc"] and set(choices.edge.fillna("")) <= {"", "mu"}  # 2 values: edges
+    mu = {t: json.loads(c)["mu"] for t, c in zip(choices.task, choices.chosen)}
+    from fedlib.configbase import yaml_load
+
+    written = yaml_load(text)["params"]["fedprox"]["mu"]
+    assert written == (mu["rte"] if mu["rte"] == mu["mrpc"] else mu)  # one value, or one per task
+    run_cfg = json.loads((tmp_path / "out" / "rte" / "seed0" / "fedprox_mu=0.01" / "config.json").read_text())
+    assert run_cfg["data"]["validation"] == 8 and run_cfg["strategy"]["mu"] == 0.01
+    assert run_cfg["fed"]["eval_every"] == 0 and not run_cfg["fed"]["personal_eval"]  # one number: final global
+
+
+def test_hyper_parameters_per_task_name_a_missing_task():
+    from fedlib.benchmark import task_params
+    from fedlib.configbase import ConfigError
+
+    assert task_params({"lr": {"sst2": 0.3, "mr": 1.0}, "server_lr": 1.0}, "mr") == {"lr": 1.0, "server_lr": 1.0}
+    with pytest.raises(ConfigError, match=r"params.scaffold.lr: a value per task, \['sst2'\], without 'cola'"):
+        task_params({"lr": {"sst2": 0.3}}, "cola", "params.scaffold")
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "benchmarks" / "protocols").glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_protocol_builds_its_configs(path):
     """Every row of every shipped protocol is a valid config (strategies, params and variants), before any run."""
+    from fedlib.benchmark import task_params
     from fedlib.config import ExperimentConfig
     from fedlib.configbase import yaml_load
     from fedlib.references import REFERENCES
@@ -247,6 +265,7 @@ def test_every_protocol_builds_its_configs(path):
         assert name in variants or name in STRATEGIES or name in REFERENCES, name
         cfg = base.with_overrides(variants[name]) if name in variants else base
         if name in STRATEGIES:
-            cfg = cfg.with_strategy(name, **params.get(name, {}))
+            for task in proto["tasks"]:  # a hyper-parameter may be tuned per task: {task: value}
+                cfg = cfg.with_strategy(name, **task_params(params.get(name, {}), task))
     assert set(params) <= set(proto["strategies"]) and set(variants) <= set(proto["strategies"])
     assert set(proto.get("targets", {})) <= set(proto["tasks"])

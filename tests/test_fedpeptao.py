@@ -255,6 +255,7 @@ def test_selection_is_deterministic_and_shares_the_top_scored_layers(bundled_bac
         rounds=1,
         train_limit=48,
         eval_limit=16,
+        share_ratio=0.0,  # the Hessian criterion
         hessian_warmup_rounds=1,
         hessian_iters=4,
     )

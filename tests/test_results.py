@@ -27,6 +27,7 @@ def tiny(**kw):
         train_limit=64,
         eval_limit=48,
         seed=5,
+        share_ratio=0.0,  # the Hessian criterion
         hessian_warmup_rounds=1,
         hessian_iters=3,
     )
