@@ -32,7 +32,7 @@ from .models import backbone_for
 from .references import REFERENCES
 from .report import shared_layer_count, summarize
 from .simulation import run_simulation
-from .stats import censored_median, floor_flags, mean_ci, paired_differences, summary_table
+from .stats import censored_median, floor_flags, holm, mean_ci, paired_differences, summary_table
 from .strategies import get_strategy
 from .workers import claim, file_lock, write_atomic
 
@@ -313,11 +313,15 @@ def view_table(table: pd.DataFrame, level: float = 0.95, floor: str | None = Non
 
 
 def paired_table(table: pd.DataFrame, method: str = "fedpeptao", level: float = 0.95) -> pd.DataFrame:
-    """``method`` minus every other row, per task and view: mean paired (same seed) difference ± CI, wins."""
+    """``method`` minus every other row, per task and view: mean paired (same seed) difference ± CI, wins, the paired
+    t-test's p-value and ``p_holm``, Holm-adjusted over the whole table: one family per protocol (every row, task and
+    view compared), so a comparison whose ``p_holm`` is below 1 - level holds with the family's error controlled."""
     parts = [paired_differences(table, view, method, level) for view in VIEW_COLUMNS]
     out = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else pd.DataFrame()
     if out.empty:
         return out
+    out["p_holm"] = holm(out["p"])
+    out["holds"] = ["yes" if q < 1 - level else "no" for q in out["p_holm"]]
     out["diff ± CI"] = [
         f"{d:+.4f} ± {c:.4f}" if not math.isnan(c) else f"{d:+.4f}" for d, c in zip(out["diff"], out["ci"])
     ]

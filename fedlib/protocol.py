@@ -50,6 +50,7 @@ from .cli import plain
 from .config import ExperimentConfig
 from .configbase import yaml_load
 from .report import markdown_table
+from .verdicts import claims_markdown
 from .workers import grid_lock, run_workers, write_atomic
 
 
@@ -106,8 +107,14 @@ def wall_time_sentence(prov: dict) -> str:
     )
 
 
-def results_section(name: str, proto: dict, table, prov: dict, figures: list[str]) -> str:
-    """The results page's section for one protocol, rendered from the grid's CSV."""
+def p_text(p: float) -> str:
+    """A p-value for a table: two significant digits, ``<1e-4`` below that, ``—`` when undefined."""
+    return "—" if p != p else ("<1e-4" if p < 1e-4 else f"{p:.2g}")
+
+
+def results_section(name: str, proto: dict, table, prov: dict, figures: list[str], uncurved: list[str] = ()) -> str:
+    """The results page's section for one protocol, rendered from the grid's CSV. ``uncurved``: rows of the CSV whose
+    runs' per-round histories are not in the grid's folder (kept from an earlier invocation): tables only."""
     commits = ", ".join(dict.fromkeys(prov["commits"]))
     wall_s = table["wall_seconds"].sum()
     typical = table.groupby(["task", "strategy"])["wall_seconds"].transform("median").sum()
@@ -146,12 +153,23 @@ def results_section(name: str, proto: dict, table, prov: dict, figures: list[str
     ]
     paired = paired_table(table)
     if len(paired):
+        shown = paired.assign(p=paired["p"].map(p_text), p_holm=paired["p_holm"].map(p_text))
         lines += [
             "FedPepTAO minus each other row, paired by seed (mean difference ± 95% CI; `wins`: seeds where it is "
-            "ahead):",
+            f"ahead; `p`: the paired t-test's; `p_holm`: Holm-adjusted over the {int(paired['p'].notna().sum())} "
+            "comparisons of this table, one family; `holds`: `p_holm` < 0.05, the family's error rate controlled at "
+            "5%. A difference that does not hold is exploratory, whatever its interval):",
             "",
-            markdown_table(paired[["task", "view", "vs", "diff ± CI", "wins", "seeds"]]),
+            markdown_table(shown[["task", "view", "vs", "diff ± CI", "wins", "seeds", "p", "p_holm", "holds"]]),
             "",
+        ]
+    if proto.get("claims"):
+        lines += [
+            "The claims this protocol holds FedPepTAO to (`claims` in its YAML; `fedlib.verdicts`), from the paired "
+            "table above: per task the difference ± 95% CI, seeds ahead and the Holm-adjusted p-value; **ahead** or "
+            "**behind** only where that p-value is below 0.05; a byte claim against its bound:",
+            "",
+            claims_markdown(table, proto["claims"]),
         ]
     if table["target"].notna().any():
         lines += [
@@ -161,12 +179,19 @@ def results_section(name: str, proto: dict, table, prov: dict, figures: list[str
             markdown_table(cost_table(table)),
             "",
         ]
+    if uncurved and figures:
+        lines += [
+            f"The figures draw the rows whose per-round histories this grid's folder holds; {', '.join(uncurved)} "
+            "(kept in the CSV from an earlier invocation, whose run folders were not kept) are in the tables only.",
+            "",
+        ]
     lines += [f"![{Path(f).stem}]({f})" for f in figures]
     return "\n".join(lines) + "\n"
 
 
-def replace_marked(readme: Path, name: str, body: str) -> None:
-    begin, end = f"<!-- results:{name}:begin -->", f"<!-- results:{name}:end -->"
+def replace_marked(readme: Path, name: str, body: str, kind: str = "results") -> None:
+    """Rewrite what lies between ``<!-- KIND:NAME:begin -->`` and ``<!-- KIND:NAME:end -->`` in ``readme``."""
+    begin, end = f"<!-- {kind}:{name}:begin -->", f"<!-- {kind}:{name}:end -->"
     text = readme.read_text()
     if begin not in text or end not in text:
         raise SystemExit(f"{readme}: add the markers {begin} and {end} where the results should go")
@@ -238,6 +263,10 @@ def run_slices(
         )
 
 
+def _history(out: Path, row) -> Path:
+    return out / row.task / f"seed{int(row.seed)}" / row.strategy / "results.jsonl"
+
+
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     p = argparse.ArgumentParser(prog=prog, description=plain(__doc__.splitlines()[0]))
     p.add_argument(
@@ -250,6 +279,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     p.add_argument("--device")
     p.add_argument("--results", help="write the CSV to RESULTS.csv and figures to RESULTS/ (e.g. results/cpu-medium)")
     p.add_argument("--readme", help="rewrite this page's marked results section (e.g. docs/results.md)")
+    p.add_argument("--claims-page", help="also rewrite this page's marked claims table (<!-- claims:NAME:... -->)")
     p.add_argument("--tasks", help="comma-separated subset of the protocol's tasks: run or render a grid in parts")
     p.add_argument("--strategies", help="comma-separated subset of the protocol's strategies (rows)")
     p.add_argument("--seeds", help="comma-separated subset of the protocol's seeds")
@@ -309,23 +339,37 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     if table is None or table.empty:
         raise SystemExit(f"{csv}: no run of this protocol yet")
     proto = {**proto, "tasks": [t for t in proto["tasks"] if t in set(table["task"])]}  # rendered: those with runs
+    curved = {(r.task, r.strategy, int(r.seed)) for r in table.itertuples() if _history(out, r).exists()}
+    uncurved = list(
+        dict.fromkeys(r.strategy for r in table.itertuples() if (r.task, r.strategy, int(r.seed)) not in curved)
+    )
     figures = []
     for task in proto["tasks"]:
+        kept = Path(args.results or out) / f"{task}.png"
+        if not any(key[0] == task for key in curved) and kept.exists():  # no run folder here: the figure it drew
+            figures.append(kept)
+            continue
         fig = plot_grid(out, task, sorted(set(table.loc[table["task"] == task, "seed"])))
         fig.savefig(out / f"{task}.png", dpi=90)
         figures.append(out / f"{task}.png")
-    section = results_section(name, proto, table, prov, [str(f) for f in figures])
+    if not curved:  # every figure kept from the invocations that ran the rows: nothing missing from them
+        uncurved = []
+    section = results_section(name, proto, table, prov, [str(f) for f in figures], uncurved)
     (out / "results.md").write_text(section)
     print(section)
     if args.results:
         res = Path(args.results)
         res.mkdir(parents=True, exist_ok=True)
         table.to_csv(res.with_suffix(".csv"), index=False)
-        figures = [shutil.copy(f, res / f.name) for f in figures]
+        figures = [
+            f if Path(f).resolve() == (res / f.name).resolve() else shutil.copy(f, res / f.name) for f in figures
+        ]
         if args.readme:
             readme = Path(args.readme)
             rel = [os.path.relpath(Path(f).resolve(), readme.parent.resolve()) for f in figures]  # as the page links
-            replace_marked(readme, name, results_section(name, proto, table, prov, rel))
+            replace_marked(readme, name, results_section(name, proto, table, prov, rel, uncurved))
+        if args.claims_page and proto.get("claims"):
+            replace_marked(Path(args.claims_page), name, claims_markdown(table, proto["claims"]), "claims")
 
 
 if __name__ == "__main__":

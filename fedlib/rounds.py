@@ -22,7 +22,7 @@ from .encode import Encoded
 from .progress import bar
 from .server import ServerState, server_update, tensor_bytes, tensor_norm
 
-__all__ = ["Federation", "sample_clients"]
+__all__ = ["Federation", "sample_clients", "cyclic_clients"]
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,14 @@ def sample_clients(seed: int, round_: int, num_clients: int, m: int) -> list[int
     """The m clients of round ``round_`` (0-based), drawn without replacement from (seed, round)."""
     rng = np.random.default_rng([seed, round_])
     return [int(k) for k in rng.choice(num_clients, m, replace=False)]
+
+
+def cyclic_clients(seed: int, round_: int, num_clients: int, m: int) -> list[int]:
+    """The m clients of round ``round_`` taken in turn from one permutation of the clients drawn from ``seed``:
+    over R rounds every client takes part floor(R m / N) or ceil(R m / N) times (random sampling's mean, without
+    the clients it never draws)."""
+    order = np.random.default_rng([seed, 7]).permutation(num_clients)
+    return [int(order[(round_ * m + j) % num_clients]) for j in range(m)]
 
 
 class Federation:
@@ -58,10 +66,12 @@ class Federation:
         self._workspaces: list = []  # batched clients' extra models (fedlib.batched.workspaces)
 
     def sample(self, round_: int) -> list[int]:
-        """Round ``round_``'s clients: m drawn without replacement, or under DP a Poisson sample of rate m / N."""
+        """Round ``round_``'s clients: m drawn without replacement, in turn for a strategy whose ``sampling`` is
+        "cyclic" (:func:`cyclic_clients`), or under DP a Poisson sample of rate m / N."""
         if self.strategy.privacy is not None:
             return self.strategy.privacy.sample(round_)
-        return sample_clients(self.cfg.fed.seed, round_, self.cfg.fed.num_clients, self.cfg.fed.clients_per_round)
+        draw = cyclic_clients if self.strategy.sampling == "cyclic" else sample_clients
+        return draw(self.cfg.fed.seed, round_, self.cfg.fed.num_clients, self.cfg.fed.clients_per_round)
 
     def personal_of(self, client: int) -> dict:
         return personal_tensors(self.store.get(client), self.init_personal)

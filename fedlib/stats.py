@@ -15,7 +15,16 @@ import math
 import numpy as np
 import pandas as pd
 
-__all__ = ["mean_ci", "paired_differences", "censored_median", "summary_table", "at_or_below", "floor_flags"]
+__all__ = [
+    "mean_ci",
+    "paired_pvalue",
+    "holm",
+    "paired_differences",
+    "censored_median",
+    "summary_table",
+    "at_or_below",
+    "floor_flags",
+]
 
 
 def mean_ci(values, level: float = 0.95) -> tuple[float, float, int]:
@@ -32,8 +41,40 @@ def mean_ci(values, level: float = 0.95) -> tuple[float, float, int]:
     return float(x.mean()), half, n
 
 
+def paired_pvalue(differences) -> float:
+    """Two-sided p-value of the paired t-test (``scipy.stats.ttest_1samp`` against 0) on the finite ``differences``:
+    the test behind :func:`mean_ci`'s interval (it excludes 0 exactly when p < 1 - level). NaN below 2 values;
+    1.0 when every difference is 0 (two rows that computed the same numbers)."""
+    from scipy import stats
+
+    x = np.asarray([v for v in differences if v is not None and math.isfinite(v)], dtype=float)
+    if len(x) < 2:
+        return math.nan
+    if not x.any():
+        return 1.0
+    if x.std(ddof=1) == 0:  # the same nonzero difference on every seed
+        return 0.0
+    return float(stats.ttest_1samp(x, 0.0).pvalue)
+
+
+def holm(pvalues) -> np.ndarray:
+    """Holm's step-down adjustment of a family of p-values (NaN entries stay NaN and are not counted): the i-th
+    smallest of m becomes max_{j <= i} min(1, (m - j + 1) p_(j)). A comparison holds at level a for the whole
+    family (familywise error rate at most a) when its adjusted p-value is below a."""
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full(p.shape, np.nan)
+    idx = np.flatnonzero(~np.isnan(p))
+    order = idx[np.argsort(p[idx], kind="stable")]
+    m, running = len(order), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out
+
+
 def paired_differences(table: pd.DataFrame, column: str, method: str, level: float = 0.95) -> pd.DataFrame:
-    """Per task and other strategy: mean and CI of ``method - other`` on ``column``, paired by seed."""
+    """Per task and other strategy: mean and CI of ``method - other`` on ``column``, paired by seed, and the paired
+    t-test's p-value (``p``; uncorrected: adjust a family's with :func:`holm`)."""
     rows = []
     for task, t in table.groupby("task", sort=False):
         wide = t.pivot_table(index="seed", columns="strategy", values=column, aggfunc="first")
@@ -51,6 +92,7 @@ def paired_differences(table: pd.DataFrame, column: str, method: str, level: flo
                     "ci": half,
                     "seeds": n,
                     "wins": int((d > 0).sum()),
+                    "p": paired_pvalue(d.tolist()),
                 }
             )
     return pd.DataFrame(rows)

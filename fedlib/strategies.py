@@ -137,6 +137,7 @@ class Strategy:
     prompt_mode: ClassVar[str] = "deep"
     layers: ClassVar[str] = "all"  # "all" shared, "selected" (FedPepTAO's scoring), "none" (all personal)
     head_role: ClassVar[str | None] = None  # None: model.head_role decides
+    sampling: ClassVar[str] = "random"  # "random": m of N each round; "cyclic": in turn (fedlib.rounds.cyclic_clients)
     doc: ClassVar[str] = ""
 
     def __init__(self, cfg: StrategyConfig | None = None) -> None:
@@ -371,9 +372,11 @@ class LocalOnlyConfig(StrategyConfig):
 @register
 class LocalOnly(Strategy):
     """The no-federation reference: every prompt layer and the head personal, nothing exchanged, no server step.
-    Each client trains alone with the same local budget (when sampled) as in a federated run."""
+    Each client trains alone with a federated client's mean local budget: the clients take part in turn
+    (``sampling = "cyclic"``), so over R rounds each trains floor(R m / N) or ceil(R m / N) times, where random sampling
+    would leave some untrained (their random initial prompts and head then scored as if they were the method's)."""
 
-    name, Config, layers, head_role = "local_only", LocalOnlyConfig, "none", "personal"
+    name, Config, layers, head_role, sampling = "local_only", LocalOnlyConfig, "none", "personal", "cyclic"
     doc = "reference: each client tunes its own prompts and head alone; nothing is exchanged"
 
     def privacy_refusal(self) -> str | None:

@@ -81,6 +81,16 @@ def test_local_only_exchanges_nothing_and_has_no_global_model(bundled_backbone):
     assert (h["bytes_up"] == 0).all() and (h["bytes_down"] == 0).all()
     assert "global_metric" not in h or h["global_metric"].isna().all()
     assert h["personal_metric"].notna().all() and h["local_steps"].gt(0).all()
+    assert sorted(c for clients in h["clients"] for c in clients) == [0, 1, 2, 3]  # in turn: every client trained
+
+
+def test_cyclic_sampling_gives_every_client_the_mean_budget():
+    from fedlib.rounds import cyclic_clients, sample_clients
+
+    counts = np.bincount([c for r in range(8) for c in cyclic_clients(0, r, 10, 4)], minlength=10)
+    assert sorted(counts) == [3] * 8 + [4] * 2  # 32 turns over 10 clients: 3.2 each, as random sampling's mean
+    drawn = np.bincount([c for r in range(8) for c in sample_clients(0, r, 10, 4)], minlength=10)
+    assert drawn.sum() == 32 and drawn.min() < 3  # random sampling leaves some clients with less (here seed 0)
 
 
 def test_centralized_uses_the_federated_step_budget(bundled_backbone):
