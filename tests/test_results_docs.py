@@ -71,3 +71,13 @@ def test_the_family_is_the_whole_paired_table():
     assert list(paired["vs"]) == ["fedavg", "scaffold"]
     assert np.allclose(paired["p_holm"], holm(paired["p"]))
     assert list(paired["holds"]) == ["yes", "no"]  # 0.1 on every seed holds; scaffold's noise does not
+
+
+def test_the_density_rule_chose_half_the_layers_in_every_run_that_used_it():
+    """docs/method.md, "How many layers: the default": the reason the default is a fixed half."""
+    proto, table = _table(ROOT / "benchmarks" / "protocols" / "ablation-cpu-medium.yaml")
+    assert proto["experiment"]["selection"]["share_ratio"] == 0.0  # the Hessian criterion decided k in this protocol
+    other_k = {"fedpeptao_all_layers", "fedpeptao_trace_k"}  # a fixed ratio 1.0; the trace rule
+    selected = table[table.strategy.str.startswith("fedpeptao") | (table.strategy == "fedavg_selected")]
+    density = selected[~selected.strategy.isin(other_k)]
+    assert len(density) == 9 * 3 * 5 and (density["shared_layers"] == 3).all()  # 9 rows, 3 tasks, 5 seeds: 3 of 6
