@@ -107,6 +107,20 @@ def wall_time_sentence(prov: dict) -> str:
     )
 
 
+def holding_sentence(paired) -> str:
+    """Which of a paired table's comparisons hold after Holm's adjustment, and which only nominally (interval alone)."""
+    held = paired[paired["holds"] == "yes"]
+    nominal = paired[(paired["holds"] == "no") & (paired["p"] < 0.05)]
+    what = lambda t: "; ".join(  # noqa: E731
+        f"{r.task} {r.view.removesuffix('_metric')} vs {r.vs} ({'+' if r.diff > 0 else ''}{r.diff:.4f})"
+        for r in t.itertuples()
+    )
+    return (
+        f"Holding after the adjustment ({len(held)} of {int(paired['p'].notna().sum())}): {what(held) or 'none'}. "
+        f"Intervals excluding zero that do not hold (exploratory, {len(nominal)}): {what(nominal) or 'none'}."
+    )
+
+
 def p_text(p: float) -> str:
     """A p-value for a table: two significant digits, ``<1e-4`` below that, ``—`` when undefined."""
     return "—" if p != p else ("<1e-4" if p < 1e-4 else f"{p:.2g}")
@@ -161,6 +175,8 @@ def results_section(name: str, proto: dict, table, prov: dict, figures: list[str
             "5%. A difference that does not hold is exploratory, whatever its interval):",
             "",
             markdown_table(shown[["task", "view", "vs", "diff ± CI", "wins", "seeds", "p", "p_holm", "holds"]]),
+            "",
+            holding_sentence(paired),
             "",
         ]
     if proto.get("claims"):
