@@ -12,6 +12,7 @@ before it met a language model (``tests/test_fedpeptao.py``, notebook 04).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -48,13 +49,31 @@ class Quadratic:
 
 
 class _Point:
-    """A client's "model" on the quadratic: one trainable tensor ``x`` [d] (what the strategies' hooks expect)."""
+    """A client's "model" on the quadratic: one trainable tensor ``x`` [d], its values and gradient numpy arrays shared
+    with torch (what the strategies' hooks see and edit), and ``opt`` with the optimiser's ``param_groups`` (what
+    :meth:`fedlib.client.LocalRun.lrs` reads). The update itself is numpy: a torch optimiser's per-step overhead
+    would be most of the cost on tensors of 10 numbers."""
 
-    def __init__(self, dim: int):
-        self.x = torch.nn.Parameter(torch.zeros(dim, dtype=torch.float64))
+    def __init__(self, dim: int, lr: float):
+        self.values, self.grad = np.zeros(dim), np.zeros(dim)
+        self.x = torch.nn.Parameter(torch.from_numpy(self.values))
+        self.x.grad = torch.from_numpy(self.grad)
+        self.opt = SimpleNamespace(param_groups=[{"params": [self.x], "lr": lr}])
+        self.moments, self.count = np.zeros((2, dim)), 0  # AdamW's state, kept across the client's rounds
 
     def trainable(self) -> dict:
         return {"x": self.x}
+
+    def step(self, optimizer: str, lr: float) -> None:
+        """One local step on ``self.grad``: SGD, or AdamW (betas 0.9/0.999, eps 1e-8, no weight decay)."""
+        if optimizer == "sgd":
+            self.values -= lr * self.grad
+            return
+        self.count += 1
+        self.moments[0] = 0.9 * self.moments[0] + 0.1 * self.grad
+        self.moments[1] = 0.999 * self.moments[1] + 0.001 * self.grad**2
+        m_hat, v_hat = self.moments[0] / (1 - 0.9**self.count), self.moments[1] / (1 - 0.999**self.count)
+        self.values -= lr * m_hat / (np.sqrt(v_hat) + 1e-8)
 
 
 def run_quadratic(
@@ -77,15 +96,12 @@ def run_quadratic(
     draws. Returns ``gap`` (F - F* per round), ``c_i_norm`` (largest server-held ||c_i|| per round)."""
     from .client import LocalRun
 
+    if optimizer not in ("adamw", "sgd"):
+        raise ValueError(f"optimizer={optimizer!r}: 'adamw' or 'sgd'")
     g = np.random.default_rng(problem.seed + 10_000)
     n, d = problem.num_clients, problem.dim
     probs = None if client_weights is None else np.asarray(client_weights, float) / np.sum(client_weights)
-    points = [_Point(d) for _ in range(n)]
-    make = {
-        "adamw": lambda p: torch.optim.AdamW([p], lr=lr, weight_decay=0.0),
-        "sgd": lambda p: torch.optim.SGD([p], lr=lr),
-    }
-    opts = [make[optimizer](p.x) for p in points]  # one per client: AdamW's state persists across its rounds
+    points = [_Point(d, lr) for _ in range(n)]
     states: list[dict] = [{} for _ in range(n)]
     state = strategy.init_server({"x": torch.zeros(d, dtype=torch.float64)})
     gaps, c_norms = [], []
@@ -94,23 +110,19 @@ def run_quadratic(
         download = strategy.download(state)
         results = []
         for i in sampled:
-            point, a, b = points[i], torch.from_numpy(problem.a[i]), torch.from_numpy(problem.b[i])
-            with torch.no_grad():
-                point.x.copy_(state.shared["x"])
-            run = LocalRun(point, opts[i], None, {"x": state.shared["x"].clone()})
+            point = points[i]
+            point.values[:] = state.shared["x"].numpy()
+            run = LocalRun(point, point.opt, None, {"x": state.shared["x"].clone()})
             strategy.client_setup(run, states[i], download)
             for _ in range(steps):
-                opts[i].zero_grad(set_to_none=True)
-                shift = torch.from_numpy(noise * g.normal(0.0, 1.0, d))  # gradient noise: a linear term
-                loss = 0.5 * (a * (point.x - b) ** 2).sum() + (shift * point.x).sum()
-                if run.extra_loss is not None:
-                    loss = loss + run.extra_loss(point)
-                loss.backward()
-                if run.after_backward is not None:
+                point.grad[:] = problem.a[i] * (point.values - problem.b[i]) + noise * g.normal(0.0, 1.0, d)
+                if run.extra_loss is not None:  # a strategy's term (FedProx's) through autograd
+                    point.grad += torch.autograd.grad(run.extra_loss(point), point.x)[0].numpy()
+                if run.after_backward is not None:  # edits point.x.grad, i.e. point.grad, in place
                     run.after_backward(point)
-                opts[i].step()
+                point.step(optimizer, lr)
             extra = strategy.client_report(run, steps, states[i])
-            y = {"x": point.x.detach().clone()}
+            y = {"x": torch.from_numpy(point.values.copy())}
             results.append(ClientResult(int(i), int(problem.n[i]), steps, 0.0, y, extra, lrs={"x": lr}))
         state = server_update(state, results, strategy, num_clients=n)
         gaps.append(problem.loss(state.shared["x"].numpy()))

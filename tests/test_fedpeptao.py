@@ -172,7 +172,7 @@ def test_corrected_step_beats_fedavg_on_heterogeneous_quadratics_and_the_referen
     assert np.mean(corrected <= fedavg) >= 0.6  # measured: 0.76 of 100 seeds
     assert np.median(corrected / fedavg) < 0.9  # measured: 0.82
     reference = _toy(get_strategy(strategy_config("fedpeptao", server_variant="parallel")), seeds=range(10))
-    assert np.median(reference / fedavg[:10]) > 5  # the reference's growing variates (measured: ~15x)
+    assert np.median(reference / fedavg[:10]) > 5  # the reference's growing variates (measured: 6.5x)
 
 
 def test_latest_direction_variates_stay_bounded_when_one_client_takes_part_again_and_again():
