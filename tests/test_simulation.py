@@ -35,7 +35,7 @@ def test_accounting_counts_the_tensors_exchanged(bundled_backbone):
     res = run_simulation(tiny_cfg(rounds=1, strategy="scaffold"), backbone=bundled_backbone, progress=False)
     rec = res.history.iloc[0]
     shared = sum(v.numel() * 4 for v in res.server.shared.values())
-    assert rec["bytes_up"] == 2 * 2 * shared  # y_i and dc_i from 2 clients
+    assert rec["bytes_up"] == 2 * 2 * shared + 2 * 2 * 8  # y_i and dc_i from 2 clients, and their 2 float64 norms
     assert rec["bytes_down"] == 2 * 2 * shared  # x and c to 2 clients
     assert (
         rec["seconds_client"] > 0
