@@ -146,6 +146,7 @@ def main() -> None:
             claims = out / "claims"
             run_workers(_run, (base, tasks, strategies, seeds, out, variants, claims), args.workers, claims)
         table = pd.read_csv(out / "results.csv")
+        table = table[table.task.isin(tasks) & table.strategy.isin(strategies) & table.seed.isin(seeds)]  # this grid
     else:
         table = run_grid(base, tasks, strategies, seeds, out, variants=variants)
     table.to_csv(out / "tuning.csv", index=False)
