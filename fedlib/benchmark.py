@@ -30,13 +30,14 @@ import pandas as pd
 from .config import ExperimentConfig
 from .models import backbone_for
 from .references import REFERENCES
-from .report import shared_layer_count, summarize
+from .report import DIAGNOSTICS, shared_layer_count, summarize
 from .simulation import run_simulation
 from .stats import censored_median, floor_flags, holm, mean_ci, paired_differences, summary_table
 from .strategies import get_strategy
 from .workers import claim, file_lock, write_atomic
 
 __all__ = [
+    "DIAGNOSTICS",
     "run_grid",
     "pending_runs",
     "sibling_selection",
@@ -71,6 +72,7 @@ COLUMNS = [
     "failed_clients",
     "wall_seconds",
     "epsilon",
+    *DIAGNOSTICS,
 ]
 
 

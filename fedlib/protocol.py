@@ -45,7 +45,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .benchmark import COLUMNS, cost_table, paired_table, pending_runs, plot_grid, run_grid, view_table
+from .benchmark import COLUMNS, DIAGNOSTICS, cost_table, paired_table, pending_runs, plot_grid, run_grid, view_table
 from .cli import plain
 from .config import ExperimentConfig
 from .configbase import yaml_load
@@ -186,6 +186,18 @@ def results_section(name: str, proto: dict, table, prov: dict, figures: list[str
             "**behind** only where that p-value is below 0.05; a byte claim against its bound:",
             "",
             claims_markdown(table, proto["claims"]),
+        ]
+    diagnostics = [c for c in DIAGNOSTICS if c in table and table[c].notna().any()]
+    if diagnostics:
+        means = table.dropna(subset=diagnostics, how="all").groupby(["task", "strategy"], sort=False)[diagnostics]
+        lines += [
+            "The strategies' own diagnostics, means over seeds of each run's mean over its server steps: FedPepTAO's "
+            "`momentum_share` ||eta_s V|| / ||Delta_t|| and `correction_share` ||kappa (c - sum_i p_i c_i)|| / "
+            "||Delta_t|| (each part of its step against FedAvg's step), SCAFFOLD's `correction_ratio` ||c - c_i|| / "
+            "||g|| (its correction against the local gradient):",
+            "",
+            markdown_table(means.mean().reset_index()),
+            "",
         ]
     if table["target"].notna().any():
         lines += [

@@ -68,6 +68,10 @@ def _last(history: pd.DataFrame, column: str) -> float:
     return float(history[column].dropna().iloc[-1]) if column in history and history[column].notna().any() else math.nan
 
 
+DIAGNOSTICS = ("momentum_share", "correction_share", "correction_ratio")
+"""Per-round diagnostics a results row keeps the run's mean of (:func:`summarize`)."""
+
+
 def summarize(history: pd.DataFrame, target: float | None = None) -> dict:
     """Final metric of each view (and the best global one), bytes and seconds per round (training rounds) and in
     total (layer selection included, also on its own), and rounds/seconds/bytes to ``target`` on the global metric."""
@@ -90,6 +94,9 @@ def summarize(history: pd.DataFrame, target: float | None = None) -> dict:
         "rounds": len(rounds),
         "failed_clients": int(rounds["failed"].sum()),
         "epsilon": _last(history, "epsilon") if "epsilon" in history else math.nan,  # DP: epsilon at the end
+        # the strategy's own diagnostics, means over the rounds that record them (NaN for the others): FedPepTAO's
+        # momentum and correction against FedAvg's step, SCAFFOLD's ||c - c_i|| against the gradient's norm
+        **{k: float(rounds[k].mean()) if k in rounds else math.nan for k in DIAGNOSTICS},
     }
     if target is not None:
         out["rounds_to_target"], out["seconds_to_target"], out["bytes_to_target"] = rounds_to_target(history, target)
