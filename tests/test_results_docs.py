@@ -81,3 +81,6 @@ def test_the_density_rule_chose_half_the_layers_in_every_run_that_used_it():
     selected = table[table.strategy.str.startswith("fedpeptao") | (table.strategy == "fedavg_selected")]
     density = selected[~selected.strategy.isin(other_k)]
     assert len(density) == 9 * 3 * 5 and (density["shared_layers"] == 3).all()  # 9 rows, 3 tasks, 5 seeds: 3 of 6
+    mean = table.groupby("strategy")[["selection_bytes", "bytes_total"]].mean()
+    hessian_phase = mean.loc["fedpeptao", "selection_bytes"] - mean.loc["fedpeptao_all_layers", "selection_bytes"]
+    assert 0.18 < hessian_phase / mean.loc["fedpeptao", "bytes_total"] < 0.25  # "about a fifth" (the scores aside)
