@@ -32,13 +32,13 @@ from .models import backbone_for
 from .references import REFERENCES
 from .report import DIAGNOSTICS, shared_layer_count, summarize
 from .simulation import run_simulation
-from .stats import censored_median, floor_flags, holm, mean_ci, paired_differences, summary_table
+from .stats import censored_median, floor_flags, holds, holm, mean_ci, paired_differences, summary_table
 from .strategies import get_strategy
 from .workers import claim, file_lock, write_atomic
 
 __all__ = [
-    "DIAGNOSTICS",
     "run_grid",
+    "run_dir",
     "pending_runs",
     "sibling_selection",
     "record_row",
@@ -105,14 +105,14 @@ def record_row(csv: Path, row: dict) -> list[dict]:
     return rows
 
 
-def _changed(run_dir: Path, cfg: ExperimentConfig) -> bool:
+def _changed(folder: Path, cfg: ExperimentConfig) -> bool:
     """Whether a finished run's stored configuration differs from ``cfg``, the one the grid would run now (its
     protocol's params or variants were edited since): read into today's schema, so fields added later with their
     defaults do not count. A run without a stored configuration (reference rows before they stored one) counts as
     unchanged."""
     from .configbase import ConfigError
 
-    path = run_dir / "config.json"
+    path = folder / "config.json"
     if not path.exists():
         return False
     try:
@@ -161,6 +161,11 @@ def grid_configs(
     return configs
 
 
+def run_dir(out: str | Path, task: str, seed: int, name: str) -> Path:
+    """Where one run of a grid keeps its files (``config.json``, ``results.jsonl``, ``selection.json``)."""
+    return Path(out) / task / f"seed{int(seed)}" / name
+
+
 def task_params(params: dict, task: str, where: str = "params") -> dict:
     """One task's hyper-parameters from a strategy's ``params``, where a value may be ``{task: value}``: e.g.
     ``{"lr": {"sst2": 0.3, "mr": 1.0}, "server_lr": 1.0}`` -> ``{"lr": 0.3, "server_lr": 1.0}`` for SST-2.
@@ -201,10 +206,10 @@ def _pending(configs: dict, tasks: list[str], strategies: list[str], seeds: list
     for task in tasks:
         for seed in seeds:
             for name in strategies:
-                run_dir = out / task / f"seed{seed}" / name
+                folder = run_dir(out, task, seed, name)
                 cfg = configs[task, name].replace(fed=configs[task, name].fed.replace(seed=seed))
-                if (task, name, seed) in done and (run_dir / "results.jsonl").exists():
-                    if not _changed(run_dir, cfg):
+                if (task, name, seed) in done and (folder / "results.jsonl").exists():
+                    if not _changed(folder, cfg):
                         continue
                     if not quiet:
                         log.warning(
@@ -270,20 +275,20 @@ def run_grid(
             for name in strategies:
                 if (task, name, seed) not in todo:
                     continue
-                run_dir = out / task / f"seed{seed}" / name
+                folder = run_dir(out, task, seed, name)
                 cfg = configs[task, name]
                 cfg = cfg.replace(fed=cfg.fed.replace(seed=seed))
                 backbone = backbone or backbone_for(base.model)
                 t0 = time.perf_counter()
                 if name in REFERENCES:
                     history, shared = REFERENCES[name](cfg, backbone), 0
-                    run_dir.mkdir(parents=True, exist_ok=True)
-                    history.to_json(run_dir / "results.jsonl", orient="records", lines=True)
-                    (run_dir / "config.json").write_text(cfg.to_json())
+                    folder.mkdir(parents=True, exist_ok=True)
+                    history.to_json(folder / "results.jsonl", orient="records", lines=True)
+                    (folder / "config.json").write_text(cfg.to_json())
                 else:
                     selected = get_strategy(cfg.strategy).layers == "selected"
                     selection = sibling_selection(out, task, seed, cfg) if selected else None
-                    res = run_simulation(cfg, run_dir, backbone=backbone, progress=progress, selection=selection)
+                    res = run_simulation(cfg, folder, backbone=backbone, progress=progress, selection=selection)
                     history, shared = res.history, shared_layer_count(res)
                 wall = time.perf_counter() - t0
                 log.info("%s/%s/seed %d: %.1f s", task, name, seed, wall)
@@ -323,7 +328,7 @@ def paired_table(table: pd.DataFrame, method: str = "fedpeptao", level: float = 
     if out.empty:
         return out
     out["p_holm"] = holm(out["p"])
-    out["holds"] = ["yes" if q < 1 - level else "no" for q in out["p_holm"]]
+    out["holds"] = ["yes" if holds(q, level) else "no" for q in out["p_holm"]]
     out["diff ± CI"] = [
         f"{d:+.4f} ± {c:.4f}" if not math.isnan(c) else f"{d:+.4f}" for d, c in zip(out["diff"], out["ci"])
     ]

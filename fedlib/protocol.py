@@ -45,11 +45,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from .benchmark import COLUMNS, DIAGNOSTICS, cost_table, paired_table, pending_runs, plot_grid, run_grid, view_table
+from .benchmark import COLUMNS, cost_table, paired_table, pending_runs, plot_grid, run_dir, run_grid, view_table
 from .cli import plain
 from .config import ExperimentConfig
 from .configbase import yaml_load
-from .report import markdown_table
+from .report import DIAGNOSTICS, markdown_table
+from .stats import p_text
 from .verdicts import claims_markdown
 from .workers import grid_lock, run_workers, write_atomic
 
@@ -119,11 +120,6 @@ def holding_sentence(paired) -> str:
         f"Holding after the adjustment ({len(held)} of {int(paired['p'].notna().sum())}): {what(held) or 'none'}. "
         f"Intervals excluding zero that do not hold (exploratory, {len(nominal)}): {what(nominal) or 'none'}."
     )
-
-
-def p_text(p: float) -> str:
-    """A p-value for a table: two significant digits, ``<1e-4`` below that, ``—`` when undefined."""
-    return "—" if p != p else ("<1e-4" if p < 1e-4 else f"{p:.2g}")
 
 
 def results_section(name: str, proto: dict, table, prov: dict, figures: list[str], uncurved: list[str] = ()) -> str:
@@ -291,10 +287,6 @@ def run_slices(
         )
 
 
-def _history(out: Path, row) -> Path:
-    return out / row.task / f"seed{int(row.seed)}" / row.strategy / "results.jsonl"
-
-
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     p = argparse.ArgumentParser(prog=prog, description=plain(__doc__.splitlines()[0]))
     p.add_argument(
@@ -367,7 +359,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     if table is None or table.empty:
         raise SystemExit(f"{csv}: no run of this protocol yet")
     proto = {**proto, "tasks": [t for t in proto["tasks"] if t in set(table["task"])]}  # rendered: those with runs
-    curved = {(r.task, r.strategy, int(r.seed)) for r in table.itertuples() if _history(out, r).exists()}
+    curved = {
+        (r.task, r.strategy, int(r.seed))
+        for r in table.itertuples()
+        if (run_dir(out, r.task, r.seed, r.strategy) / "results.jsonl").exists()
+    }
     uncurved = list(
         dict.fromkeys(r.strategy for r in table.itertuples() if (r.task, r.strategy, int(r.seed)) not in curved)
     )

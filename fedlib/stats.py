@@ -19,6 +19,8 @@ __all__ = [
     "mean_ci",
     "paired_pvalue",
     "holm",
+    "holds",
+    "p_text",
     "paired_differences",
     "censored_median",
     "summary_table",
@@ -70,6 +72,16 @@ def holm(pvalues) -> np.ndarray:
         running = max(running, min(1.0, (m - rank) * p[i]))
         out[i] = running
     return out
+
+
+def holds(p_holm: float, level: float = 0.95) -> bool:
+    """Whether a comparison holds for its family: its Holm-adjusted p-value below 1 - level (NaN: never)."""
+    return p_holm == p_holm and p_holm < 1 - level
+
+
+def p_text(p: float) -> str:
+    """A p-value for a table: two significant digits, ``<1e-4`` below that, ``—`` when undefined."""
+    return "—" if p != p else ("<1e-4" if p < 1e-4 else f"{p:.2g}")
 
 
 def paired_differences(table: pd.DataFrame, column: str, method: str, level: float = 0.95) -> pd.DataFrame:

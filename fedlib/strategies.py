@@ -310,14 +310,12 @@ class Scaffold(FedAvg):
         device = next(iter(run.x.values())).device
         c = {k: v.to(device) for k, v in download.items()}
         c_i = {k: state.get(f"control/{k}", torch.zeros_like(v)).to(device) for k, v in c.items()}
-        correction = {k: c[k] - c_i[k] for k in c}
-        params, norms = run.model.trainable(), {"grad": 0.0, "correction": 0.0, "steps": 0}
-        correction_norm = tensor_norm(correction)
+        correction = {k: c[k] - c_i[k] for k in c}  # fixed for the round
+        params, norms = run.model.trainable(), {"grad": 0.0, "steps": 0, "correction": tensor_norm(correction)}
 
         def after_backward(m):
             grads = {k: params[k].grad for k in c if params[k].grad is not None}
             norms["grad"] += tensor_norm(grads)
-            norms["correction"] += correction_norm
             norms["steps"] += 1
             for k, g in grads.items():
                 g.add_(correction[k])
@@ -333,9 +331,10 @@ class Scaffold(FedAvg):
             new_c = c_i[k] - c[k] + (run.x[k] - params[k].detach()) * (1.0 / (steps * lrs[k]))
             extra[k] = (new_c - c_i[k]).cpu()
             new_state[f"control/{k}"] = new_c.cpu()
-        n = max(run.diagnostics["steps"], 1)
-        for what in ("grad", "correction"):
-            extra[f"diag/{what}_norm"] = torch.tensor([run.diagnostics[what] / n], dtype=torch.float64)
+        norms = run.diagnostics
+        grad_norm = norms["grad"] / max(norms["steps"], 1)  # the mean over the local steps
+        for what, value in (("grad", grad_norm), ("correction", norms["correction"])):
+            extra[f"diag/{what}_norm"] = torch.tensor([value], dtype=torch.float64)
         return extra
 
     def server_step(self, state, results, avg, delta, num_clients):

@@ -18,18 +18,17 @@ page and README carry that text, and ``tests/test_results_docs.py`` checks that 
 
 from __future__ import annotations
 
-import math
-
 import pandas as pd
 
 from .benchmark import paired_table
+from .stats import holds, p_text
 
 __all__ = ["claims_table", "claims_markdown", "verdict"]
 
 
 def verdict(diff: float, p_holm: float, level: float = 0.95) -> str:
     """``ahead`` / ``behind`` when the Holm-adjusted p-value is below 1 - level, else ``no difference shown``."""
-    if p_holm == p_holm and p_holm < 1 - level:
+    if holds(p_holm, level):
         return "ahead" if diff > 0 else "behind"
     return "no difference shown"
 
@@ -60,8 +59,7 @@ def claims_table(table: pd.DataFrame, claims: list[dict], method: str = "fedpept
         view = claim.get("view", "global_metric")
         found = paired[(paired["vs"] == claim["vs"]) & (paired["view"] == view)] if len(paired) else paired
         for r in found.to_dict("records"):
-            p = "—" if math.isnan(r["p_holm"]) else f"{r['p_holm']:.2g}"
-            numbers = f"{r['diff ± CI']}, {r['wins']}/{r['seeds']} seeds ahead, p_holm {p}"
+            numbers = f"{r['diff ± CI']}, {r['wins']}/{r['seeds']} seeds ahead, p_holm {p_text(r['p_holm'])}"
             rows.append(
                 {
                     "claim": claim["claim"],
