@@ -20,7 +20,8 @@ below what the validation set can resolve does not move the protocol, nor force 
 the edge of a grid axis (its smallest or largest value) is marked: the best value may lie beyond it.
 
 Prints every candidate's mean per task and the choices; writes ``<out>/tuning.csv`` (every run) and
-``<out>/choices.csv`` (per task and strategy: the chosen values, their mean, the runner-up's, edges); ``--write`` sets
+``<out>/choices.csv`` (per task and strategy: the chosen values, their mean, the runner-up's, the majority floor's on
+the same split, edges); ``--write`` sets
 the protocol's ``params`` line to the chosen values (a value that differs between tasks as ``{task: value}``, read by
 :func:`fedlib.benchmark.task_params`), every other line kept.
 """
@@ -94,6 +95,7 @@ def choose(table, labels: dict, known: dict, base: ExperimentConfig, tasks: list
                     "grid": json.dumps(axes),
                     "metric": float(means[best]),
                     "runner_up": float(max(others)) if others else float("nan"),
+                    "floor": float(means.get("majority_local", float("nan"))),  # majority_local on the same split
                     "ties": len(tied),
                     "edge": ",".join(edges),
                 }
@@ -146,9 +148,9 @@ def main() -> None:
             claims = out / "claims"
             run_workers(_run, (base, tasks, strategies, seeds, out, variants, claims), args.workers, claims)
         table = pd.read_csv(out / "results.csv")
-        table = table[table.task.isin(tasks) & table.strategy.isin(strategies) & table.seed.isin(seeds)]  # this grid
     else:
         table = run_grid(base, tasks, strategies, seeds, out, variants=variants)
+    table = table[table.task.isin(tasks) & table.strategy.isin(strategies) & table.seed.isin(seeds)]  # this grid's
     table.to_csv(out / "tuning.csv", index=False)
     rows = choose(table, labels, known, base, tasks, tol=1.0 / base.data.validation)
     pd.DataFrame(rows).to_csv(out / "choices.csv", index=False)
