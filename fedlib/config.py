@@ -229,7 +229,7 @@ class SelectionConfig(Config):
 
     SECTION: ClassVar[str] = "selection"
 
-    shared_layers: int = setting(0, "share this many layers (0: automatic)")
+    shared_layers: int = setting(0, "share this many layers (0: share_ratio decides)")
     share_ratio: float = setting(
         0.5, "share this fraction of the layers, rounded (0: the Hessian criterion, count_rule, decides)"
     )
@@ -261,7 +261,7 @@ class SelectionConfig(Config):
 
     def validate(self) -> None:
         o = "selection"
-        check(self.shared_layers >= 0, o, "shared_layers", self.shared_layers, "must be >= 0 (0: automatic)")
+        check(self.shared_layers >= 0, o, "shared_layers", self.shared_layers, "must be >= 0 (0: share_ratio decides)")
         check(0.0 <= self.share_ratio <= 1.0, o, "share_ratio", self.share_ratio, "must be in [0, 1] (0: Hessian)")
         check(self.score_batch >= 2, o, "score_batch", self.score_batch, "must be >= 2 (a B x B similarity matrix)")
         check(self.hessian_iters >= 2, o, "hessian_iters", self.hessian_iters, "must be >= 2")
