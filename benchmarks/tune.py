@@ -8,11 +8,14 @@ Reads the protocol's ``tuning`` section:
       validation: 300                 # training examples held out as the evaluation set (data.validation)
       seeds: [0, 1]
       tasks: [sst2]                   # default: the protocol's tasks
+      metric: auc                     # default global_metric (the final one); auc: the mean over every round
       grid: {fedprox: {mu: [0.001, 0.01, 0.1]}, fedpeptao: {server_lr: [0.01, 0.05, 0.2]}}
 
 Every combination of a strategy's values is a labelled variant of one grid (:func:`fedlib.benchmark.run_grid`, same
 seeds, partitions and sampling as the protocol, so resumable). The runs evaluate the global model once, after the last
-round (``fed.eval_every: 0``, no personalised views): the choice is made on one number. **Per task**, on that task's
+round (``fed.eval_every: 0``, no personalised views), or with ``metric: auc`` after every round, and the choice is made
+on one number: the final global metric, or the area under the global curve (its mean over the rounds) where the
+protocol's claims are about convergence. **Per task**, on that task's
 own metric (accuracy, or CoLA's MCC: never a mean over tasks of different metrics), the combination with the best mean
 over seeds wins. Means within one validation example (1 / validation) of the best are ties, and among ties the
 protocol's current value stays (else the best of them, then the first listed): a hyper-parameter whose effect is
@@ -65,11 +68,23 @@ def write_params(protocol: Path, params: dict) -> None:
     protocol.write_text(text)
 
 
-def choose(table, labels: dict, known: dict, base: ExperimentConfig, tasks: list[str], tol: float) -> list[dict]:
-    """Per task and tuned strategy: the chosen combination (module docstring), as rows of ``choices.csv``."""
+def choose(
+    table,
+    labels: dict,
+    known: dict,
+    base: ExperimentConfig,
+    tasks: list[str],
+    tol: float,
+    metric: str = "global_metric",
+) -> list[dict]:
+    """Per task and tuned strategy: the chosen combination (module docstring), as rows of ``choices.csv``: the best
+    mean over seeds of ``metric`` (a column of the grid's table: ``global_metric`` or ``auc``)."""
     rows = []
     for task in tasks:
-        means = table[table["task"] == task].groupby("strategy", sort=False)["global_metric"].mean()
+        here = table[table["task"] == task]
+        means = here.groupby("strategy", sort=False)[metric].mean()
+        if metric != "global_metric":  # the floor has no curve: its one number stands for every round
+            means = means.fillna(here.groupby("strategy", sort=False)["global_metric"].mean())
         for name in dict.fromkeys(n for n, _ in labels.values()):
             mine = [label for label, (n, _) in labels.items() if n == name]
             own = task_params(known.get(name, {}), task, f"params.{name}")
@@ -84,7 +99,7 @@ def choose(table, labels: dict, known: dict, base: ExperimentConfig, tasks: list
             others = [means[label] for label in mine if label != best]
             for label in mine:
                 mark = "  <- chosen" if label == best else ("  (tie)" if label in tied else "")
-                print(f"{task} {label}: validation metric {means[label]:.4f}{mark}")
+                print(f"{task} {label}: validation {metric} {means[label]:.4f}{mark}")
             if edges:
                 print(f"{task} {name}: {', '.join(f'{k}={values[k]}' for k in edges)} at the edge of its grid")
             rows.append(
@@ -127,10 +142,14 @@ def main() -> None:
     tuning = proto.get("tuning")
     if not tuning or not tuning.get("grid"):
         raise SystemExit(f"{path}: no 'tuning' section with a 'grid' (see {__file__})")
+    metric = tuning.get("metric", "global_metric")
+    if metric not in ("global_metric", "auc"):
+        raise SystemExit(f"{path}: tuning.metric={metric!r}, one of 'global_metric' (the final one) and 'auc'")
     base = ExperimentConfig.from_dict(proto["experiment"])
     base = base.replace(
         data=base.data.replace(validation=int(tuning.get("validation", 300)), eval_limit=0),
-        fed=base.fed.replace(eval_every=0, personal_eval=False),  # one number per run: the final global metric
+        # one number per run: the final global metric, or its mean over every round (no personalised views)
+        fed=base.fed.replace(eval_every=int(metric == "auc"), personal_eval=False),
     )
     known = dict(proto.get("params") or {})
     labels = candidates(tuning["grid"])
@@ -152,7 +171,7 @@ def main() -> None:
         table = run_grid(base, tasks, strategies, seeds, out, variants=variants)
     table = table[table.task.isin(tasks) & table.strategy.isin(strategies) & table.seed.isin(seeds)]  # this grid's
     table.to_csv(out / "tuning.csv", index=False)
-    rows = choose(table, labels, known, base, tasks, tol=1.0 / base.data.validation)
+    rows = choose(table, labels, known, base, tasks, tol=1.0 / base.data.validation, metric=metric)
     pd.DataFrame(rows).to_csv(out / "choices.csv", index=False)
     chosen = merged_params(known, rows, tasks)
     print("params:", json.dumps(chosen))

@@ -58,6 +58,7 @@ def workspaces(model, m: int, cache: list | None = None) -> list:
     while len(spaces) < m:
         extra = PromptClassifier(model.info, model.task, model.cfg).to(device)
         extra.prompt.disabled = model.prompt.disabled
+        extra.bf16 = getattr(model, "bf16", False)  # evaluation's precision, as the lead model's
         spaces.append(extra)
     return spaces[:m]
 

@@ -12,9 +12,8 @@ and are each charged its cost. Labelled variants (config overrides)
 make rows of their own: the ablations. Runs already in the CSV are skipped: an
 interrupted grid resumes.
 
-The tables (:func:`view_table`, :func:`paired_table`, :func:`cost_table`) give means with 95% confidence
-intervals over seeds, paired differences against one method, and censored medians of the costs to target.
-Used by ``benchmarks/run_grid.py`` and ``notebooks/05_full_experiments.ipynb``.
+The grid's tables and figures are :mod:`fedlib.grid_tables`. Used by ``benchmarks/run_grid.py`` (:mod:`fedlib.protocol`)
+and ``notebooks/05_full_experiments.ipynb``.
 """
 
 from __future__ import annotations
@@ -28,11 +27,11 @@ from pathlib import Path
 import pandas as pd
 
 from .config import ExperimentConfig
+from .configbase import ConfigError
 from .models import backbone_for
 from .references import REFERENCES
 from .report import DIAGNOSTICS, shared_layer_count, summarize
 from .simulation import run_simulation
-from .stats import censored_median, floor_flags, holds, holm, mean_ci, paired_differences, summary_table
 from .strategies import get_strategy
 from .workers import claim, file_lock, write_atomic
 
@@ -42,10 +41,7 @@ __all__ = [
     "pending_runs",
     "sibling_selection",
     "record_row",
-    "plot_grid",
-    "view_table",
-    "paired_table",
-    "cost_table",
+    "task_params",
     "COLUMNS",
     "VIEW_COLUMNS",
 ]
@@ -57,6 +53,7 @@ COLUMNS = [
     "strategy",
     "seed",
     *VIEW_COLUMNS,
+    "auc",
     "bytes_per_round",
     "bytes_total",
     "selection_bytes",
@@ -68,6 +65,10 @@ COLUMNS = [
     "rounds_to_target",
     "seconds_to_target",
     "bytes_to_target",
+    "target_high",
+    "rounds_to_target_high",
+    "seconds_to_target_high",
+    "bytes_to_target_high",
     "shared_layers",
     "failed_clients",
     "wall_seconds",
@@ -76,10 +77,21 @@ COLUMNS = [
 ]
 
 
-def _row(
-    task: str, name: str, seed: int, history: pd.DataFrame, target: float | None, shared: int, wall: float
-) -> dict:
-    s = summarize(history, target)
+def split_target(target) -> tuple[float | None, float | None]:
+    """A protocol's target for one task: a number (one target) or a pair ``[target, target_high]`` (e.g. 90% and 97%
+    of ``centralized``'s plateau); None: none."""
+    if target is None:
+        return None, None
+    if isinstance(target, (list, tuple)):
+        if len(target) != 2 or not target[0] <= target[1]:
+            raise ValueError(f"a target pair is [low, high] with low <= high, got {target!r}")
+        return float(target[0]), float(target[1])
+    return float(target), None
+
+
+def _row(task: str, name: str, seed: int, history: pd.DataFrame, target, shared: int, wall: float) -> dict:
+    low, high = split_target(target)
+    s = summarize(history, low, high)
     return {
         "task": task,
         "strategy": name,
@@ -87,7 +99,8 @@ def _row(
         "global_metric": s["final_global_metric"],
         "personal_metric": s["final_personal_metric"],
         "personal_iid_metric": s["final_personal_iid_metric"],
-        "target": math.nan if target is None else target,
+        "target": math.nan if low is None else low,
+        "target_high": math.nan if high is None else high,
         "shared_layers": shared,
         "wall_seconds": wall,
         **{k: s.get(k, math.nan) for k in COLUMNS if k in s},
@@ -110,8 +123,6 @@ def _changed(folder: Path, cfg: ExperimentConfig) -> bool:
     protocol's params or variants were edited since): read into today's schema, so fields added later with their
     defaults do not count. A run without a stored configuration (reference rows before they stored one) counts as
     unchanged."""
-    from .configbase import ConfigError
-
     path = folder / "config.json"
     if not path.exists():
         return False
@@ -143,22 +154,52 @@ def sibling_selection(out: Path, task: str, seed: int, cfg: ExperimentConfig) ->
 
 
 def grid_configs(
-    base: ExperimentConfig, tasks: list[str], strategies: list[str], params: dict | None, variants: dict | None
+    base: ExperimentConfig,
+    tasks: list[str],
+    strategies: list[str],
+    params: dict | None,
+    variants: dict | None,
+    finetuned: dict | None = None,
 ) -> dict[tuple[str, str], ExperimentConfig]:
     """(task, row label) -> the row's configuration (seed aside), every one validated before any training.
 
     ``params``: per strategy, its hyper-parameters; a value may be a mapping task -> value (tuned per task,
-    :func:`task_params`)."""
-    params, variants, configs = params or {}, variants or {}, {}
+    :func:`task_params`). ``finetuned``: derived rows, label -> the row whose runs they fine-tune (which comes
+    before it in ``strategies``); that row's runs fine-tune every client for ``train.epochs`` local epochs at the end
+    (``fed.finetune_epochs``, :mod:`fedlib.finetune`) and the derived row is its configuration."""
+    params, variants, finetuned, configs = params or {}, variants or {}, finetuned or {}, {}
+    for label, source in finetuned.items():
+        if label not in strategies or source not in strategies or strategies.index(source) > strategies.index(label):
+            raise ConfigError(f"finetuned.{label}: {label!r} and its source {source!r} must both be rows, source first")
     for task in tasks:
         cfg = base.replace(fed=base.fed.replace(task=task))
         for name in strategies:
             if name in variants:
                 configs[task, name] = cfg.with_overrides(variants[name])
+            elif name in finetuned:
+                configs[task, name] = configs[task, finetuned[name]]
             else:
                 own = task_params(params.get(name, {}), task, f"params.{name}")
                 configs[task, name] = cfg if name in REFERENCES else cfg.with_strategy(name, **own)
+            if name in finetuned.values():
+                rule = configs[task, name]
+                configs[task, name] = rule.replace(fed=rule.fed.replace(finetune_epochs=rule.train.epochs))
     return configs
+
+
+def finetuned_history(history: pd.DataFrame) -> pd.DataFrame:
+    """A derived row's history from its source run's (``fed.finetune_epochs``): the same rounds and global curve, the
+    personalised views those of the fine-tuned copies after the last round (none before), its seconds plus the
+    fine-tuning's. Raises ValueError when the source run did not fine-tune."""
+    if "finetuned_personal_metric" not in history or history["finetuned_personal_metric"].isna().all():
+        raise ValueError("the source run has no fine-tuned views: run it with fed.finetune_epochs > 0")
+    h = history.copy()
+    last = h.index[-1]
+    for view in ("personal", "personal_iid"):
+        h[f"{view}_metric"] = float("nan")
+        h.loc[last, f"{view}_metric"] = h.loc[last, f"finetuned_{view}_metric"]
+    h.loc[last, "cum_seconds"] += float(h["seconds_finetune"].fillna(0).sum())
+    return h
 
 
 def run_dir(out: str | Path, task: str, seed: int, name: str) -> Path:
@@ -170,8 +211,6 @@ def task_params(params: dict, task: str, where: str = "params") -> dict:
     """One task's hyper-parameters from a strategy's ``params``, where a value may be ``{task: value}``: e.g.
     ``{"lr": {"sst2": 0.3, "mr": 1.0}, "server_lr": 1.0}`` -> ``{"lr": 0.3, "server_lr": 1.0}`` for SST-2.
     Raises :class:`fedlib.configbase.ConfigError` naming a per-task value that lacks ``task``."""
-    from .configbase import ConfigError
-
     out = {}
     for key, value in params.items():
         if isinstance(value, dict):
@@ -191,10 +230,11 @@ def pending_runs(
     params: dict | None = None,
     variants: dict | None = None,
     quiet: bool = False,
+    finetuned: dict | None = None,
 ) -> list[tuple[str, str, int]]:
     """The (task, row, seed) runs the grid in ``out_dir`` still has to do: not in its CSV yet, or run with another
     configuration than the protocol's now (:func:`_changed`; logged unless ``quiet``)."""
-    configs = grid_configs(base, tasks, strategies, params, variants)
+    configs = grid_configs(base, tasks, strategies, params, variants, finetuned)
     return _pending(configs, tasks, strategies, seeds, Path(out_dir), quiet)
 
 
@@ -230,28 +270,33 @@ def run_grid(
     params: dict[str, dict] | None = None,
     variants: dict[str, dict] | None = None,
     claims: Path | None = None,
+    finetuned: dict[str, str] | None = None,
 ) -> pd.DataFrame:
     """Run the grid and return its table (:data:`COLUMNS`).
 
-    ``targets``: per task, the global metric a run must reach (fixed in the protocol). ``params``: per strategy
+    ``targets``: per task, the global metric a run must reach (fixed in the protocol), or a pair ``[target,
+    target_high]`` (:func:`split_target`). ``params``: per strategy
     name, hyper-parameters overriding its defaults (e.g. ``{"fedprox": {"mu": 0.1}}``). ``variants``: rows of
     their own, a label -> config overrides (``{section: {field: value}}``, :meth:`ExperimentConfig.with_overrides`),
     e.g. ``{"fedpeptao_first_k": {"strategy": {"name": "fedpeptao"}, "selection": {"choose": "first"}}}``;
-    list the label among ``strategies``.
+    list the label among ``strategies``. ``finetuned``: derived rows (:func:`grid_configs`), e.g.
+    ``{"fedavg_ft": "fedavg"}``: FedAvg followed by local fine-tuning, from FedAvg's runs (:func:`finetuned_history`).
 
     Resumable: a (task, strategy, seed) already in ``out_dir/results.csv`` is skipped, unless its stored
     configuration differs from the one it would run with now (e.g. tuned ``params`` written into the protocol):
     then it runs again and its row is replaced.
 
-    ``claims``: a folder shared by workers running the same grid at once (``run_grid.py --workers n``): each
-    (task, seed) pair with runs to do is taken by the first worker to claim it there (its rows stay together, so
-    they share its layer selection); rows go to the shared CSV under a file lock (:func:`record_row`).
+    ``claims``: a folder shared by workers running the same grid at once (``run_grid.py --workers n``): each run is
+    taken by the first worker to claim it there, the rows sharing a layer selection (:func:`sibling_selection`) of a
+    (task, seed) pair together, and a derived row with its source; rows go to the shared CSV under a file lock
+    (:func:`record_row`). Claimed run by run, two workers finish a grid of few pairs together (the tuning grid, one
+    seed per task, took the longest task's time when whole pairs were claimed).
     """
-    params, targets, variants = params or {}, targets or {}, variants or {}
+    params, targets, variants, finetuned = params or {}, targets or {}, variants or {}, finetuned or {}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     csv = out / "results.csv"
-    configs = grid_configs(base, tasks, strategies, params, variants)  # every combination validated first
+    configs = grid_configs(base, tasks, strategies, params, variants, finetuned)  # every combination validated first
     todo = set(_pending(configs, tasks, strategies, seeds, out, quiet=claims is not None))
     grid = {
         "tasks": tasks,
@@ -260,27 +305,43 @@ def run_grid(
         "targets": targets,
         "params": params,
         "variants": variants,
+        "finetuned": finetuned,
         "config": base.to_dict(),
     }
     write_atomic(out / "grid.json", json.dumps(grid, indent=2))
-    backbone = None
+    backbone, mine = None, set()  # the claims this worker holds
+
+    def claim_key(task: str, name: str) -> str | None:
+        """A run's claim: the pair (None) for rows sharing a selection; a derived row, its source's."""
+        if name not in finetuned and get_strategy(configs[task, name].strategy).layers == "selected":
+            return None
+        return finetuned.get(name, name)
+
     for task in tasks:
         for seed in seeds:
-            if (
-                claims is not None
-                and any(t == task and s == seed for t, _, s in todo)
-                and not claim(claims, task, seed)
-            ):
-                continue  # another worker has this pair
             for name in strategies:
                 if (task, name, seed) not in todo:
                     continue
+                if claims is not None:
+                    key = (task, seed, claim_key(task, name))
+                    if key not in mine and not claim(claims, task, seed, key[2]):
+                        continue  # another worker has it
+                    mine.add(key)
                 folder = run_dir(out, task, seed, name)
                 cfg = configs[task, name]
                 cfg = cfg.replace(fed=cfg.fed.replace(seed=seed))
                 backbone = backbone or backbone_for(base.model)
                 t0 = time.perf_counter()
-                if name in REFERENCES:
+                if name in finetuned:  # derived from its source's run of this (task, seed), done before it
+                    source = run_dir(out, task, seed, finetuned[name])
+                    history = finetuned_history(pd.read_json(source / "results.jsonl", lines=True, precise_float=True))
+                    done = pd.read_csv(csv)
+                    mine = (done.task == task) & (done.strategy == finetuned[name]) & (done.seed == seed)
+                    shared = int(done.loc[mine, "shared_layers"].iloc[0])
+                    folder.mkdir(parents=True, exist_ok=True)
+                    history.to_json(folder / "results.jsonl", orient="records", lines=True)
+                    (folder / "config.json").write_text(cfg.to_json())
+                elif name in REFERENCES:
                     history, shared = REFERENCES[name](cfg, backbone), 0
                     folder.mkdir(parents=True, exist_ok=True)
                     history.to_json(folder / "results.jsonl", orient="records", lines=True)
@@ -291,6 +352,8 @@ def run_grid(
                     res = run_simulation(cfg, folder, backbone=backbone, progress=progress, selection=selection)
                     history, shared = res.history, shared_layer_count(res)
                 wall = time.perf_counter() - t0
+                if name in finetuned:  # its cost: the fine-tuning inside its source's run
+                    wall += float(history["seconds_finetune"].fillna(0).sum())
                 log.info("%s/%s/seed %d: %.1f s", task, name, seed, wall)
                 record_row(csv, _row(task, name, seed, history, targets.get(task), shared, wall))
 
@@ -301,114 +364,3 @@ def run_grid(
     rows = pd.read_csv(csv).to_dict("records") if csv.exists() else []
     rows.sort(key=rank)
     return pd.DataFrame(rows).reindex(columns=COLUMNS)
-
-
-def view_table(table: pd.DataFrame, level: float = 0.95, floor: str | None = None) -> pd.DataFrame:
-    """Per (task, strategy): each view's mean ± half-width of its 95% CI over seeds, the mean bytes and the median
-    seconds (a median, so that one run slowed by other work on the machine does not move it). ``floor`` (e.g.
-    ``"majority_local"``, a row of the table): a column naming the views on which a row's mean is at or below the
-    floor row's mean on its task."""
-    out = summary_table(table, VIEW_COLUMNS, level)
-    g = table.groupby(["task", "strategy"], sort=False)
-    cost = pd.concat([g["bytes_total"].mean(), g["seconds_total"].median().rename("median_seconds")], axis=1)
-    out = out.merge(cost.reset_index(), on=["task", "strategy"], how="left")
-    if floor is not None:
-        out["at_or_below_floor"] = (
-            floor_flags(table, VIEW_COLUMNS, floor).reindex(list(zip(out["task"], out["strategy"]))).values
-        )
-    return out
-
-
-def paired_table(table: pd.DataFrame, method: str = "fedpeptao", level: float = 0.95) -> pd.DataFrame:
-    """``method`` minus every other row, per task and view: mean paired (same seed) difference ± CI, wins, the paired
-    t-test's p-value and ``p_holm``, Holm-adjusted over the whole table: one family per protocol (every row, task and
-    view compared), so a comparison whose ``p_holm`` is below 1 - level holds with the family's error controlled."""
-    parts = [paired_differences(table, view, method, level) for view in VIEW_COLUMNS]
-    out = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else pd.DataFrame()
-    if out.empty:
-        return out
-    out["p_holm"] = holm(out["p"])
-    out["holds"] = ["yes" if holds(q, level) else "no" for q in out["p_holm"]]
-    out["diff ± CI"] = [
-        f"{d:+.4f} ± {c:.4f}" if not math.isnan(c) else f"{d:+.4f}" for d, c in zip(out["diff"], out["ci"])
-    ]
-    return out
-
-
-def cost_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Per (task, strategy): target, medians over seeds of rounds, seconds and MB to reach it (``>R``: the median
-    seed did not reach it within the run's R rounds), how many seeds reached it, selection's share of the bytes."""
-    rows = []
-    horizons = table.groupby("task")["rounds"].max()
-    for (task, strategy), g in table.groupby(["task", "strategy"], sort=False):
-        horizon = float(horizons[task])
-        mb = g["bytes_to_target"] / 1e6
-        rows.append(
-            {
-                "task": task,
-                "strategy": strategy,
-                "target": g["target"].iloc[0],
-                "rounds_to_target": censored_median(g["rounds_to_target"], horizon),
-                "seconds_to_target": censored_median(g["seconds_to_target"].round(1)),
-                "MB_to_target": censored_median(mb.round(3)),
-                "reached": f"{int(g['rounds_to_target'].notna().sum())}/{len(g)}",
-                "selection_MB": float(g["selection_bytes"].mean() / 1e6),
-                "total_MB": float(g["bytes_total"].mean() / 1e6),
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def grid_histories(out_dir: str | Path, task: str, seed: int) -> dict[str, pd.DataFrame]:
-    """The per-round histories of one (task, seed) of a grid, by strategy."""
-    base = Path(out_dir) / task / f"seed{seed}"
-    return {p.parent.name: pd.read_json(p, lines=True) for p in sorted(base.glob("*/results.jsonl"))}
-
-
-def plot_grid(
-    out_dir: str | Path,
-    task: str,
-    seeds: int | list[int],
-    view: str = "global_metric",
-    highlight: tuple[str, ...] = ("fedpeptao",),
-):
-    """Two panels, one line per strategy with its 95% CI band over ``seeds``: ``view`` per round and per cumulative
-    MB (selection included). References without rounds (``majority_local``) are a dashed horizontal line."""
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    seeds = [seeds] if isinstance(seeds, int) else list(seeds)
-    runs: dict[str, list[pd.DataFrame]] = {}
-    for seed in seeds:
-        for name, h in grid_histories(out_dir, task, seed).items():
-            if view in h:
-                runs.setdefault(name, []).append(h[h[view].notna()][["round", view, "cum_bytes"]])
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-    counts = {name: len(hs) for name, hs in runs.items()}
-    uneven = len(set(counts.values())) > 1  # rows with extra seeds: say each row's count
-    for i, (name, hs) in enumerate(runs.items()):
-        color = f"C{i}" if len(runs) <= 10 else plt.cm.tab20(i % 20)  # distinct colours beyond ten rows
-        label = f"{name} ({counts[name]} seeds)" if uneven else name
-        stats = [
-            (r, *mean_ci(g[view].tolist()), g["cum_bytes"].mean() / 1e6) for r, g in pd.concat(hs).groupby("round")
-        ]
-        r, m, half, _, mb = (np.array(c, dtype=float) for c in zip(*stats))
-        half = np.nan_to_num(half)
-        if len(r) == 1 and not mb.any():  # a reference with one number
-            for ax in axes:
-                ax.axhline(m[0], color=color, ls="--", lw=1, label=label)
-            continue
-        lw = 2.5 if name in highlight else 1.5
-        for ax, x in ((axes[0], r), (axes[1], mb)):
-            ax.plot(x, m, marker="o", ms=3, color=color, lw=lw, label=label)
-            ax.fill_between(x, m - half, m + half, color=color, alpha=0.15)
-    axes[0].set_xlabel("round")
-    axes[1].set_xlabel("cumulative MB exchanged (layer selection included)")
-    for ax, what in zip(axes, ("per round", "per cumulative MB")):
-        ax.set_ylabel(view.replace("_", " "))
-        n = f"{max(counts.values(), default=0)} seeds" if not uneven else "seeds per row in the legend"
-        ax.set_title(f"{task}: {view.replace('_metric', '')} view {what}\n(mean, 95% CI, {n})", fontsize=10)
-        ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
-    return fig

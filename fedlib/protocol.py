@@ -5,8 +5,10 @@
     fedlib grid benchmarks/protocols/paper.yaml --out runs/paper --data-dir /data/glue
 
 (``benchmarks/run_grid.py`` is the same command.) A protocol is a YAML file: ``tasks``, ``strategies``
-(registered names, reference rows, or labels of ``variants``), ``seeds``, ``targets``, optional ``params``,
-``variants`` and ``extra_seeds``, and ``experiment``, the base :class:`~fedlib.config.ExperimentConfig`.
+(registered names, reference rows, or labels of ``variants`` and ``finetuned``), ``seeds``, ``targets`` (per task
+a number or a pair ``[target, target_high]``), optional ``params``, ``variants``, ``finetuned`` (derived rows: FedAvg
+then local fine-tuning from FedAvg's runs, :func:`fedlib.benchmark.grid_configs`) and ``extra_seeds``, and
+``experiment``, the base :class:`~fedlib.config.ExperimentConfig`.
 ``extra_seeds`` gives some rows of a task more seeds than the rest, e.g.
 ``{sst2: {strategies: [fedavg_selected, fedpeptao], seeds: [5, 6]}}``: where one paired difference needs a tighter
 interval than the others, without paying for every row.
@@ -45,10 +47,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from .benchmark import COLUMNS, cost_table, paired_table, pending_runs, plot_grid, run_dir, run_grid, view_table
+from .benchmark import COLUMNS, pending_runs, run_dir, run_grid
 from .cli import plain
 from .config import ExperimentConfig
 from .configbase import yaml_load
+from .grid_tables import cost_table, paired_table, plot_diagnostics, plot_grid, view_table
 from .report import DIAGNOSTICS, markdown_table
 from .stats import p_text
 from .verdicts import claims_markdown
@@ -248,7 +251,8 @@ def _pending(base: ExperimentConfig, proto: dict, out: Path, sl: dict, quiet: bo
     """Whether some run of the part ``sl`` is still to do: not in the grid's CSV yet, or run with another
     configuration than the protocol's now (e.g. tuned ``params`` written after it ran; logged unless ``quiet``)."""
     args = (base, sl["tasks"], sl["strategies"], sl["seeds"], out, proto.get("params"), proto.get("variants"))
-    return bool(pending_runs(*args, quiet=quiet))  # run_grid logs them as it runs them
+    # run_grid logs them as it runs them
+    return bool(pending_runs(*args, quiet=quiet, finetuned=proto.get("finetuned")))
 
 
 def protocol_rows(table: pd.DataFrame, slices: list[dict]) -> pd.DataFrame:
@@ -282,6 +286,7 @@ def run_slices(
             targets=proto.get("targets"),
             params=proto.get("params"),
             variants=proto.get("variants"),
+            finetuned=proto.get("finetuned"),
             claims=claims,
             progress=progress,
         )
@@ -373,9 +378,15 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         if not any(key[0] == task for key in curved) and kept.exists():  # no run folder here: the figure it drew
             figures.append(kept)
             continue
-        fig = plot_grid(out, task, sorted(set(table.loc[table["task"] == task, "seed"])))
+        seeds = sorted(set(table.loc[table["task"] == task, "seed"]))
+        fig = plot_grid(out, task, seeds)
         fig.savefig(out / f"{task}.png", dpi=90)
         figures.append(out / f"{task}.png")
+        curves = table.loc[table["task"] == task, "auc"].notna().any()  # grids recording the area under the curve
+        per_round = plot_diagnostics(out, task, seeds) if curves else None  # FedPepTAO's server step, per round
+        if per_round is not None:
+            per_round.savefig(out / f"{task}-fedpeptao.png", dpi=90)
+            figures.append(out / f"{task}-fedpeptao.png")
     if not curved:  # every figure kept from the invocations that ran the rows: nothing missing from them
         uncurved = []
     section = results_section(name, proto, table, prov, [str(f) for f in figures], uncurved)

@@ -72,17 +72,25 @@ DIAGNOSTICS = ("momentum_share", "correction_share", "correction_ratio")
 """Per-round diagnostics a results row keeps the run's mean of (:func:`summarize`)."""
 
 
-def summarize(history: pd.DataFrame, target: float | None = None) -> dict:
-    """Final metric of each view (and the best global one), bytes and seconds per round (training rounds) and in
-    total (layer selection included, also on its own), and rounds/seconds/bytes to ``target`` on the global metric."""
+def summarize(history: pd.DataFrame, target: float | None = None, target_high: float | None = None) -> dict:
+    """Final metric of each view (and the best global one), ``auc``: the area under the global curve (the mean global
+    metric over the evaluated rounds, a convergence-speed and stability summary in the metric's units), bytes and
+    seconds per round (training rounds) and in total (layer selection included, also on its own), and
+    rounds/seconds/bytes to ``target`` (and to ``target_high``: ``*_to_target_high``) on the global metric. With
+    fine-tuned copies (``fed.finetune_epochs``), their personalised views (``final_finetuned_*_metric``)."""
     rounds = history[history["round"] >= 1]
     selection = history[history["round"] == 0]
+    curve = view_series(rounds, "global_metric").dropna()
     best = view_series(history, "global_metric").max()
     out = {
         "final_global_metric": _last(history, "global_metric"),
         "best_global_metric": float(best) if best == best else math.nan,
         "final_personal_metric": _last(history, "personal_metric"),
         "final_personal_iid_metric": _last(history, "personal_iid_metric"),
+        "final_finetuned_personal_metric": _last(history, "finetuned_personal_metric"),
+        "final_finetuned_personal_iid_metric": _last(history, "finetuned_personal_iid_metric"),
+        "seconds_finetune": float(rounds["seconds_finetune"].sum()) if "seconds_finetune" in rounds else 0.0,
+        "auc": float(curve.mean()) if len(curve) else math.nan,
         "bytes_up_per_round": float(rounds["bytes_up"].mean()),
         "bytes_down_per_round": float(rounds["bytes_down"].mean()),
         "bytes_per_round": float((rounds["bytes_up"] + rounds["bytes_down"]).mean()),
@@ -100,6 +108,9 @@ def summarize(history: pd.DataFrame, target: float | None = None) -> dict:
     }
     if target is not None:
         out["rounds_to_target"], out["seconds_to_target"], out["bytes_to_target"] = rounds_to_target(history, target)
+    if target_high is not None:
+        high = rounds_to_target(history, target_high)
+        out["rounds_to_target_high"], out["seconds_to_target_high"], out["bytes_to_target_high"] = high
     return out
 
 

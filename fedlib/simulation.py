@@ -2,11 +2,12 @@
 
 Per round t: :meth:`fedlib.rounds.Federation.round` (sample m clients seeded by (seed, t); each runs
 :func:`fedlib.client.client_update` from the global shared tensors and its own stored state; the server runs
-:func:`fedlib.server.server_update`); every ``fed.eval_every`` rounds the global and personalised models are
-evaluated; the round's record (bytes up/down, seconds split into client compute, aggregation and
-evaluation, metrics, failures) is appended to ``results.jsonl``; every ``run.checkpoint_every`` rounds the
-whole run state is checkpointed. All randomness is derived from (seed, round, client), so a resumed
-run continues exactly as an uninterrupted one. Strategies that share selected layers select them
+:func:`fedlib.server.server_update`); every ``fed.eval_every`` rounds the global model is evaluated, and the
+personalised ones every ``fed.personal_eval_every`` rounds (and after the last; after it, with ``fed.finetune_epochs``,
+also each client's fine-tuned copy, :mod:`fedlib.finetune`); the round's record (bytes up/down, seconds split into
+client compute, aggregation and evaluation, metrics, failures) is appended to ``results.jsonl``; every
+``run.checkpoint_every`` rounds the whole run state is checkpointed. All randomness is derived from (seed, round,
+client), so a resumed run continues exactly as an uninterrupted one. Strategies that share selected layers select them
 (:func:`fedlib.selection.select_layers`) when the run starts, and a resumed run reads its ``selection.json``.
 
 A client that raises, returns non-finite tensors or an update whose norm exceeds ``run.max_update_norm``
@@ -75,14 +76,17 @@ class SimulationResult:
 
 def build_model(cfg: ExperimentConfig, strategy, backbone=None, device=None) -> PromptClassifier:
     """The run's model workspace: ``backbone`` (loaded from ``cfg.model`` when None) with the prompts of the
-    strategy's ``prompt_mode`` and the task's head. LoRA adds modules, so it gets its own copy of a given backbone."""
+    strategy's ``prompt_mode`` and the task's head, evaluated under bf16 autocast when ``train.autocast`` says so.
+    LoRA adds modules, so it gets its own copy of a given backbone."""
     mcfg = cfg.model.replace(prompt_mode=strategy.prompt_mode, head_role=strategy.head_role or cfg.model.head_role)
     if backbone is None:
         backbone = backbone_for(mcfg)
     elif strategy.prompt_mode == "lora":
         backbone = copy.copy(backbone)
         backbone.model = copy.deepcopy(backbone.model)
-    return PromptClassifier(backbone, get_task(cfg.fed.task), mcfg).to(device or "cpu")
+    model = PromptClassifier(backbone, get_task(cfg.fed.task), mcfg).to(device or "cpu")
+    model.bf16 = cfg.train.autocast == "bf16"  # evaluation's precision follows local training's (fedlib.train.predict)
+    return model
 
 
 def selection_record(selection: dict) -> dict:
@@ -237,17 +241,23 @@ class Simulation(Federation):
         t2 = time.perf_counter()
         self.failed_in_a_row = 0 if rec["reported"] else self.failed_in_a_row + 1
         fed = self.fed
-        if round_ + 1 == fed.rounds or (fed.eval_every and (round_ + 1) % fed.eval_every == 0):
-            rec.update(self.evaluate())
+        last = round_ + 1 == fed.rounds
+        if last or (fed.eval_every and (round_ + 1) % fed.eval_every == 0):
+            every = fed.personal_eval_every
+            rec.update(self.evaluate(personal=last or not every or (round_ + 1) % every == 0))
         rec["seconds_eval"] = time.perf_counter() - t2
+        if last and fed.finetune_epochs:
+            from .finetune import finetune_views
+
+            rec.update(finetune_views(self))
         return rec
 
-    def evaluate(self) -> dict:
+    def evaluate(self, personal: bool = True) -> dict:
         bs, out = self.cfg.train.eval_batch_size, {}
         g = evaluate_global(self.model, self.server.shared, self.eval, bs, self.device)
         if g is not None:
             out.update(global_metric=g["metric"], global_accuracy=g["accuracy"], global_loss=g["loss"])
-        if self.fed.personal_eval:
+        if self.fed.personal_eval and personal:
             views = {"personal": self.partition.eval, "personal_iid": self.partition.eval_iid}
             if not self.init_personal and g is not None:  # nothing personal: each client's model is the global one
                 pooled = {v: pooled_by_shard(self.model.task, g["preds"], self.eval, s) for v, s in views.items()}

@@ -23,6 +23,7 @@ __all__ = [
     "autocast",
     "make_optimizer",
     "step_plan",
+    "bucket_by_length",
     "optimizer_step",
     "local_train",
     "predict",
@@ -76,6 +77,27 @@ def step_plan(
     return steps
 
 
+def bucket_by_length(
+    steps: list[list[int]], lengths: list[int], pool: int, generator: torch.Generator
+) -> list[list[int]]:
+    """Length bucketing of a step plan: each run of ``pool`` consecutive minibatches is pooled, sorted by length and cut
+    again into minibatches of the same sizes, whose order within the run is then shuffled. Every example keeps its
+    pass; a minibatch holds examples of similar length, so less compute goes to padding (what the batched clients'
+    length-sorted chunks do for a round's joint step, :mod:`fedlib.batched`). ``pool <= 1``: ``steps`` unchanged."""
+    if pool <= 1:
+        return steps
+    out: list[list[int]] = []
+    for start in range(0, len(steps), pool):
+        group = steps[start : start + pool]
+        pooled = sorted((i for idx in group for i in idx), key=lambda i: lengths[i])
+        cut, at = [], 0
+        for idx in group:
+            cut.append(pooled[at : at + len(idx)])
+            at += len(idx)
+        out.extend(cut[int(j)] for j in torch.randperm(len(cut), generator=generator))
+    return out
+
+
 def optimizer_step(model, optimizer, params: list, cfg: TrainConfig, after_backward=None) -> None:
     """After the backward pass: the strategy's gradient edit (``after_backward(model)``), clipping, the step."""
     if after_backward is not None:
@@ -96,8 +118,10 @@ def local_train(
     max_steps: int | None = None,
     extra_loss=None,
     after_backward=None,
+    bucket: int = 0,
 ) -> dict:
-    """Run ``epochs`` passes (or ``max_steps`` steps) of minibatch AdamW over ``data`` (:func:`step_plan`).
+    """Run ``epochs`` passes (or ``max_steps`` steps) of minibatch AdamW over ``data`` (:func:`step_plan`; with
+    ``bucket`` > 1, its minibatches bucketed by length in runs of ``bucket``, :func:`bucket_by_length`).
 
     ``extra_loss(model) -> scalar`` is added to the loss (FedProx's proximal term uses it);
     ``after_backward(model)`` may edit gradients before clipping (SCAFFOLD's correction uses it).
@@ -107,7 +131,9 @@ def local_train(
     pad = model.info.tokenizer.pad_token_id
     params = list(model.trainable().values())
     total, steps = 0.0, 0
-    for idx in step_plan(len(data), cfg, generator, epochs, max_steps):
+    plan = step_plan(len(data), cfg, generator, epochs, max_steps)
+    lengths = [len(ids) for ids in data.input_ids] if bucket > 1 else []
+    for idx in bucket_by_length(plan, lengths, bucket, generator):
         batch = _to(collate(data, idx, pad), device)
         optimizer.zero_grad(set_to_none=True)
         with autocast(cfg, device):
@@ -125,9 +151,15 @@ def local_train(
 def predict(model, data: Encoded, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Predicted class and loss per example: ``([N], [N])``, in ``data``'s order.
 
-    Batches are formed over examples sorted by length, so little compute goes to padding.
+    Batches are formed over examples sorted by length, so little compute goes to padding. Under bf16 autocast when
+    the model was built for it (``model.bf16``, set from ``train.autocast`` by :func:`fedlib.simulation.build_model`).
     """
     model.eval()
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(getattr(model, "bf16", False))):
+        return _predict(model, data, batch_size, device)
+
+
+def _predict(model, data: Encoded, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     pad = model.info.tokenizer.pad_token_id
     order = sorted(range(len(data)), key=lambda i: len(data.input_ids[i]))
     preds, losses = torch.empty(len(data), dtype=torch.long), torch.empty(len(data))

@@ -8,19 +8,20 @@ view, or one byte ratio:
       - {claim: "at most half FedAvg's bytes", vs: fedavg, bytes: 0.5}
 
 :func:`claims_table` gives, per claim and task, the paired difference (mean ± 95% CI over seeds, seeds ahead) and its
-Holm-adjusted p-value, adjusted over the protocol's whole family of comparisons (:func:`fedlib.benchmark.paired_table`:
-FedPepTAO against every other row, task and view), and a verdict: ``ahead`` or ``behind`` when the adjusted p-value is
-below 0.05 (the family's error rate held at 5%), else ``no difference shown`` (the interval may still exclude zero:
-then it is exploratory, one of many comparisons). A byte claim gives FedPepTAO's mean bytes per run over the other
-row's, with and without layer selection's, against the stated bound. :func:`claims_markdown` renders it; the results
-page and README carry that text, and ``tests/test_results_docs.py`` checks that they match the committed CSVs.
+Holm-adjusted p-value, adjusted over the protocol's whole family of comparisons
+(:func:`fedlib.grid_tables.paired_table`: FedPepTAO against every other row, task and view), and a verdict: ``ahead`` or
+``behind`` when the adjusted p-value is below 0.05 (the family's error rate held at 5%), else ``no difference shown``
+(the interval may still exclude zero: then it is exploratory, one of many comparisons). A byte claim gives FedPepTAO's
+mean bytes per run over the other row's, with and without layer selection's, against the stated bound.
+:func:`claims_markdown` renders it; the results page and README carry that text, and ``tests/test_results_docs.py``
+checks that they match the committed CSVs.
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
-from .benchmark import paired_table
+from .grid_tables import paired_table
 from .stats import holds, p_text
 
 __all__ = ["claims_table", "claims_markdown", "verdict"]

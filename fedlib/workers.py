@@ -54,10 +54,11 @@ def write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def claim(claims: Path, task: str, seed: int) -> bool:
-    """Claim (task, seed) for this worker: True if no other worker claimed it first (an exclusive create)."""
+def claim(claims: Path, task: str, seed: int, row: str | None = None) -> bool:
+    """Claim (task, seed) for this worker, or one ``row`` of it: True if no other worker claimed it first (an exclusive
+    create)."""
     try:
-        (claims / f"{task}-seed{seed}").open("x").close()
+        (claims / (f"{task}-seed{seed}" + (f"-{row}" if row else ""))).open("x").close()
         return True
     except FileExistsError:
         return False

@@ -6,7 +6,7 @@ import math
 import pandas as pd
 import pytest
 
-from fedlib.benchmark import cost_table, paired_table, plot_grid, view_table
+from fedlib.grid_tables import cost_table, paired_table, plot_grid, view_table
 
 
 def _table():

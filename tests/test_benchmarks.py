@@ -37,8 +37,19 @@ def test_every_benchmark_script_has_a_smoke_test():
         "scale_clients.py",
         "grid_workers.py",
         "secagg_cost.py",
+        "paper_shape_cost.py",
     }
     assert {p.name for p in BENCH.glob("*.sh")} == {"gpu_check.sh"}
+
+
+def test_paper_shape_cost_measures_each_part_and_projects_the_grid(tmp_path):
+    out = tmp_path / "cost.json"
+    args = ["--rounds", "1", "--train-limit", "48", "--num-clients", "3", "--json", str(out)]
+    line = run("paper_shape_cost.py", "benchmarks/protocols/paper-shape.yaml", *args)
+    assert re.fullmatch(rf"paper_shape_cost bf16_speedup={NUM} bucket_speedup={NUM} grid_minutes={NUM}", line), line
+    record = json.loads(out.read_text())
+    assert set(record["parts"]) >= {"round_off", "round_bf16", "eval_bf16", "selection", "finetune"}
+    assert record["run_seconds"]["majority_local"] == 0 and record["run_seconds"]["fedavg_ft"] > 0
 
 
 def test_flower_parity():

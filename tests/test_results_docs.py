@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedlib.benchmark import COLUMNS, paired_table, view_table
+from fedlib.benchmark import COLUMNS
+from fedlib.grid_tables import paired_table, view_table
 from fedlib.configbase import yaml_load
 from fedlib.protocol import grid_slices, protocol_rows
 from fedlib.report import markdown_table

@@ -1,0 +1,98 @@
+"""What the paper-shaped protocol needs: every round on the curve at a bearable cost (length-bucketed centralized
+minibatches, personalised views at a few rounds), the area under the curve and two targets, and FedAvg followed by
+local fine-tuning as a row derived from FedAvg's own runs."""
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from fedlib.benchmark import finetuned_history, run_grid, split_target
+from fedlib.config import ModelConfig, TrainConfig
+from fedlib.grid_tables import cost_table, paired_table, plot_diagnostics, view_table
+from fedlib.report import summarize
+from fedlib.simulation import Simulation
+from fedlib.train import bucket_by_length, step_plan
+
+from .configs import build
+
+
+def tiny(**kw):
+    base = dict(task="sst2", num_clients=4, clients_per_round=2, rounds=3, train_limit=64, eval_limit=48, seed=5)
+    return build(model=ModelConfig(prompt_len=2, max_length=64), train=TrainConfig(batch_size=8), **{**base, **kw})
+
+
+def test_length_buckets_keep_every_example_and_the_batch_sizes():
+    gen = torch.Generator().manual_seed(0)
+    lengths = [int(x) for x in torch.randint(3, 60, (50,), generator=gen)]
+    plan = step_plan(50, TrainConfig(batch_size=8), gen, epochs=2)
+    bucketed = bucket_by_length(plan, lengths, 4, torch.Generator().manual_seed(1))
+    assert sorted(len(b) for b in bucketed) == sorted(len(b) for b in plan)
+    for start in range(0, len(plan), 4):  # each run of 4 minibatches: the same examples, re-cut by length
+        got, want = bucketed[start : start + 4], plan[start : start + 4]
+        assert sorted(i for b in got for i in b) == sorted(i for b in want for i in b)
+        spans = [max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in got]
+        assert sum(spans) <= sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in want)
+    padded = lambda steps: sum(len(b) * max(lengths[i] for i in b) for b in steps)  # noqa: E731
+    assert padded(bucketed) < padded(plan)
+    assert bucket_by_length(plan, lengths, 1, gen) is plan
+
+
+def test_personal_views_at_fixed_rounds_and_fine_tuned_copies_at_the_end(bundled_backbone):
+    cfg = tiny(eval_every=1, personal_eval_every=2, finetune_epochs=1, rounds=3)
+    sim = Simulation(cfg, backbone=bundled_backbone, progress=False)
+    h = sim.run().history
+    assert h["global_metric"].notna().all()  # every round on the curve
+    assert h["personal_metric"].notna().tolist() == [False, True, True]  # round 2 and the last
+    last = h.iloc[-1]
+    for view in ("personal", "personal_iid"):
+        assert 0.0 <= last[f"finetuned_{view}_metric"] <= 1.0
+    assert last["seconds_finetune"] > 0
+    assert h["finetuned_personal_metric"].notna().sum() == 1
+    s = summarize(h, 0.0, 0.99)
+    assert s["auc"] == pytest.approx(h["global_metric"].mean())
+    assert s["rounds_to_target"] == 1.0 and (math.isnan(s["rounds_to_target_high"]) or s["rounds_to_target_high"] >= 1)
+    # fine-tuning leaves the run's own model alone: the global view again gives the same number
+    assert sim.evaluate(personal=False)["global_metric"] == pytest.approx(last["global_metric"])
+
+
+def test_a_fine_tuned_row_is_derived_from_its_source_runs_and_targets_come_in_pairs(tmp_path):
+    base = tiny(rounds=2, eval_every=1, personal_eval_every=2)
+    strategies = ["majority_local", "fedavg", "fedavg_ft", "fedpeptao"]
+    targets = {"sst2": [0.3, 0.9]}
+    table = run_grid(
+        base, ["sst2"], strategies, [0, 1], tmp_path, targets=targets, finetuned={"fedavg_ft": "fedavg"}, progress=False
+    )
+    assert sorted(set(table.strategy)) == sorted(strategies) and len(table) == 8
+    rows = table.set_index(["strategy", "seed"])
+    for seed in (0, 1):
+        ft, src = rows.loc[("fedavg_ft", seed)], rows.loc[("fedavg", seed)]
+        assert ft["global_metric"] == src["global_metric"] and ft["auc"] == src["auc"]  # the same global curve
+        assert ft["bytes_total"] == src["bytes_total"]
+        assert ft["seconds_total"] > src["seconds_total"]  # plus the fine-tuning
+        assert 0 < ft["wall_seconds"] < src["wall_seconds"]  # charged the fine-tuning alone, not a second FedAvg
+        history = pd.read_json(tmp_path / "sst2" / f"seed{seed}" / "fedavg" / "results.jsonl", lines=True)
+        assert ft["personal_metric"] == pytest.approx(history["finetuned_personal_metric"].iloc[-1])
+        assert src["personal_metric"] == pytest.approx(history["personal_metric"].iloc[-1])
+    assert (table["target"].dropna() == 0.3).all() and (table["target_high"].dropna() == 0.9).all()
+    assert {"rounds_to_target_high", "MB_to_target_high"} <= set(cost_table(table).columns)
+    assert "auc" in view_table(table).columns and "auc" in set(paired_table(table)["view"])
+    # resumable: nothing left to do, and a derived row needs its source to have fine-tuned
+    again = run_grid(
+        base, ["sst2"], strategies, [0, 1], tmp_path, targets=targets, finetuned={"fedavg_ft": "fedavg"}, progress=False
+    )
+    pd.testing.assert_frame_equal(again, table)
+    with pytest.raises(ValueError, match="finetune_epochs"):
+        finetuned_history(pd.DataFrame({"round": [1], "personal_metric": [0.5]}))
+    with pytest.raises(Exception, match="finetuned.fedavg_ft"):
+        run_grid(base, ["sst2"], ["fedavg_ft", "fedavg"], [0], tmp_path, finetuned={"fedavg_ft": "fedavg"})
+    fig = plot_diagnostics(tmp_path, "sst2", [0, 1])
+    assert fig is not None and len(fig.axes) >= 2  # FedPepTAO's momentum share and norms, per round
+    assert plot_diagnostics(tmp_path, "sst2", [0, 1], strategy="fedavg") is None
+
+
+def test_target_pairs_are_ordered():
+    assert split_target(0.7) == (0.7, None) and split_target([0.7, 0.8]) == (0.7, 0.8) and split_target(None)[0] is None
+    with pytest.raises(ValueError, match="low <= high"):
+        split_target([0.8, 0.7])
