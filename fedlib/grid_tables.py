@@ -21,6 +21,8 @@ __all__ = [
     "paired_table",
     "cost_table",
     "grid_histories",
+    "grid_curves",
+    "CURVE_COLUMNS",
     "plot_grid",
     "plot_diagnostics",
 ]
@@ -94,21 +96,56 @@ def cost_table(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def grid_histories(out_dir: str | Path, task: str, seed: int) -> dict[str, pd.DataFrame]:
-    """The per-round histories of one (task, seed) of a grid, by strategy."""
-    base = Path(out_dir) / task / f"seed{seed}"
+CURVE_COLUMNS = [
+    "round",
+    *VIEW_COLUMNS,
+    "cum_bytes",
+    "cum_seconds",
+    "momentum_share",
+    "correction_share",
+    "c_norm",
+    "c_i_norm",
+    "server_lr",
+]
+"""What :func:`grid_curves` keeps of each round's record: the views, the cumulative costs, FedPepTAO's diagnostics."""
+
+
+def grid_histories(source: str | Path | pd.DataFrame, task: str, seed: int) -> dict[str, pd.DataFrame]:
+    """The per-round histories of one (task, seed) of a grid, by strategy: from the grid's folder (each run's
+    ``results.jsonl``) or from its curves table (:func:`grid_curves`; committed as ``results/<name>-curves.csv``)."""
+    if isinstance(source, pd.DataFrame):
+        mine = source[(source["task"] == task) & (source["seed"] == seed)]
+        return {name: h.reset_index(drop=True) for name, h in mine.groupby("strategy", sort=False)}
+    base = Path(source) / task / f"seed{seed}"
     return {p.parent.name: pd.read_json(p, lines=True) for p in sorted(base.glob("*/results.jsonl"))}
 
 
+def grid_curves(out_dir: str | Path, table: pd.DataFrame) -> pd.DataFrame:
+    """One row per (task, strategy, seed, round) of ``table``'s runs whose folders hold their histories, with
+    :data:`CURVE_COLUMNS` (6 significant digits): what the figures need, small enough to commit beside the CSV."""
+    frames = []
+    for (task, seed), rows in table.groupby(["task", "seed"], sort=False):
+        runs = grid_histories(out_dir, task, int(seed))
+        for name in dict.fromkeys(rows["strategy"]):
+            if name in runs:
+                h = runs[name].reindex(columns=CURVE_COLUMNS)
+                frames.append(h[h["round"] >= 1].assign(task=task, strategy=name, seed=int(seed)))
+    if not frames:
+        return pd.DataFrame(columns=["task", "strategy", "seed", *CURVE_COLUMNS])
+    out = pd.concat(frames, ignore_index=True)[["task", "strategy", "seed", *CURVE_COLUMNS]]
+    return out.dropna(axis=1, how="all").map(lambda v: float(f"{v:.6g}") if isinstance(v, float) else v)
+
+
 def plot_grid(
-    out_dir: str | Path,
+    out_dir: str | Path | pd.DataFrame,
     task: str,
     seeds: int | list[int],
     view: str = "global_metric",
     highlight: tuple[str, ...] = ("fedpeptao",),
 ):
     """Two panels, one line per strategy with its 95% CI band over ``seeds``: ``view`` per round and per cumulative
-    MB (selection included). References without rounds (``majority_local``) are a dashed horizontal line."""
+    MB (selection included). References without rounds (``majority_local``) are a dashed horizontal line.
+    ``out_dir``: the grid's folder, or its curves table (:func:`grid_histories`)."""
     import matplotlib.pyplot as plt
     import numpy as np
 
@@ -150,7 +187,7 @@ def plot_grid(
 
 
 def plot_diagnostics(
-    out_dir: str | Path,
+    out_dir: str | Path | pd.DataFrame,
     task: str,
     seeds: list[int],
     strategy: str = "fedpeptao",

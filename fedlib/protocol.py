@@ -51,7 +51,7 @@ from .benchmark import COLUMNS, pending_runs, run_dir, run_grid
 from .cli import plain
 from .config import ExperimentConfig
 from .configbase import yaml_load
-from .grid_tables import cost_table, paired_table, plot_diagnostics, plot_grid, view_table
+from .grid_tables import cost_table, grid_curves, paired_table, plot_diagnostics, plot_grid, view_table
 from .report import DIAGNOSTICS, markdown_table
 from .stats import p_text
 from .verdicts import claims_markdown
@@ -396,6 +396,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         res = Path(args.results)
         res.mkdir(parents=True, exist_ok=True)
         table.to_csv(res.with_suffix(".csv"), index=False)
+        if table["auc"].notna().any() and curved:  # a curve per round: committed beside the CSV (notebook 05)
+            grid_curves(out, table).to_csv(res.parent / f"{res.name}-curves.csv", index=False)
         figures = [
             f if Path(f).resolve() == (res / f.name).resolve() else shutil.copy(f, res / f.name) for f in figures
         ]

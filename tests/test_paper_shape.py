@@ -10,7 +10,7 @@ import torch
 
 from fedlib.benchmark import finetuned_history, run_grid, split_target
 from fedlib.config import ModelConfig, TrainConfig
-from fedlib.grid_tables import cost_table, paired_table, plot_diagnostics, view_table
+from fedlib.grid_tables import cost_table, grid_curves, paired_table, plot_diagnostics, plot_grid, view_table
 from fedlib.report import summarize
 from fedlib.simulation import Simulation
 from fedlib.train import bucket_by_length, step_plan
@@ -90,6 +90,12 @@ def test_a_fine_tuned_row_is_derived_from_its_source_runs_and_targets_come_in_pa
     fig = plot_diagnostics(tmp_path, "sst2", [0, 1])
     assert fig is not None and len(fig.axes) >= 2  # FedPepTAO's momentum share and norms, per round
     assert plot_diagnostics(tmp_path, "sst2", [0, 1], strategy="fedavg") is None
+    # the curves table (committed beside a protocol's CSV) draws the same figures without the run folders
+    curves = grid_curves(tmp_path, table)
+    assert len(curves) == 2 * (3 * 2 + 1) and set(curves["strategy"]) == set(strategies)  # the floor: one row
+    assert {"global_metric", "cum_bytes", "c_norm"} <= set(curves.columns) and curves["round"].min() == 1
+    assert len(plot_diagnostics(curves, "sst2", [0, 1]).axes) == len(fig.axes)
+    assert plot_grid(curves, "sst2", [0, 1]).axes[0].get_lines()
 
 
 def test_target_pairs_are_ordered():
