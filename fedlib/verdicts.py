@@ -6,6 +6,7 @@ view, or one byte ratio:
     claims:
       - {claim: "more accurate than FedAvg on all layers", vs: fedavg, view: global_metric}
       - {claim: "at most half FedAvg's bytes", vs: fedavg, bytes: 0.5}
+      - {claim: "loses at most one point to FedAvg", vs: fedavg, view: auc, margin: 0.01}
 
 :func:`claims_table` gives, per claim and task, the paired difference (mean ± 95% CI over seeds, seeds ahead) and its
 Holm-adjusted p-value, adjusted over the protocol's whole family of comparisons
@@ -27,8 +28,15 @@ from .stats import holds, p_text
 __all__ = ["claims_table", "claims_markdown", "verdict"]
 
 
-def verdict(diff: float, p_holm: float, level: float = 0.95) -> str:
-    """``ahead`` / ``behind`` when the Holm-adjusted p-value is below 1 - level, else ``no difference shown``."""
+def verdict(diff: float, p_holm: float, level: float = 0.95, ci: float = float("nan"), margin=None) -> str:
+    """``ahead`` / ``behind`` when the Holm-adjusted p-value is below 1 - level, else ``no difference shown``. With a
+    ``margin`` (a non-inferiority claim: "loses at most ``margin``"): ``within the margin`` when the paired 95%
+    interval's lower end ``diff - ci`` lies above ``-margin``, ``beyond the margin`` when its upper end lies below it,
+    else ``not shown`` (the interval is the comparison's own, not Holm-adjusted: the page says so)."""
+    if margin is not None:
+        if diff - ci > -margin:
+            return "within the margin"
+        return "beyond the margin" if diff + ci < -margin else "not shown"
     if holds(p_holm, level):
         return "ahead" if diff > 0 else "behind"
     return "no difference shown"
@@ -61,12 +69,15 @@ def claims_table(table: pd.DataFrame, claims: list[dict], method: str = "fedpept
         found = paired[(paired["vs"] == claim["vs"]) & (paired["view"] == view)] if len(paired) else paired
         for r in found.to_dict("records"):
             numbers = f"{r['diff ± CI']}, {r['wins']}/{r['seeds']} seeds ahead, p_holm {p_text(r['p_holm'])}"
+            margin = claim.get("margin")
+            if margin is not None:
+                numbers += f", margin {margin}"
             rows.append(
                 {
                     "claim": claim["claim"],
                     "task": r["task"],
                     "numbers": numbers,
-                    "verdict": verdict(r["diff"], r["p_holm"]),
+                    "verdict": verdict(r["diff"], r["p_holm"], ci=r["ci"], margin=margin),
                 }
             )
     return pd.DataFrame(rows, columns=["claim", "task", "numbers", "verdict"])

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from fedlib.benchmark import COLUMNS
-from fedlib.grid_tables import paired_table, view_table
 from fedlib.configbase import yaml_load
+from fedlib.grid_tables import paired_table, view_table
 from fedlib.protocol import grid_slices, protocol_rows
 from fedlib.report import markdown_table
 from fedlib.stats import holm, paired_pvalue
@@ -58,6 +58,10 @@ def test_paired_pvalue_is_the_t_test_behind_the_interval():
     assert paired_pvalue([0.0, 0.0, 0.0]) == 1.0 and np.isnan(paired_pvalue([0.1]))
     assert verdict(0.02, 0.01) == "ahead" and verdict(-0.02, 0.01) == "behind"
     assert verdict(0.02, 0.2) == "no difference shown" and verdict(0.02, np.nan) == "no difference shown"
+    # a non-inferiority claim reads the interval against the margin
+    assert verdict(-0.004, 0.5, ci=0.005, margin=0.01) == "within the margin"
+    assert verdict(-0.03, 0.01, ci=0.01, margin=0.01) == "beyond the margin"
+    assert verdict(-0.01, 0.5, ci=0.02, margin=0.01) == "not shown"
 
 
 def test_the_family_is_the_whole_paired_table():
