@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -195,6 +196,8 @@ def _full(s, out):
         assert pep["bytes_per_round"] == sel["bytes_per_round"]  # the same selected layers travel
         assert pep["selection_bytes"] > 0 and pep["bytes_total"] > pep["selection_bytes"]
         assert rows["majority_local", seed]["bytes_total"] == 0
+    committed = ROOT / "results" / "paper-shape.csv"  # section 4 draws the committed protocol's curves and claims
+    assert s["committed_rows"] == (len(pd.read_csv(committed)) if committed.exists() else 0)
 
 
 def _privacy(s, out):
