@@ -82,6 +82,8 @@ def projection(parts: dict, proto: dict, rounds: int, workers: int) -> dict:
             rows[name] += r * parts["eval_bf16"]
         elif name in (proto.get("finetuned") or {}):
             rows[name] = parts["finetune"]
+        elif name == "local_only":  # no global model: its personalised views only
+            rows[name] = r * parts["round_bf16"] + personal * parts["personal_eval_fedpeptao"]
         elif name in ("fedpeptao", "fedavg_selected"):
             rows[name] = fed_run + parts["selection"] + personal * parts["personal_eval_fedpeptao"]
         else:
