@@ -61,9 +61,20 @@ def test_a_fine_tuned_row_is_derived_from_its_source_runs_and_targets_come_in_pa
     base = tiny(rounds=2, eval_every=1, personal_eval_every=2)
     strategies = ["majority_local", "fedavg", "fedavg_ft", "fedpeptao"]
     targets = {"sst2": [0.3, 0.9]}
+    (tmp_path / "claims").mkdir()  # as one of --workers' processes: every run claimed before it runs
     table = run_grid(
-        base, ["sst2"], strategies, [0, 1], tmp_path, targets=targets, finetuned={"fedavg_ft": "fedavg"}, progress=False
+        base,
+        ["sst2"],
+        strategies,
+        [0, 1],
+        tmp_path,
+        targets=targets,
+        finetuned={"fedavg_ft": "fedavg"},
+        progress=False,
+        claims=tmp_path / "claims",
     )
+    claimed = sorted(p.name for p in (tmp_path / "claims").iterdir())
+    assert claimed == [f"sst2-seed{s}{k}" for s in (0, 1) for k in ("", "-fedavg", "-majority_local")]
     assert sorted(set(table.strategy)) == sorted(strategies) and len(table) == 8
     rows = table.set_index(["strategy", "seed"])
     for seed in (0, 1):
