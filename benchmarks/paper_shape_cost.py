@@ -61,10 +61,10 @@ def measure(base, rounds: int) -> dict:
     out["finetune"] = float(sim.run().history["seconds_finetune"].iloc[-1])
     model, data = sim.model, sim.train
     steps = centralized_steps_per_round(bf16, len(data))
-    for bucket in (0, bf16.fed.clients_per_round):
+    for what, bucket in (("random", 0), ("bucketed", bf16.fed.clients_per_round)):
         opt, gen = make_optimizer(model, bf16.train), torch.Generator().manual_seed(0)
         args = (model, opt, data, bf16.train, sim.device, gen, 10, steps)
-        out[f"centralized_round_bucket{bucket}"] = min(_seconds(local_train, *args, bucket=bucket) for _ in range(2))
+        out[f"centralized_round_{what}"] = min(_seconds(local_train, *args, bucket=bucket) for _ in range(2))
     return out
 
 
@@ -78,7 +78,7 @@ def projection(parts: dict, proto: dict, rounds: int, workers: int) -> dict:
         if name == "majority_local":
             rows[name] = 0.0
         elif name == "centralized":
-            rows[name] = r * (parts[f"centralized_round_bucket{proto['experiment']['fed']['clients_per_round']}"])
+            rows[name] = r * parts["centralized_round_bucketed"]
             rows[name] += r * parts["eval_bf16"]
         elif name in (proto.get("finetuned") or {}):
             rows[name] = parts["finetune"]
@@ -123,7 +123,7 @@ def main() -> None:
     print(markdown_table(pd.DataFrame([{"part": k, "seconds": v} for k, v in parts.items()]), ".2f"))
     print(markdown_table(pd.DataFrame([{"row": k, "seconds per run": v} for k, v in proj["run_seconds"].items()])))
     bf16 = parts["round_off"] / parts["round_bf16"]
-    bucket = parts["centralized_round_bucket0"] / parts[f"centralized_round_bucket{base.fed.clients_per_round}"]
+    bucket = parts["centralized_round_random"] / parts["centralized_round_bucketed"]
     if args.json:
         Path(args.json).write_text(
             json.dumps({"task": task, "rounds_measured": args.rounds, "parts": parts, **proj}, indent=2) + "\n"

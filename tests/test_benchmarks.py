@@ -271,9 +271,9 @@ def test_every_protocol_builds_its_configs(path):
 
     proto = yaml_load(path.read_text())
     base = ExperimentConfig.from_dict(proto["experiment"])
-    variants, params = proto.get("variants", {}), proto.get("params", {})
+    variants, params, derived = proto.get("variants", {}), proto.get("params", {}), proto.get("finetuned", {})
     for name in proto["strategies"]:
-        assert name in variants or name in STRATEGIES or name in REFERENCES, name
+        assert name in variants or name in STRATEGIES or name in REFERENCES or derived.get(name) in STRATEGIES, name
         cfg = base.with_overrides(variants[name]) if name in variants else base
         if name in STRATEGIES:
             for task in proto["tasks"]:  # a hyper-parameter may be tuned per task: {task: value}
