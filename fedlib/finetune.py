@@ -8,20 +8,21 @@ on its eval shards. The personalised views of these copies are reported beside t
 untouched. A grid derives a row from them, e.g. ``fedavg_ft``: FedAvg, then local fine-tuning, at the cost of the
 fine-tuning alone (:func:`fedlib.benchmark.finetuned_row`), where running FedAvg again would double it.
 
-Every client is fine-tuned (N of them, not m): what a deployment would do before serving its users. Randomness per
-client is derived from (seed, rounds, client) on a stream of its own, so the result does not depend on the order.
+Every client is fine-tuned (N of them, not m): what a deployment would do before serving its users. Each client's
+minibatch order is derived from (seed, rounds, client) on a stream of its own; the prompts' dropout draws from torch's
+global generator, as the run left it, so a run is reproducible as a whole (same seed, same result), not client by
+client. The fine-tuned copies are scored as :func:`fedlib.evaluation.evaluate_personal` scores a run's clients.
 """
 
 from __future__ import annotations
 
 import time
 
-import numpy as np
 import torch
 
 from .client import LocalRun, client_seed
-from .evaluation import pool_personal, union_positions, view_record
-from .train import local_train, make_optimizer, predict
+from .evaluation import evaluate_personal, view_record
+from .train import local_train, make_optimizer
 
 __all__ = ["FINETUNE_STREAM", "finetune_views"]
 
@@ -42,9 +43,8 @@ def finetune_views(sim) -> dict:
     cfg, model, device = sim.cfg, sim.model, sim.device
     t0 = time.perf_counter()
     train_cfg = cfg.train.replace(epochs=cfg.fed.finetune_epochs)
-    views = {"personal": sim.partition.eval, "personal_iid": sim.partition.eval_iid}
-    preds: dict[str, dict[int, np.ndarray]] = {name: {} for name in views}
     shared = {k: v.to(device) for k, v in sim.server.shared.items()}
+    tuned: dict[int, dict[str, torch.Tensor]] = {}  # client -> every trainable tensor of its fine-tuned copy
     clients = list(range(cfg.fed.num_clients))
     group = cfg.fed.clients_per_round if cfg.run.batch_clients != "off" and supports_batching(model) else 1
     for start in range(0, len(clients), group):
@@ -62,17 +62,12 @@ def finetune_views(sim) -> dict:
             batched_local_train(runs, datas, device, gens, cfg.run.batch_chunk)
         else:
             local_train(model, runs[0].opt, datas[0], train_cfg, device, gens[0])
-        for m, k in zip(models, ks):
-            idx, positions = union_positions({name: shards[k] for name, shards in views.items()})
-            if not idx:
-                continue
-            p = predict(m, sim.eval.subset(idx), cfg.train.eval_batch_size, device)[0].numpy()
-            for name, pos in positions.items():
-                if pos:
-                    preds[name][k] = p[pos]
+        tuned.update({k: m.state() for m, k in zip(models, ks)})
+    views = {"personal": sim.partition.eval, "personal_iid": sim.partition.eval_iid}
+    pooled = evaluate_personal(model, shared, tuned.__getitem__, sim.eval, views, cfg.train.eval_batch_size, device)
     model.load_state(shared)
     model.load_state({n: v.to(device) for n, v in sim.init_personal.items()})
     out = {"seconds_finetune": time.perf_counter() - t0}
-    for name, shards in views.items():
-        out.update(view_record(f"finetuned_{name}", pool_personal(model.task, preds[name], sim.eval, shards)))
+    for name, result in pooled.items():
+        out.update(view_record(f"finetuned_{name}", result))
     return out

@@ -76,8 +76,7 @@ def summarize(history: pd.DataFrame, target: float | None = None, target_high: f
     """Final metric of each view (and the best global one), ``auc``: the area under the global curve (the mean global
     metric over the evaluated rounds, a convergence-speed and stability summary in the metric's units), bytes and
     seconds per round (training rounds) and in total (layer selection included, also on its own), and
-    rounds/seconds/bytes to ``target`` (and to ``target_high``: ``*_to_target_high``) on the global metric. With
-    fine-tuned copies (``fed.finetune_epochs``), their personalised views (``final_finetuned_*_metric``)."""
+    rounds/seconds/bytes to ``target`` (and to ``target_high``: ``*_to_target_high``) on the global metric."""
     rounds = history[history["round"] >= 1]
     selection = history[history["round"] == 0]
     curve = view_series(rounds, "global_metric").dropna()
@@ -87,9 +86,6 @@ def summarize(history: pd.DataFrame, target: float | None = None, target_high: f
         "best_global_metric": float(best) if best == best else math.nan,
         "final_personal_metric": _last(history, "personal_metric"),
         "final_personal_iid_metric": _last(history, "personal_iid_metric"),
-        "final_finetuned_personal_metric": _last(history, "finetuned_personal_metric"),
-        "final_finetuned_personal_iid_metric": _last(history, "finetuned_personal_iid_metric"),
-        "seconds_finetune": float(rounds["seconds_finetune"].sum()) if "seconds_finetune" in rounds else 0.0,
         "auc": float(curve.mean()) if len(curve) else math.nan,
         "bytes_up_per_round": float(rounds["bytes_up"].mean()),
         "bytes_down_per_round": float(rounds["bytes_down"].mean()),
