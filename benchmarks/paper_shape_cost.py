@@ -70,6 +70,8 @@ def measure(base, rounds: int) -> dict:
 
 def projection(parts: dict, proto: dict, rounds: int, workers: int) -> dict:
     """One run's seconds per row of the protocol at its round budget, and the grid's minutes on ``workers``."""
+    from fedlib.strategies import STRATEGIES
+
     r = rounds
     personal = r // max(proto["experiment"]["fed"].get("personal_eval_every") or r, 1)
     fed_run = r * (parts["round_bf16"] + parts["eval_bf16"])
@@ -82,9 +84,9 @@ def projection(parts: dict, proto: dict, rounds: int, workers: int) -> dict:
             rows[name] += r * parts["eval_bf16"]
         elif name in (proto.get("finetuned") or {}):
             rows[name] = parts["finetune"]
-        elif name == "local_only":  # no global model: its personalised views only
+        elif STRATEGIES[name].head_role == "personal":  # local_only: no global model, its personalised views only
             rows[name] = r * parts["round_bf16"] + personal * parts["personal_eval_fedpeptao"]
-        elif name in ("fedpeptao", "fedavg_selected"):
+        elif STRATEGIES[name].layers == "selected":  # a layer selection, and personal layers to evaluate
             rows[name] = fed_run + parts["selection"] + personal * parts["personal_eval_fedpeptao"]
         else:
             rows[name] = fed_run
