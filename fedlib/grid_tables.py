@@ -142,10 +142,12 @@ def plot_grid(
     seeds: int | list[int],
     view: str = "global_metric",
     highlight: tuple[str, ...] = ("fedpeptao",),
+    skip: tuple[str, ...] = (),
 ):
     """Two panels, one line per strategy with its 95% CI band over ``seeds``: ``view`` per round and per cumulative
     MB (selection included). References without rounds (``majority_local``) are a dashed horizontal line.
-    ``out_dir``: the grid's folder, or its curves table (:func:`grid_histories`)."""
+    ``out_dir``: the grid's folder, or its curves table (:func:`grid_histories`); ``skip``: rows left out (a
+    protocol's derived rows, whose global curve is their source's: ``fedavg_ft``'s is FedAvg's)."""
     import matplotlib.pyplot as plt
     import numpy as np
 
@@ -153,7 +155,7 @@ def plot_grid(
     runs: dict[str, list[pd.DataFrame]] = {}
     for seed in seeds:
         for name, h in grid_histories(out_dir, task, seed).items():
-            if view in h:
+            if view in h and name not in skip:
                 runs.setdefault(name, []).append(h[h[view].notna()][["round", view, "cum_bytes"]])
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     counts = {name: len(hs) for name, hs in runs.items()}

@@ -77,17 +77,18 @@ def platform_name() -> str:
 
 
 def record_provenance(out: Path, command: str, workers: int = 1) -> dict:
-    """Append this invocation to ``<out>/provenance.json``: its commit, start time and number of workers, and a
-    ``wall_seconds`` entry left ``null`` until :func:`record_wall_time` fills it (an interrupted invocation keeps it).
-    """
+    """Append this invocation to ``<out>/provenance.json``: its command line, commit, start time and number of
+    workers, and a ``wall_seconds`` entry left ``null`` until :func:`record_wall_time` fills it (an interrupted
+    invocation keeps it). ``command`` stays the first invocation's."""
     path = out / "provenance.json"
     prov = json.loads(path.read_text()) if path.exists() else {"command": command, "commits": [], "started": []}
-    for key in ("workers", "wall_seconds"):  # files from before these were recorded: unknown for earlier invocations
+    for key in ("workers", "wall_seconds", "commands"):  # files from before these were recorded: unknown before
         prov[key] = prov.get(key, []) + [None] * (len(prov["started"]) - len(prov.get(key, [])))
     prov["commits"].append(git_commit())
     prov["started"].append(time.strftime("%Y-%m-%d %H:%M:%S %Z"))
     prov["workers"].append(workers)
     prov["wall_seconds"].append(None)
+    prov["commands"].append(command)
     write_atomic(path, json.dumps(prov, indent=2))
     return prov
 
@@ -96,6 +97,13 @@ def record_wall_time(out: Path, prov: dict, seconds: float) -> None:
     """Fill this invocation's ``wall_seconds`` (start to finish of its runs, all workers together)."""
     prov["wall_seconds"][-1] = round(seconds, 1)
     write_atomic(out / "provenance.json", json.dumps(prov, indent=2))
+
+
+def commands_sentence(prov: dict) -> str:
+    """The command lines of the grid's invocations, each once, in the order first used (files from before they were
+    recorded per invocation: the first one's only)."""
+    commands = list(dict.fromkeys([prov["command"], *(c for c in prov.get("commands") or [] if c)]))
+    return ("Command: " if len(commands) == 1 else "Commands: ") + "; then ".join(f"`{c}`" for c in commands)
 
 
 def wall_time_sentence(prov: dict) -> str:
@@ -129,8 +137,9 @@ def results_section(name: str, proto: dict, table, prov: dict, figures: list[str
     """The results page's section for one protocol, rendered from the grid's CSV. ``uncurved``: rows of the CSV whose
     runs' per-round histories are not in the grid's folder (kept from an earlier invocation): tables only."""
     commits = ", ".join(dict.fromkeys(prov["commits"]))
-    wall_s = table["wall_seconds"].sum()
-    typical = table.groupby(["task", "strategy"])["wall_seconds"].transform("median").sum()
+    ran = table[~table["strategy"].isin(list(proto.get("finetuned") or {}))]  # a derived row's seconds: in its source's
+    wall_s = ran["wall_seconds"].sum()
+    typical = ran.groupby(["task", "strategy"])["wall_seconds"].transform("median").sum()
     seeds = proto["seeds"]
     lines = [
         f"Protocol `{name}`: tasks {', '.join(proto['tasks'])}; {len(seeds)} seeds {seeds}"
@@ -143,7 +152,7 @@ def results_section(name: str, proto: dict, table, prov: dict, figures: list[str
         + (f"; hyper-parameters `{json.dumps(proto['params'], separators=(',', ':'))}`" if proto.get("params") else "")
         + (f"; variants `{json.dumps(proto['variants'], separators=(',', ':'))}`" if proto.get("variants") else "")
         + ".",
-        f"Command: `{prov['command']}` at commit(s) {commits}."
+        f"{commands_sentence(prov)} at commit(s) {commits}."
         + (
             f" Sum of the runs' wall times: {wall_s / 60:.1f} min on {platform_name()}; {typical / 60:.1f} min with "
             "every run at its row's median (robust to runs slowed by other work on the machine)."
@@ -379,7 +388,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
             figures.append(kept)
             continue
         seeds = sorted(set(table.loc[table["task"] == task, "seed"]))
-        fig = plot_grid(out, task, seeds)
+        fig = plot_grid(out, task, seeds, skip=tuple(proto.get("finetuned") or {}))
         fig.savefig(out / f"{task}.png", dpi=90)
         figures.append(out / f"{task}.png")
         curves = table.loc[table["task"] == task, "auc"].notna().any()  # grids recording the area under the curve

@@ -271,8 +271,13 @@ def test_provenance_records_each_invocations_wall_time_and_workers(tmp_path, mon
     monkeypatch.setattr(protocol, "git_commit", lambda: "abc1234")
     older = {"command": "python benchmarks/run_grid.py p.yaml --out x", "commits": ["0000000"], "started": ["then"]}
     (tmp_path / "provenance.json").write_text(json.dumps(older))  # written before wall times were recorded
-    prov = protocol.record_provenance(tmp_path, "ignored: the first command stays", workers=2)
+    prov = protocol.record_provenance(tmp_path, "python benchmarks/run_grid.py p.yaml --out x --tasks b", workers=2)
     assert prov["workers"] == [None, 2] and prov["wall_seconds"] == [None, None]
+    assert prov["commands"] == [None, "python benchmarks/run_grid.py p.yaml --out x --tasks b"]
+    assert protocol.commands_sentence(prov) == (
+        "Commands: `python benchmarks/run_grid.py p.yaml --out x`; then `python benchmarks/run_grid.py p.yaml --out x "
+        "--tasks b`"
+    )
     assert protocol.wall_time_sentence(prov) == ""  # nothing measured yet: no claim
     protocol.record_wall_time(tmp_path, prov, 6065.04)
     stored = json.loads((tmp_path / "provenance.json").read_text())
