@@ -14,6 +14,10 @@ configuration cut to ``--rounds`` rounds, it measures, each on its own and side 
 
 Prints a table of seconds and, from it, one run's seconds per row of the protocol and the whole grid's minutes on
 ``--workers`` processes; the last line is ``paper_shape_cost bf16_speedup=<x> bucket_speedup=<y> grid_minutes=<z>``.
+
+``--profile`` instead runs one bf16 FedAvg round (local training and the round's evaluation) under torch's profiler
+and prints where its CPU time goes, by kind of operator (matrix products, dropout's random masks, dtype casts,
+attention, element-wise and the rest); the last line is ``paper_shape_profile matmul=<share> dropout=<share> ...``.
 """
 
 from __future__ import annotations
@@ -68,6 +72,52 @@ def measure(base, rounds: int) -> dict:
     return out
 
 
+# Operator families of a round's profile (--profile, on a CPU): torch operator names -> the kind of work they are.
+KINDS = {
+    "matmul": ("aten::addmm", "aten::mm", "aten::bmm"),
+    "dropout": ("aten::bernoulli_",),
+    "cast": ("aten::copy_", "aten::_to_copy"),
+    "attention": (
+        "aten::_scaled_dot_product_flash_attention_for_cpu",
+        "aten::_softmax",
+        "aten::_softmax_backward_data",
+    ),
+    "elementwise": (
+        "aten::gelu",
+        "aten::gelu_backward",
+        "aten::mul",
+        "aten::add",
+        "aten::add_",
+        "aten::div_",
+        "aten::native_layer_norm",
+        "aten::native_layer_norm_backward",
+        "aten::cat",
+        "aten::where",
+    ),
+}
+
+
+def profile_round(base) -> dict:
+    """Shares of one bf16 FedAvg round's self CPU time (local training + the round's evaluation) per :data:`KINDS`,
+    after one round of warm-up; ``other`` is the rest (Python, optimizer steps, small ops)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from fedlib.simulation import Simulation
+
+    cfg = base.replace(train=base.train.replace(autocast="bf16"))
+    cfg = cfg.replace(fed=cfg.fed.replace(rounds=1, personal_eval_every=1, finetune_epochs=0))
+    Simulation(cfg, progress=False).run()  # warm-up: first-call allocations and kernels
+    sim = Simulation(cfg, progress=False)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        sim.run()
+    self_us = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
+    total = sum(self_us.values())
+    shares = {kind: sum(self_us.get(op, 0.0) for op in ops) / total for kind, ops in KINDS.items()}
+    shares["other"] = 1.0 - sum(shares.values())
+    shares["seconds"] = total / 1e6
+    return shares
+
+
 def projection(parts: dict, proto: dict, rounds: int, workers: int) -> dict:
     """One run's seconds per row of the protocol at its round budget, and the grid's minutes on ``workers``."""
     from fedlib.strategies import STRATEGIES
@@ -107,6 +157,7 @@ def main() -> None:
     p.add_argument("--json", help="write the measurements and the projection here")
     p.add_argument("--train-limit", type=int, help="override data.train_limit (smoke tests)")
     p.add_argument("--num-clients", type=int, help="override fed.num_clients (smoke tests)")
+    p.add_argument("--profile", action="store_true", help="profile one bf16 FedAvg round by kind of operator instead")
     args = p.parse_args()
     torch.set_num_threads(1)
     proto = yaml_load(Path(args.protocol).read_text())
@@ -118,6 +169,11 @@ def main() -> None:
     if args.num_clients:
         n = args.num_clients
         base = base.replace(fed=base.fed.replace(num_clients=n, clients_per_round=min(n, base.fed.clients_per_round)))
+    if args.profile:
+        shares = profile_round(base)
+        print(f"{task}: one bf16 FedAvg round, {shares.pop('seconds'):.2f} s of CPU time by kind of operator")
+        print("paper_shape_profile " + " ".join(f"{k}={v:.3f}" for k, v in shares.items()))
+        return
     parts = measure(base, args.rounds)
     proj = projection(parts, proto, base.fed.rounds, args.workers)
     import pandas as pd

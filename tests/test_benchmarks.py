@@ -52,6 +52,15 @@ def test_paper_shape_cost_measures_each_part_and_projects_the_grid(tmp_path):
     assert record["run_seconds"]["majority_local"] == 0 and record["run_seconds"]["fedavg_ft"] > 0
 
 
+def test_paper_shape_cost_profiles_a_round_by_kind_of_operator():
+    args = ["--profile", "--train-limit", "48", "--num-clients", "3"]
+    line = run("paper_shape_cost.py", "benchmarks/protocols/paper-shape.yaml", *args)
+    shares = dict(kv.split("=") for kv in line.removeprefix("paper_shape_profile ").split())
+    assert list(shares) == ["matmul", "dropout", "cast", "attention", "elementwise", "other"], line
+    values = {k: float(v) for k, v in shares.items()}
+    assert values["matmul"] > 0.1 and values["dropout"] > 0 and abs(sum(values.values()) - 1) < 0.01, line
+
+
 def test_flower_parity():
     line = run(
         "flower_parity.py",
