@@ -11,6 +11,7 @@ import torch
 from fedlib.benchmark import finetuned_history, run_grid, split_target
 from fedlib.config import ModelConfig, TrainConfig
 from fedlib.grid_tables import cost_table, grid_curves, paired_table, plot_diagnostics, plot_grid, view_table
+from fedlib.protocol import results_section
 from fedlib.report import summarize
 from fedlib.simulation import Simulation
 from fedlib.train import bucket_by_length, step_plan
@@ -107,6 +108,15 @@ def test_a_fine_tuned_row_is_derived_from_its_source_runs_and_targets_come_in_pa
     assert {"global_metric", "cum_bytes", "c_norm"} <= set(curves.columns) and curves["round"].min() == 1
     assert len(plot_diagnostics(curves, "sst2", [0, 1]).axes) == len(fig.axes)
     assert plot_grid(curves, "sst2", [0, 1]).axes[0].get_lines()
+    labels = lambda fig: {line.get_label() for line in fig.axes[0].get_lines()}  # noqa: E731
+    assert "fedavg_ft" in labels(plot_grid(curves, "sst2", [0, 1]))
+    assert "fedavg_ft" not in labels(plot_grid(curves, "sst2", [0, 1], skip=("fedavg_ft",)))  # FedAvg's curve again
+    # the results header's sum of run times leaves the derived row out: its seconds are in FedAvg's runs
+    proto = {"tasks": ["sst2"], "seeds": [0, 1], "strategies": strategies, "finetuned": {"fedavg_ft": "fedavg"}}
+    proto["experiment"] = {"fed": {"rounds": 2}}
+    prov = {"command": "run_grid p.yaml", "commits": ["abc1234"]}
+    ran = table.loc[table.strategy != "fedavg_ft", "wall_seconds"].sum()
+    assert f"Sum of the runs' wall times: {ran / 60:.1f} min" in results_section("p", proto, table, prov, [])
 
 
 def test_target_pairs_are_ordered():
