@@ -155,7 +155,7 @@ def plot_grid(
     runs: dict[str, list[pd.DataFrame]] = {}
     for seed in seeds:
         for name, h in grid_histories(out_dir, task, seed).items():
-            if view in h and name not in skip:
+            if view in h and h[view].notna().any() and name not in skip:  # local_only: no global curve
                 runs.setdefault(name, []).append(h[h[view].notna()][["round", view, "cum_bytes"]])
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     counts = {name: len(hs) for name, hs in runs.items()}

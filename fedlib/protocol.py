@@ -77,9 +77,8 @@ def platform_name() -> str:
 
 
 def record_provenance(out: Path, command: str, workers: int = 1) -> dict:
-    """Append this invocation to ``<out>/provenance.json``: its command line, commit, start time and number of
-    workers, and a ``wall_seconds`` entry left ``null`` until :func:`record_wall_time` fills it (an interrupted
-    invocation keeps it). ``command`` stays the first invocation's."""
+    """Append this invocation (command line, commit, start time, workers) to ``<out>/provenance.json``; its
+    ``wall_seconds`` stays ``null`` until :func:`record_wall_time` fills it (``command``: the first invocation's)."""
     path = out / "provenance.json"
     prov = json.loads(path.read_text()) if path.exists() else {"command": command, "commits": [], "started": []}
     for key in ("workers", "wall_seconds", "commands"):  # files from before these were recorded: unknown before
@@ -100,8 +99,7 @@ def record_wall_time(out: Path, prov: dict, seconds: float) -> None:
 
 
 def commands_sentence(prov: dict) -> str:
-    """The command lines of the grid's invocations, each once, in the order first used (files from before they were
-    recorded per invocation: the first one's only)."""
+    """The grid's invocations' command lines, each once, in the order first used (older files: the first one's)."""
     commands = list(dict.fromkeys([prov["command"], *(c for c in prov.get("commands") or [] if c)]))
     return ("Command: " if len(commands) == 1 else "Commands: ") + "; then ".join(f"`{c}`" for c in commands)
 
