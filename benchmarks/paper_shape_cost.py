@@ -102,12 +102,14 @@ def profile_round(base) -> dict:
     after one round of warm-up; ``other`` is the rest (Python, optimizer steps, small ops)."""
     from torch.profiler import ProfilerActivity, profile
 
+    from fedlib.models import backbone_for
     from fedlib.simulation import Simulation
 
     cfg = base.replace(train=base.train.replace(autocast="bf16"))
     cfg = cfg.replace(fed=cfg.fed.replace(rounds=1, personal_eval_every=1, finetune_epochs=0))
-    Simulation(cfg, progress=False).run()  # warm-up: first-call allocations and kernels
-    sim = Simulation(cfg, progress=False)
+    backbone = backbone_for(cfg.model)  # loaded once, as measure() does
+    Simulation(cfg, backbone=backbone, progress=False).run()  # warm-up: first-call allocations and kernels
+    sim = Simulation(cfg, backbone=backbone, progress=False)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         sim.run()
     self_us = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
