@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -28,6 +29,7 @@ import pandas as pd
 
 from .config import ExperimentConfig
 from .configbase import ConfigError
+from .grid_plan import longest_first, reusable_run, taken_shared_layers
 from .models import backbone_for
 from .references import REFERENCES
 from .report import DIAGNOSTICS, shared_layer_count, summarize
@@ -174,8 +176,11 @@ def grid_configs(
     for task in tasks:
         cfg = base.replace(fed=base.fed.replace(task=task))
         for name in strategies:
-            if name in variants:
+            if name in variants:  # its overrides, then its own params (per task, e.g. the tuned server_lr)
                 configs[task, name] = cfg.with_overrides(variants[name])
+                if name in params:
+                    own = {"strategy": task_params(params[name], task, f"params.{name}")}
+                    configs[task, name] = configs[task, name].with_overrides(own)
             elif name in finetuned:
                 configs[task, name] = configs[task, finetuned[name]]
             else:
@@ -271,6 +276,7 @@ def run_grid(
     variants: dict[str, dict] | None = None,
     claims: Path | None = None,
     finetuned: dict[str, str] | None = None,
+    reuse: dict[str, str] | None = None,
 ) -> pd.DataFrame:
     """Run the grid and return its table (:data:`COLUMNS`).
 
@@ -281,6 +287,9 @@ def run_grid(
     e.g. ``{"fedpeptao_first_k": {"strategy": {"name": "fedpeptao"}, "selection": {"choose": "first"}}}``;
     list the label among ``strategies``. ``finetuned``: derived rows (:func:`grid_configs`), e.g.
     ``{"fedavg_ft": "fedavg"}``: FedAvg followed by local fine-tuning, from FedAvg's runs (:func:`finetuned_history`).
+    ``reuse``: rows -> another grid's folder whose runs of them this grid takes where they are the runs it would
+    make (:func:`reusable_run`: FedPepTAO's runs for an ablation grid, ``centralized``'s at another alpha), running
+    the others; a taken run's ``wall_seconds`` is the copy's.
 
     Resumable: a (task, strategy, seed) already in ``out_dir/results.csv`` is skipped, unless its stored
     configuration differs from the one it would run with now (e.g. tuned ``params`` written into the protocol):
@@ -290,9 +299,14 @@ def run_grid(
     taken by the first worker to claim it there, the rows sharing a layer selection (:func:`sibling_selection`) of a
     (task, seed) pair together, and a derived row with its source; rows go to the shared CSV under a file lock
     (:func:`record_row`). Claimed run by run, two workers finish a grid of few pairs together (the tuning grid, one
-    seed per task, took the longest task's time when whole pairs were claimed).
+    seed per task, took the longest task's time when whole pairs were claimed); rows go longest first
+    (:func:`longest_first`), so the last runs claimed, while another worker may idle, are short ones.
     """
     params, targets, variants, finetuned = params or {}, targets or {}, variants or {}, finetuned or {}
+    reuse = reuse or {}
+    for name in reuse:
+        if name not in strategies or name in finetuned:
+            raise ConfigError(f"reuse.{name}: not a row of the grid that runs ({strategies})")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     csv = out / "results.csv"
@@ -312,14 +326,16 @@ def run_grid(
     backbone, mine = None, set()  # the claims this worker holds
 
     def claim_key(task: str, name: str) -> str | None:
-        """A run's claim: the pair (None) for rows sharing a selection; a derived row, its source's."""
+        """A run's claim: the pair (None) for rows sharing a selection (the task's configuration but for the
+        strategy: :func:`sibling_selection`); a derived row, its source's; any other row, its own."""
+        bare = lambda c: {k: v for k, v in c.to_dict().items() if k != "strategy"}  # noqa: E731
         if name not in finetuned and get_strategy(configs[task, name].strategy).layers == "selected":
-            return None
+            return None if bare(configs[task, name]) == bare(base.replace(fed=base.fed.replace(task=task))) else name
         return finetuned.get(name, name)
 
     for task in tasks:
-        for seed in seeds:
-            for name in strategies:
+        for name in longest_first(configs, task, strategies, finetuned, reuse):
+            for seed in seeds:
                 if (task, name, seed) not in todo:
                     continue
                 if claims is not None:
@@ -339,12 +355,21 @@ def run_grid(
                     source_row = (done.task == task) & (done.strategy == finetuned[name]) & (done.seed == seed)
                     shared = int(done.loc[source_row, "shared_layers"].iloc[0])
                     folder.mkdir(parents=True, exist_ok=True)
-                    history.to_json(folder / "results.jsonl", orient="records", lines=True)
+                    history.to_json(folder / "results.jsonl", orient="records", lines=True, double_precision=15)
+                    (folder / "config.json").write_text(cfg.to_json())
+                elif name in reuse and reusable_run(theirs := run_dir(reuse[name], task, seed, name), cfg, name):
+                    history = pd.read_json(theirs / "results.jsonl", lines=True, precise_float=True)
+                    shared = taken_shared_layers(Path(reuse[name]), task, name, seed)
+                    log.info("%s/%s/seed %d: the run in %s, reused", task, name, seed, theirs)
+                    folder.mkdir(parents=True, exist_ok=True)
+                    for file in ("results.jsonl", "selection.json"):  # copied: every digit kept
+                        if (theirs / file).exists():
+                            shutil.copyfile(theirs / file, folder / file)
                     (folder / "config.json").write_text(cfg.to_json())
                 elif name in REFERENCES:
                     history, shared = REFERENCES[name](cfg, backbone), 0
                     folder.mkdir(parents=True, exist_ok=True)
-                    history.to_json(folder / "results.jsonl", orient="records", lines=True)
+                    history.to_json(folder / "results.jsonl", orient="records", lines=True, double_precision=15)
                     (folder / "config.json").write_text(cfg.to_json())
                 else:
                     selected = get_strategy(cfg.strategy).layers == "selected"

@@ -7,7 +7,8 @@
 (``benchmarks/run_grid.py`` is the same command.) A protocol is a YAML file: ``tasks``, ``strategies``
 (registered names, reference rows, or labels of ``variants`` and ``finetuned``), ``seeds``, ``targets`` (per task
 a number or a pair ``[target, target_high]``), optional ``params``, ``variants``, ``finetuned`` (derived rows: FedAvg
-then local fine-tuning from FedAvg's runs, :func:`fedlib.benchmark.grid_configs`) and ``extra_seeds``, and
+then local fine-tuning from FedAvg's runs, :func:`fedlib.benchmark.grid_configs`), ``reuse`` (``{fedpeptao: runs/x}``:
+the runs grid ``runs/x`` already made, :func:`fedlib.benchmark.reusable_run`) and ``extra_seeds``, and
 ``experiment``, the base :class:`~fedlib.config.ExperimentConfig`.
 ``extra_seeds`` gives some rows of a task more seeds than the rest, e.g.
 ``{sst2: {strategies: [fedavg_selected, fedpeptao], seeds: [5, 6]}}``: where one paired difference needs a tighter
@@ -61,9 +62,8 @@ from .workers import grid_lock, run_workers, write_atomic
 def git_commit() -> str:
     """HEAD's short hash, with ``+dirty`` when tracked files differ from it."""
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
-    ).stdout.strip()
+    status = ["git", "status", "--porcelain", "--untracked-files=no"]
+    dirty = subprocess.run(status, capture_output=True, text=True).stdout.strip()
     return (head or "unknown") + ("+dirty" if dirty else "")
 
 
@@ -250,7 +250,7 @@ def grid_slices(proto: dict) -> list[dict]:
     return slices
 
 
-def _in_slice(table: pd.DataFrame, sl: dict) -> pd.Series:
+def _in_slice(table: pd.DataFrame, sl: dict) -> pd.Series:  # the rows of the part ``sl``
     return table.task.isin(sl["tasks"]) & table.strategy.isin(sl["strategies"]) & table.seed.isin(sl["seeds"])
 
 
@@ -258,8 +258,7 @@ def _pending(base: ExperimentConfig, proto: dict, out: Path, sl: dict, quiet: bo
     """Whether some run of the part ``sl`` is still to do: not in the grid's CSV yet, or run with another
     configuration than the protocol's now (e.g. tuned ``params`` written after it ran; logged unless ``quiet``)."""
     args = (base, sl["tasks"], sl["strategies"], sl["seeds"], out, proto.get("params"), proto.get("variants"))
-    # run_grid logs them as it runs them
-    return bool(pending_runs(*args, quiet=quiet, finetuned=proto.get("finetuned")))
+    return bool(pending_runs(*args, quiet=quiet, finetuned=proto.get("finetuned")))  # run_grid logs them as it runs
 
 
 def protocol_rows(table: pd.DataFrame, slices: list[dict]) -> pd.DataFrame:
@@ -294,6 +293,7 @@ def run_slices(
             params=proto.get("params"),
             variants=proto.get("variants"),
             finetuned=proto.get("finetuned"),
+            reuse=proto.get("reuse"),
             claims=claims,
             progress=progress,
         )

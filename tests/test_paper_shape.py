@@ -8,12 +8,15 @@ import pandas as pd
 import pytest
 import torch
 
-from fedlib.benchmark import finetuned_history, run_grid, split_target
+from fedlib.benchmark import finetuned_history, grid_configs, run_grid, split_target
 from fedlib.config import ModelConfig, TrainConfig
+from fedlib.configbase import ConfigError
+from fedlib.grid_plan import longest_first, reusable_run
 from fedlib.grid_tables import cost_table, grid_curves, paired_table, plot_diagnostics, plot_grid, view_table
 from fedlib.protocol import results_section
 from fedlib.report import summarize
 from fedlib.simulation import Simulation
+from fedlib.strategies import STRATEGIES
 from fedlib.train import bucket_by_length, step_plan
 
 from .configs import build
@@ -123,3 +126,53 @@ def test_target_pairs_are_ordered():
     assert split_target(0.7) == (0.7, None) and split_target([0.7, 0.8]) == (0.7, 0.8) and split_target(None)[0] is None
     with pytest.raises(ValueError, match="low <= high"):
         split_target([0.8, 0.7])
+
+
+def test_centralized_runs_are_the_same_at_every_alpha_and_a_grid_takes_them_from_another(tmp_path):
+    at = lambda alpha, **kw: tiny(rounds=2, eval_every=1, alpha=alpha, **kw)  # noqa: E731
+    rows = ["majority_local", "centralized"]
+    first = run_grid(at(0.1), ["sst2"], rows, [0], tmp_path / "a01", progress=False)
+    fresh = run_grid(at(1.0), ["sst2"], rows, [0], tmp_path / "a1", progress=False, reuse={"centralized": tmp_path})
+    taken = run_grid(
+        at(1.0), ["sst2"], rows, [0], tmp_path / "a1-reused", progress=False, reuse={"centralized": tmp_path / "a01"}
+    )
+    history = lambda out: pd.read_json(out / "sst2" / "seed0" / "centralized" / "results.jsonl", lines=True)  # noqa: E731
+    timeless = lambda h: h.drop(columns=[c for c in h.columns if "seconds" in c])  # noqa: E731
+    # run again at alpha 1.0 (the folder named holds no such run): the same history as at alpha 0.1
+    pd.testing.assert_frame_equal(timeless(history(tmp_path / "a01")), timeless(history(tmp_path / "a1")))
+    pd.testing.assert_frame_equal(history(tmp_path / "a01"), history(tmp_path / "a1-reused"))  # taken, seconds too
+    central = lambda t: t.set_index("strategy").loc["centralized"]  # noqa: E731
+    assert central(taken)["auc"] == pytest.approx(central(fresh)["auc"], abs=1e-12)
+    assert (
+        central(fresh)["auc"] == central(first)["auc"]
+        and central(fresh)["global_metric"] == central(first)["global_metric"]
+    )
+    assert central(taken)["wall_seconds"] < 0.2 * central(fresh)["wall_seconds"]  # a copy, not a run
+    theirs = tmp_path / "a01" / "sst2" / "seed0"
+    assert reusable_run(theirs / "centralized", at(1.0, seed=0), "centralized")
+    assert not reusable_run(theirs / "centralized", at(1.0, seed=0, lr=0.5), "centralized")  # not the same run
+    assert not reusable_run(theirs / "majority_local", at(1.0, seed=0), "majority_local")  # its views read alpha
+    assert reusable_run(theirs / "majority_local", at(0.1, seed=0), "majority_local")  # the same run
+    with pytest.raises(ConfigError, match="reuse.fedavg"):
+        run_grid(at(1.0), ["sst2"], rows, [0], tmp_path / "x", reuse={"fedavg": tmp_path / "a01"})
+
+
+def test_a_grid_takes_its_longest_runs_first():
+    rows = ["majority_local", "local_only", "centralized", "fedavg", "fedavg_ft", "fedprox", "fedavg_selected"]
+    rows += ["fedpeptao"]
+    configs = {("sst2", name): tiny(strategy=name if name in STRATEGIES else "fedavg") for name in rows}
+    order = longest_first(configs, "sst2", rows, {"fedavg_ft": "fedavg"}, {"centralized": "runs/x"})
+    assert order == ["fedavg_selected", "fedpeptao", "fedavg", "local_only", "fedprox"] + [
+        "majority_local",
+        "centralized",
+        "fedavg_ft",
+    ]
+
+
+def test_a_variant_takes_its_own_params_per_task():
+    variants = {"fedpeptao_first_k": {"strategy": {"name": "fedpeptao"}, "selection": {"choose": "first"}}}
+    params = {"fedpeptao_first_k": {"server_lr": {"sst2": 0.1, "mr": 1.0}, "correction_scale": 0.5}}
+    configs = grid_configs(tiny(), ["sst2", "mr"], ["fedpeptao_first_k"], params, variants)
+    for task, lr in (("sst2", 0.1), ("mr", 1.0)):
+        cfg = configs[task, "fedpeptao_first_k"]
+        assert (cfg.strategy.server_lr, cfg.strategy.correction_scale, cfg.selection.choose) == (lr, 0.5, "first")
