@@ -8,7 +8,7 @@
 (registered names, reference rows, or labels of ``variants`` and ``finetuned``), ``seeds``, ``targets`` (per task
 a number or a pair ``[target, target_high]``), optional ``params``, ``variants``, ``finetuned`` (derived rows: FedAvg
 then local fine-tuning from FedAvg's runs, :func:`fedlib.benchmark.grid_configs`), ``reuse`` (``{fedpeptao: runs/x}``:
-the runs grid ``runs/x`` already made, :func:`fedlib.benchmark.reusable_run`) and ``extra_seeds``, and
+the runs grid ``runs/x`` already made, :func:`fedlib.grid_plan.reusable_run`) and ``extra_seeds``, and
 ``experiment``, the base :class:`~fedlib.config.ExperimentConfig`.
 ``extra_seeds`` gives some rows of a task more seeds than the rest, e.g.
 ``{sst2: {strategies: [fedavg_selected, fedpeptao], seeds: [5, 6]}}``: where one paired difference needs a tighter
