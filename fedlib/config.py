@@ -159,6 +159,12 @@ class FedConfig(Config):
     personal_eval_every: int = setting(
         0, "evaluate the personalised views every this many rounds and after the last (0: at every evaluation)"
     )
+    curve_examples: int = setting(
+        0,
+        "the global curve on only the first N eval examples: at the rounds without personalised views only they are "
+        "evaluated, at the others the whole eval set too (global_full_metric, the final global view); the area and "
+        "the rounds to target are read on the N (0: the whole eval set every round)",
+    )
     finetune_epochs: int = setting(
         0,
         "after the last round, each client fine-tunes its copy of the final model on its own training data for this "
@@ -183,6 +189,7 @@ class FedConfig(Config):
         check(self.rounds >= 1, o, "rounds", self.rounds, "must be >= 1")
         check(self.eval_every >= 0, o, "eval_every", self.eval_every, "must be >= 0 (0: only after the last round)")
         check(self.personal_eval_every >= 0, o, "personal_eval_every", self.personal_eval_every, "must be >= 0")
+        check(self.curve_examples >= 0, o, "curve_examples", self.curve_examples, "must be >= 0 (0: all)")
         check(self.finetune_epochs >= 0, o, "finetune_epochs", self.finetune_epochs, "must be >= 0 (0: off)")
         check(self.seed >= 0, o, "seed", self.seed, "must be >= 0")
 

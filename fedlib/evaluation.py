@@ -1,7 +1,10 @@
 """Federated evaluation in three views (``docs/method.md``, "Reading the results").
 
 - ``global``: the server's shared tensors with personal prompt layers masked (the model every client
-  shares) on the whole eval split. Not defined when the head is personal (returns None).
+  shares) on the whole eval split. Not defined when the head is personal (returns None). With
+  ``fed.curve_examples`` N, the curve is on the split's first N examples: only those are evaluated at the rounds
+  without personalised views, and at the others the whole split's number is ``global_full_metric``
+  (:func:`global_record`).
 - ``personal`` (the reference's protocol): for each client, its own personal tensors plus the global shared
   ones, on its eval shard whose label mix matches its training shard; the task metric on all clients'
   predictions pooled, and the mean and spread of per-client accuracy. A model that only learned its client's
@@ -19,11 +22,11 @@ import torch
 
 from .encode import Encoded
 from .tasks import compute_metric
-from .train import evaluate, predict
+from .train import predict
 
 __all__ = [
     "union_positions",
-    "evaluate_global",
+    "global_record",
     "evaluate_personal",
     "personal_predictions",
     "pool_personal",
@@ -50,12 +53,32 @@ def view_record(view: str, result: dict) -> dict:
     }
 
 
-def evaluate_global(model, shared: dict, data: Encoded, batch_size: int, device: torch.device) -> dict | None:
+def _fields(prefix: str, task, preds: torch.Tensor, losses: torch.Tensor, labels: list[int]) -> dict:
+    m, loss = compute_metric(task, preds.numpy(), labels), float(losses.mean())
+    return {f"{prefix}_metric": m["metric"], f"{prefix}_accuracy": m["accuracy"], f"{prefix}_loss": loss}
+
+
+def global_record(
+    model, shared: dict, data: Encoded, curve: int, full: bool, batch_size: int, device: torch.device
+) -> dict:
+    """One round's global-view fields. ``global_metric`` (``_accuracy``, ``_loss``): on the curve's examples, the
+    first ``curve`` of ``data`` (all when ``curve`` is 0 or not smaller). With a smaller curve, only those are
+    predicted unless ``full``; when ``full``, all of ``data`` is, the curve is read from its first ``curve``
+    predictions and ``global_full_metric`` (``_accuracy``, ``_loss``) is on all of it. ``preds`` ``[len(data)]``
+    when all were predicted (the pooled personalised views read them). ``{}`` when the head is personal."""
     if model.head_kind == "linear" and model.cfg.head_role == "personal":
-        return None
+        return {}
+    n = curve if 0 < curve < len(data) else len(data)
+    part = data if full or n == len(data) else data.subset(range(n))
     model.load_state({k: v.to(device) for k, v in shared.items()})
     with model.only_shared():
-        return evaluate(model, data, model.task, batch_size, device, return_preds=True)
+        preds, losses = predict(model, part, batch_size, device)
+    out = _fields("global", model.task, preds[:n], losses[:n], data.labels[:n])
+    if len(part) == len(data):
+        out["preds"] = preds
+        if n < len(data):
+            out.update(_fields("global_full", model.task, preds, losses, data.labels))
+    return out
 
 
 def personal_predictions(

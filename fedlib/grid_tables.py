@@ -99,6 +99,7 @@ def cost_table(table: pd.DataFrame) -> pd.DataFrame:
 CURVE_COLUMNS = [
     "round",
     *VIEW_COLUMNS,
+    "global_full_metric",  # fed.curve_examples: the whole eval set where it was evaluated
     "cum_bytes",
     "cum_seconds",
     "momentum_share",

@@ -16,7 +16,7 @@
 predictions over eval shards that together hold every eval example, i.e. equal its global view. Its runs are the
 same at every ``partition.alpha`` (:data:`POOLED`; on SST-2's paper-shaped protocol, all 30 rounds of 5 seeds were
 identical at alpha 0.1 and 1.0): a grid at another alpha may take them instead of running them again
-(:func:`fedlib.benchmark.reusable_run`, a protocol's ``reuse``).
+(:func:`fedlib.grid_plan.reusable_run`, a protocol's ``reuse``).
 
 Each returns a history in the simulator's format (:mod:`fedlib.report` summarises it), with no bytes.
 """
@@ -31,12 +31,12 @@ import pandas as pd
 import torch
 
 from .config import ExperimentConfig
-from .evaluation import pooled_by_shard
+from .evaluation import global_record, pooled_by_shard
 from .runtime import resolve_device, seed_everything
 from .simulation import build_model, load_rows, load_split, partition_for
 from .strategies import get_strategy
 from .tasks import compute_metric, get_task
-from .train import evaluate, local_train, make_optimizer
+from .train import local_train, make_optimizer
 
 __all__ = ["REFERENCES", "POOLED", "majority_local", "centralized", "centralized_steps_per_round"]
 
@@ -61,12 +61,10 @@ def _row(round_: int, seconds: float, cum_seconds: float, metrics: dict) -> dict
     }
 
 
-def _views(task, preds: torch.Tensor, data, partition) -> dict:
-    """The three views' metrics of one model's per-example predictions ``[N_eval]`` on ``data``."""
-    out = {"global_metric": compute_metric(task, preds.numpy(), data.labels)["metric"]}
-    for view, shards in (("personal", partition.eval), ("personal_iid", partition.eval_iid)):
-        out[f"{view}_metric"] = pooled_by_shard(task, preds, data, shards)["metric"]
-    return out
+def _curve(cfg: ExperimentConfig, labels: np.ndarray) -> int:
+    """How many eval examples the global curve reads (``fed.curve_examples``; all when 0 or not fewer)."""
+    n = cfg.fed.curve_examples
+    return n if 0 < n < len(labels) else len(labels)
 
 
 def majority_local(cfg: ExperimentConfig, backbone=None) -> pd.DataFrame:
@@ -76,7 +74,10 @@ def majority_local(cfg: ExperimentConfig, backbone=None) -> pd.DataFrame:
     part = partition_for(cfg, train, evl)
     pooled = int(np.bincount(train).argmax())
     major = [int(np.bincount(train[idx]).argmax()) if idx else pooled for idx in part.train]
-    out = {"global_metric": compute_metric(task, np.full(len(evl), pooled), evl)["metric"]}
+    n = _curve(cfg, evl)  # the global curve's examples; with fewer than all, the whole set's number beside it
+    out = {"global_metric": compute_metric(task, np.full(n, pooled), evl[:n])["metric"]}
+    if n < len(evl):
+        out["global_full_metric"] = compute_metric(task, np.full(len(evl), pooled), evl)["metric"]
     for view, shards in (("personal", part.eval), ("personal_iid", part.eval_iid)):
         idx = [i for k in range(len(shards)) for i in shards[k]]
         preds = [major[k] for k in range(len(shards)) for _ in shards[k]]
@@ -112,9 +113,17 @@ def centralized(cfg: ExperimentConfig, backbone=None) -> pd.DataFrame:
         )
         cum += time.perf_counter() - t0
         metrics = {"train_loss": stats["loss"]}
-        if t + 1 == cfg.fed.rounds or (cfg.fed.eval_every and (t + 1) % cfg.fed.eval_every == 0):
-            res = evaluate(model, evalset, model.task, cfg.train.eval_batch_size, device, return_preds=True)
-            metrics.update(_views(model.task, res["preds"], evalset, part))
+        last, every, curve = t + 1 == cfg.fed.rounds, cfg.fed.personal_eval_every, cfg.fed.curve_examples
+        if last or (cfg.fed.eval_every and (t + 1) % cfg.fed.eval_every == 0):
+            full = not curve or last or not every or (t + 1) % every == 0  # as the simulator's, with a curve
+            g = global_record(model, model.state("shared"), evalset, curve, full, cfg.train.eval_batch_size, device)
+            preds = g.pop("preds", None)
+            metrics["global_metric"] = g["global_metric"]
+            if "global_full_metric" in g:
+                metrics["global_full_metric"] = g["global_full_metric"]
+            for view, shards in (("personal", part.eval), ("personal_iid", part.eval_iid)):
+                if preds is not None:
+                    metrics[f"{view}_metric"] = pooled_by_shard(model.task, preds, evalset, shards)["metric"]
         rows.append(_row(t + 1, time.perf_counter() - t0, cum, metrics))
     return pd.DataFrame(rows)
 

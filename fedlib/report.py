@@ -74,15 +74,17 @@ DIAGNOSTICS = ("momentum_share", "correction_share", "correction_ratio")
 
 def summarize(history: pd.DataFrame, target: float | None = None, target_high: float | None = None) -> dict:
     """Final metric of each view (and the best global one), ``auc``: the area under the global curve (the mean global
-    metric over the evaluated rounds, a convergence-speed and stability summary in the metric's units), bytes and
+    metric over the evaluated rounds, a convergence-speed and stability summary in the metric's units; with
+    ``fed.curve_examples``, on the curve's examples while the final global view is on the whole eval set), bytes and
     seconds per round (training rounds) and in total (layer selection included, also on its own), and
     rounds/seconds/bytes to ``target`` (and to ``target_high``: ``*_to_target_high``) on the global metric."""
     rounds = history[history["round"] >= 1]
     selection = history[history["round"] == 0]
     curve = view_series(rounds, "global_metric").dropna()
     best = view_series(history, "global_metric").max()
+    final = "global_full_metric" if "global_full_metric" in history else "global_metric"  # fed.curve_examples
     out = {
-        "final_global_metric": _last(history, "global_metric"),
+        "final_global_metric": _last(history, final),
         "best_global_metric": float(best) if best == best else math.nan,
         "final_personal_metric": _last(history, "personal_metric"),
         "final_personal_iid_metric": _last(history, "personal_iid_metric"),

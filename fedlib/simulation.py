@@ -33,7 +33,7 @@ from .classifier import PromptClassifier
 from .client import ClientStore, client_update
 from .config import ConfigError, ExperimentConfig
 from .encode import encode_dataset
-from .evaluation import evaluate_global, evaluate_personal, pooled_by_shard, view_record
+from .evaluation import evaluate_personal, global_record, pooled_by_shard, view_record
 from .models import backbone_for
 from .partition import Partition, make_partition
 from .privacy import strategy_for
@@ -253,14 +253,13 @@ class Simulation(Federation):
         return rec
 
     def evaluate(self, personal: bool = True) -> dict:
-        bs, out = self.cfg.train.eval_batch_size, {}
-        g = evaluate_global(self.model, self.server.shared, self.eval, bs, self.device)
-        if g is not None:
-            out.update(global_metric=g["metric"], global_accuracy=g["accuracy"], global_loss=g["loss"])
+        bs, fed = self.cfg.train.eval_batch_size, self.fed
+        out = global_record(self.model, self.server.shared, self.eval, fed.curve_examples, personal, bs, self.device)
+        preds = out.pop("preds", None)
         if self.fed.personal_eval and personal:
             views = {"personal": self.partition.eval, "personal_iid": self.partition.eval_iid}
-            if not self.init_personal and g is not None:  # nothing personal: each client's model is the global one
-                pooled = {v: pooled_by_shard(self.model.task, g["preds"], self.eval, s) for v, s in views.items()}
+            if not self.init_personal and preds is not None:  # nothing personal: each client's model is the global one
+                pooled = {v: pooled_by_shard(self.model.task, preds, self.eval, s) for v, s in views.items()}
             else:
                 pooled = self.evaluate_personal(views)
             for view, p in pooled.items():

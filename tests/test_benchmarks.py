@@ -46,7 +46,8 @@ def test_paper_shape_cost_measures_each_part_and_projects_the_grid(tmp_path):
     out = tmp_path / "cost.json"
     args = ["--rounds", "1", "--train-limit", "48", "--num-clients", "3", "--json", str(out)]
     line = run("paper_shape_cost.py", "benchmarks/protocols/paper-shape.yaml", *args)
-    assert re.fullmatch(rf"paper_shape_cost bf16_speedup={NUM} bucket_speedup={NUM} grid_minutes={NUM}", line), line
+    speedups = rf"bf16_speedup={NUM} bucket_speedup={NUM} curve_speedup={NUM}"
+    assert re.fullmatch(rf"paper_shape_cost {speedups} grid_minutes={NUM}", line), line
     record = json.loads(out.read_text())
     assert set(record["parts"]) >= {"round_off", "round_bf16", "eval_bf16", "selection", "finetune"}
     assert record["run_seconds"]["majority_local"] == 0 and record["run_seconds"]["fedavg_ft"] > 0

@@ -11,9 +11,11 @@ import torch
 from fedlib.benchmark import finetuned_history, grid_configs, run_grid, split_target
 from fedlib.config import ModelConfig, TrainConfig
 from fedlib.configbase import ConfigError
+from fedlib.evaluation import global_record
 from fedlib.grid_plan import longest_first, reusable_run
 from fedlib.grid_tables import cost_table, grid_curves, paired_table, plot_diagnostics, plot_grid, view_table
 from fedlib.protocol import results_section
+from fedlib.references import REFERENCES
 from fedlib.report import summarize
 from fedlib.simulation import Simulation
 from fedlib.strategies import STRATEGIES
@@ -59,6 +61,50 @@ def test_personal_views_at_fixed_rounds_and_fine_tuned_copies_at_the_end(bundled
     assert s["rounds_to_target"] == 1.0 and (math.isnan(s["rounds_to_target_high"]) or s["rounds_to_target_high"] >= 1)
     # fine-tuning leaves the run's own model alone: the global view again gives the same number
     assert sim.evaluate(personal=False)["global_metric"] == pytest.approx(last["global_metric"])
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedpeptao"])
+def test_a_curve_on_fewer_examples_changes_only_the_curve(bundled_backbone, strategy):
+    """fed.curve_examples: the curve on the first N eval examples at every round, the whole set where the personalised
+    views are due; training and every whole-set number exactly as without it (a personalised model's own views too)."""
+    cfg = tiny(eval_every=1, personal_eval_every=2, rounds=3, strategy=strategy, shared_layers=3)
+    runs = {
+        n: Simulation(cfg.replace(fed=cfg.fed.replace(curve_examples=n)), backbone=bundled_backbone, progress=False)
+        for n in (0, 20)
+    }
+    whole, curve = (runs[n].run().history for n in (0, 20))
+    full = [c for c in curve.columns if c.startswith("global_full_")]
+    assert full == ["global_full_metric", "global_full_accuracy", "global_full_loss"]
+    assert curve.loc[curve["round"] >= 1, full[0]].notna().tolist() == [False, True, True]  # round 2 and the last
+    rows = curve.index[curve[full[0]].notna()]
+    others = [c for c in whole.columns if not c.startswith("global_") and "seconds" not in c]
+    pd.testing.assert_frame_equal(curve.loc[rows, others], whole.loc[rows, others])  # bitwise, training included
+    for x in ("metric", "accuracy", "loss"):
+        assert (curve.loc[rows, f"global_full_{x}"] == whole.loc[rows, f"global_{x}"]).all()
+    pd.testing.assert_series_equal(curve["train_loss"], whole["train_loss"])  # every round trains the same
+    sim = runs[20]  # the curve: the first 20 examples, evaluated alone at the rounds without the whole set
+    alone = global_record(sim.model, sim.server.shared, sim.eval.subset(range(20)), 0, True, 8, sim.device)
+    assert alone["global_metric"] == pytest.approx(curve["global_metric"].iloc[-1])
+    assert sim.evaluate(personal=False).keys() == {"global_metric", "global_accuracy", "global_loss"}
+    s, t = summarize(curve), summarize(whole)
+    assert s["final_global_metric"] == t["final_global_metric"] and s["auc"] == pytest.approx(
+        curve["global_metric"].mean()
+    )
+
+
+def test_the_references_read_the_same_curve(bundled_backbone):
+    cfg = tiny(eval_every=1, personal_eval_every=2, rounds=3)
+    with_curve = cfg.replace(fed=cfg.fed.replace(curve_examples=20))
+    for ref in (REFERENCES["majority_local"], REFERENCES["centralized"]):  # centralized last: checked on below
+        whole, curve = ref(cfg, bundled_backbone), ref(with_curve, bundled_backbone)
+        pd.testing.assert_series_equal(
+            curve["global_full_metric"].dropna(),
+            whole["global_metric"][curve["global_full_metric"].notna()],
+            check_names=False,
+        )
+        assert summarize(curve)["final_global_metric"] == summarize(whole)["final_global_metric"]
+    assert curve["personal_metric"].notna().tolist() == [False, True, True]  # centralized: where the whole set is
+    pd.testing.assert_series_equal(curve["train_loss"], whole["train_loss"])
 
 
 def test_a_fine_tuned_row_is_derived_from_its_source_runs_and_targets_come_in_pairs(tmp_path):
