@@ -38,6 +38,7 @@ def test_every_benchmark_script_has_a_smoke_test():
         "grid_workers.py",
         "secagg_cost.py",
         "paper_shape_cost.py",
+        "curve_cost.py",
     }
     assert {p.name for p in BENCH.glob("*.sh")} == {"gpu_check.sh"}
 
@@ -51,6 +52,21 @@ def test_paper_shape_cost_measures_each_part_and_projects_the_grid(tmp_path):
     record = json.loads(out.read_text())
     assert set(record["parts"]) >= {"round_off", "round_bf16", "eval_bf16", "selection", "finetune"}
     assert record["run_seconds"]["majority_local"] == 0 and record["run_seconds"]["fedavg_ft"] > 0
+
+
+def test_curve_cost_compares_the_same_runs_read_on_two_curves(tmp_path):
+    rows = []
+    for seed in range(3):
+        for name, auc in (("fedpeptao", 0.70 + 0.01 * seed), ("fedavg", 0.69), ("local_only", float("nan"))):
+            whole = {"global_metric": 0.7 + seed / 100, "personal_metric": 0.9, "personal_iid_metric": 0.6}
+            rows.append({"task": "sst2", "strategy": name, "seed": seed, "auc": auc, "bytes_total": 1e6, **whole})
+    before = pd.DataFrame(rows)
+    after = before.assign(auc=before["auc"] + 0.03)  # an easier subset: every area up by the same amount
+    after.loc[(after.strategy == "fedavg") & (after.seed == 2), "personal_metric"] = 0.8  # one run that differs
+    before.to_csv(tmp_path / "before.csv", index=False)
+    after.to_csv(tmp_path / "after.csv", index=False)
+    line = run("curve_cost.py", str(tmp_path / "before.csv"), str(tmp_path / "after.csv"))
+    assert line == "curve_cost runs=9 identical=8 auc_shift=+0.0300 ci_ratio=1.000", line
 
 
 def test_paper_shape_cost_profiles_a_round_by_kind_of_operator():
