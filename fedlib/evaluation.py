@@ -1,7 +1,7 @@
 """Federated evaluation in three views (``docs/method.md``, "Reading the results").
 
 - ``global``: the server's shared tensors with personal prompt layers masked (the model every client
-  shares) on the whole eval split. Not defined when the head is personal (returns None). With
+  shares) on the whole eval split. Not defined when the head is personal (no fields). With
   ``fed.curve_examples`` N, the curve is on the split's first N examples: only those are evaluated at the rounds
   without personalised views, and at the others the whole split's number is ``global_full_metric``
   (:func:`global_record`).

@@ -121,8 +121,8 @@ def centralized(cfg: ExperimentConfig, backbone=None) -> pd.DataFrame:
             metrics["global_metric"] = g["global_metric"]
             if "global_full_metric" in g:
                 metrics["global_full_metric"] = g["global_full_metric"]
-            for view, shards in (("personal", part.eval), ("personal_iid", part.eval_iid)):
-                if preds is not None:
+            if preds is not None:  # the whole set was predicted: the pooled personalised views too
+                for view, shards in (("personal", part.eval), ("personal_iid", part.eval_iid)):
                     metrics[f"{view}_metric"] = pooled_by_shard(model.task, preds, evalset, shards)["metric"]
         rows.append(_row(t + 1, time.perf_counter() - t0, cum, metrics))
     return pd.DataFrame(rows)
