@@ -27,6 +27,7 @@ from .train import predict
 __all__ = [
     "union_positions",
     "global_record",
+    "curve_size",
     "evaluate_personal",
     "personal_predictions",
     "pool_personal",
@@ -58,6 +59,12 @@ def _fields(prefix: str, task, preds: torch.Tensor, losses: torch.Tensor, labels
     return {f"{prefix}_metric": m["metric"], f"{prefix}_accuracy": m["accuracy"], f"{prefix}_loss": loss}
 
 
+def curve_size(curve: int, n: int) -> int:
+    """How many of ``n`` eval examples the global curve reads: ``curve`` (``fed.curve_examples``), or all ``n`` when
+    it is 0 or not fewer."""
+    return curve if 0 < curve < n else n
+
+
 def global_record(
     model, shared: dict, data: Encoded, curve: int, full: bool, batch_size: int, device: torch.device
 ) -> dict:
@@ -68,7 +75,7 @@ def global_record(
     when all were predicted (the pooled personalised views read them). ``{}`` when the head is personal."""
     if model.head_kind == "linear" and model.cfg.head_role == "personal":
         return {}
-    n = curve if 0 < curve < len(data) else len(data)
+    n = curve_size(curve, len(data))
     part = data if full or n == len(data) else data.subset(range(n))
     model.load_state({k: v.to(device) for k, v in shared.items()})
     with model.only_shared():

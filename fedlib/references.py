@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 
 from .config import ExperimentConfig
-from .evaluation import global_record, pooled_by_shard
+from .evaluation import curve_size, global_record, pooled_by_shard
 from .runtime import resolve_device, seed_everything
 from .simulation import build_model, load_rows, load_split, partition_for
 from .strategies import get_strategy
@@ -61,12 +61,6 @@ def _row(round_: int, seconds: float, cum_seconds: float, metrics: dict) -> dict
     }
 
 
-def _curve(cfg: ExperimentConfig, labels: np.ndarray) -> int:
-    """How many eval examples the global curve reads (``fed.curve_examples``; all when 0 or not fewer)."""
-    n = cfg.fed.curve_examples
-    return n if 0 < n < len(labels) else len(labels)
-
-
 def majority_local(cfg: ExperimentConfig, backbone=None) -> pd.DataFrame:
     """The floor: each client's majority training label (module docstring); one row at the last round."""
     task = get_task(cfg.fed.task)
@@ -74,7 +68,7 @@ def majority_local(cfg: ExperimentConfig, backbone=None) -> pd.DataFrame:
     part = partition_for(cfg, train, evl)
     pooled = int(np.bincount(train).argmax())
     major = [int(np.bincount(train[idx]).argmax()) if idx else pooled for idx in part.train]
-    n = _curve(cfg, evl)  # the global curve's examples; with fewer than all, the whole set's number beside it
+    n = curve_size(cfg.fed.curve_examples, len(evl))  # fewer than all: the whole set's number beside the curve's
     out = {"global_metric": compute_metric(task, np.full(n, pooled), evl[:n])["metric"]}
     if n < len(evl):
         out["global_full_metric"] = compute_metric(task, np.full(len(evl), pooled), evl)["metric"]
