@@ -29,7 +29,7 @@ import pandas as pd
 
 from .config import ExperimentConfig
 from .configbase import ConfigError
-from .grid_plan import longest_first, reusable_run, taken_shared_layers
+from .grid_plan import longest_first, reusable_run, stored_config, taken_shared_layers
 from .models import backbone_for
 from .references import REFERENCES
 from .report import DIAGNOSTICS, shared_layer_count, summarize
@@ -125,13 +125,10 @@ def _changed(folder: Path, cfg: ExperimentConfig) -> bool:
     protocol's params or variants were edited since): read into today's schema, so fields added later with their
     defaults do not count. A run without a stored configuration (reference rows before they stored one) counts as
     unchanged."""
-    path = folder / "config.json"
-    if not path.exists():
+    if not (folder / "config.json").exists():
         return False
-    try:
-        return ExperimentConfig.from_dict(json.loads(path.read_text())).to_dict() != cfg.to_dict()
-    except (ConfigError, ValueError, TypeError):
-        return True
+    stored = stored_config(folder)
+    return stored is None or stored.to_dict() != cfg.to_dict()
 
 
 def sibling_selection(out: Path, task: str, seed: int, cfg: ExperimentConfig) -> dict | None:
@@ -144,12 +141,14 @@ def sibling_selection(out: Path, task: str, seed: int, cfg: ExperimentConfig) ->
 
     want = {k: v for k, v in cfg.to_dict().items() if k != "strategy"}
     for saved in sorted((out / task / f"seed{seed}").glob("*/selection.json")):
+        stored = stored_config(saved.parent)
         try:
-            theirs = ExperimentConfig.from_dict(json.loads((saved.parent / "config.json").read_text())).to_dict()
             record = json.loads(saved.read_text())
-        except (OSError, ValueError, TypeError):  # unreadable (e.g. a run killed while writing): not reused
+        except (OSError, ValueError):  # unreadable (e.g. a run killed while writing): not reused
             continue
-        if record.get("version") == RECORD_VERSION and {k: v for k, v in theirs.items() if k != "strategy"} == want:
+        if stored is None or record.get("version") != RECORD_VERSION:
+            continue
+        if {k: v for k, v in stored.to_dict().items() if k != "strategy"} == want:
             log.info("%s/seed %d: the layer selection of %s, reused", task, seed, saved.parent.name)
             return record
     return None

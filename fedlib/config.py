@@ -193,6 +193,14 @@ class FedConfig(Config):
         check(self.finetune_epochs >= 0, o, "finetune_epochs", self.finetune_epochs, "must be >= 0 (0: off)")
         check(self.seed >= 0, o, "seed", self.seed, "must be >= 0")
 
+    def evaluates(self, round_: int) -> tuple[bool, bool]:
+        """Whether round ``round_`` (0-based) evaluates the global view (every ``eval_every`` rounds and after the
+        last), and whether it evaluates the personalised views and the whole eval set too (every
+        ``personal_eval_every`` rounds and after the last; at every evaluation when 0)."""
+        done, last, every = round_ + 1, round_ + 1 == self.rounds, self.personal_eval_every
+        evaluated = last or bool(self.eval_every and done % self.eval_every == 0)
+        return evaluated, evaluated and (last or not every or done % every == 0)
+
 
 @dataclass
 class DataConfig(Config):

@@ -17,19 +17,29 @@ from pathlib import Path
 import pandas as pd
 
 from .config import ExperimentConfig
+from .configbase import ConfigError
 from .references import POOLED, REFERENCES
 from .strategies import get_strategy
 
-__all__ = ["longest_first", "reusable_run", "taken_shared_layers"]
+__all__ = ["longest_first", "reusable_run", "stored_config", "taken_shared_layers"]
+
+
+def stored_config(folder: Path) -> ExperimentConfig | None:
+    """A run folder's stored configuration (``config.json``) read into today's schema, so fields added since take
+    their defaults; None where it is absent or unreadable (a run killed while writing it, a schema it no longer
+    fits)."""
+    try:
+        return ExperimentConfig.from_dict(json.loads((folder / "config.json").read_text()))
+    except (OSError, ValueError, TypeError, ConfigError):
+        return None
 
 
 def reusable_run(folder: Path, cfg: ExperimentConfig, name: str) -> bool:
     """Whether ``folder`` holds a finished run (``config.json``, ``results.jsonl``; another grid's) that is the run
     of row ``name`` that ``cfg`` would make: the same configuration, or for a row of
     :data:`fedlib.references.POOLED` the same but for ``partition.alpha``, which its runs do not read."""
-    try:
-        theirs = ExperimentConfig.from_dict(json.loads((folder / "config.json").read_text()))
-    except (OSError, ValueError, TypeError):  # absent or unreadable: not reusable
+    theirs = stored_config(folder)
+    if theirs is None:  # absent or unreadable: not reusable
         return False
     if name in POOLED:
         theirs = theirs.replace(partition=theirs.partition.replace(alpha=cfg.partition.alpha))

@@ -107,10 +107,10 @@ def centralized(cfg: ExperimentConfig, backbone=None) -> pd.DataFrame:
         )
         cum += time.perf_counter() - t0
         metrics = {"train_loss": stats["loss"]}
-        last, every, curve = t + 1 == cfg.fed.rounds, cfg.fed.personal_eval_every, cfg.fed.curve_examples
-        if last or (cfg.fed.eval_every and (t + 1) % cfg.fed.eval_every == 0):
-            full = not curve or last or not every or (t + 1) % every == 0  # as the simulator's, with a curve
-            g = global_record(model, model.state("shared"), evalset, curve, full, cfg.train.eval_batch_size, device)
+        evaluated, whole = cfg.fed.evaluates(t)  # the simulator's schedule: the whole set where it pools views
+        if evaluated:
+            curve = cfg.fed.curve_examples
+            g = global_record(model, model.state("shared"), evalset, curve, whole, cfg.train.eval_batch_size, device)
             preds = g.pop("preds", None)
             metrics["global_metric"] = g["global_metric"]
             if "global_full_metric" in g:

@@ -240,13 +240,11 @@ class Simulation(Federation):
         self.server, rec = self.round(self.server, round_)
         t2 = time.perf_counter()
         self.failed_in_a_row = 0 if rec["reported"] else self.failed_in_a_row + 1
-        fed = self.fed
-        last = round_ + 1 == fed.rounds
-        if last or (fed.eval_every and (round_ + 1) % fed.eval_every == 0):
-            every = fed.personal_eval_every
-            rec.update(self.evaluate(personal=last or not every or (round_ + 1) % every == 0))
+        evaluated, personal = self.fed.evaluates(round_)
+        if evaluated:
+            rec.update(self.evaluate(personal=personal))
         rec["seconds_eval"] = time.perf_counter() - t2
-        if last and fed.finetune_epochs:
+        if round_ + 1 == self.fed.rounds and self.fed.finetune_epochs:
             from .finetune import finetune_views
 
             rec.update(finetune_views(self))

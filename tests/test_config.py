@@ -142,3 +142,16 @@ def test_with_overrides_changes_sections_and_replaces_a_named_strategy():
         base.with_overrides({"selection": {"choose": "best"}})
     with pytest.raises(ConfigError, match="'sel' must be a config section"):
         base.with_overrides({"sel": {"choose": "first"}})
+
+
+def test_the_evaluation_schedule_is_one_rule():
+    """FedConfig.evaluates: the global view every eval_every rounds and after the last; the personalised views (and
+    the whole eval set) every personal_eval_every rounds of those and after the last; 0 means at every evaluation."""
+    from fedlib.config import FedConfig
+
+    fed = FedConfig(rounds=7, eval_every=2, personal_eval_every=4)
+    assert [fed.evaluates(t) for t in range(7)] == [
+        (False, False), (True, False), (False, False), (True, True), (False, False), (True, False), (True, True)
+    ]  # fmt: skip
+    assert all(FedConfig(rounds=3, eval_every=1).evaluates(t) == (True, True) for t in range(3))
+    assert [FedConfig(rounds=3, eval_every=0).evaluates(t) for t in range(3)] == [(False, False)] * 2 + [(True, True)]
