@@ -125,8 +125,9 @@ class TrainConfig(Config):
     autocast: typing.Literal["off", "bf16"] = setting(
         "off",
         "run the forward passes, local training's and evaluation's, under bf16 autocast ('bf16': CUDA with bf16 "
-        "support, or a CPU with AVX512-BF16: 1.55x faster local rounds and 1.7x faster evaluation on this project's "
-        "CPU, benchmarks/step_cost.py)",
+        "support, or a CPU with AVX512-BF16 or AMX: 1.5x faster local rounds and 1.7x faster evaluation on such a "
+        "CPU; elsewhere torch emulates it, many times slower than 'off', and fedlib warns; "
+        "benchmarks/autocast_cost.py measures it on this machine)",
     )
 
     def validate(self) -> None:

@@ -54,6 +54,7 @@ from .config import ExperimentConfig
 from .configbase import yaml_load
 from .grid_tables import cost_table, grid_curves, paired_table, plot_diagnostics, plot_grid, view_table
 from .report import DIAGNOSTICS, markdown_table
+from .runtime import platform_name
 from .stats import p_text
 from .verdicts import claims_markdown
 from .workers import grid_lock, run_workers, write_atomic
@@ -67,27 +68,19 @@ def git_commit() -> str:
     return (head or "unknown") + ("+dirty" if dirty else "")
 
 
-def platform_name() -> str:
-    import os
-
-    import torch
-
-    dev = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{os.cpu_count()} CPU cores"
-    return f"{dev}, torch {torch.__version__}"
-
-
 def record_provenance(out: Path, command: str, workers: int = 1) -> dict:
-    """Append this invocation (command line, commit, start time, workers) to ``<out>/provenance.json``; its
+    """Append this invocation (command line, commit, start time, workers, machine) to ``<out>/provenance.json``; its
     ``wall_seconds`` stays ``null`` until :func:`record_wall_time` fills it (``command``: the first invocation's)."""
     path = out / "provenance.json"
     prov = json.loads(path.read_text()) if path.exists() else {"command": command, "commits": [], "started": []}
-    for key in ("workers", "wall_seconds", "commands"):  # files from before these were recorded: unknown before
+    for key in ("workers", "wall_seconds", "commands", "platforms"):  # files from before these were recorded
         prov[key] = prov.get(key, []) + [None] * (len(prov["started"]) - len(prov.get(key, [])))
     prov["commits"].append(git_commit())
     prov["started"].append(time.strftime("%Y-%m-%d %H:%M:%S %Z"))
     prov["workers"].append(workers)
     prov["wall_seconds"].append(None)
     prov["commands"].append(command)
+    prov["platforms"].append(platform_name())
     write_atomic(path, json.dumps(prov, indent=2))
     return prov
 
@@ -139,6 +132,7 @@ def results_section(name: str, proto: dict, table, prov: dict, figures: list[str
     wall_s = ran["wall_seconds"].sum()
     typical = ran.groupby(["task", "strategy"])["wall_seconds"].transform("median").sum()
     seeds = proto["seeds"]
+    machines = " / ".join(dict.fromkeys(m for m in prov.get("platforms") or [] if m)) or "an unrecorded machine"
     lines = [
         f"Protocol `{name}`: tasks {', '.join(proto['tasks'])}; {len(seeds)} seeds {seeds}"
         + "".join(
@@ -152,7 +146,7 @@ def results_section(name: str, proto: dict, table, prov: dict, figures: list[str
         + ".",
         f"{commands_sentence(prov)} at commit(s) {commits}."
         + (
-            f" Sum of the runs' wall times: {wall_s / 60:.1f} min on {platform_name()}; {typical / 60:.1f} min with "
+            f" Sum of the runs' wall times: {wall_s / 60:.1f} min on {machines}; {typical / 60:.1f} min with "
             "every run at its row's median (robust to runs slowed by other work on the machine)."
             if wall_s
             else ""

@@ -6,13 +6,17 @@ names ``cuda`` or touches the global RNGs.
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import random
 
 import numpy as np
 import torch
 
-__all__ = ["resolve_device", "seed_everything", "offline"]
+__all__ = ["resolve_device", "seed_everything", "offline", "cpu_bf16", "warn_emulated_bf16", "platform_name"]
+
+log = logging.getLogger(__name__)
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -52,3 +56,45 @@ def offline() -> bool:
         os.environ.get(v, "0").strip().lower() in ("1", "true", "yes", "on")
         for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
     )
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of Linux's ``/proc/cpuinfo`` ({} elsewhere)."""
+    try:
+        text = open("/proc/cpuinfo", encoding="utf-8").read().split("\n\n")[0]
+    except OSError:
+        return {}
+    return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in text.splitlines()) if k.strip()}
+
+
+def cpu_bf16() -> bool | None:
+    """Whether this CPU computes bf16 in hardware (the ``avx512_bf16`` or ``amx_bf16`` instructions); None where
+    ``/proc/cpuinfo`` does not say. Without them torch emulates bf16 and ``train.autocast: bf16`` is far slower than
+    fp32 (on a 2-core AMD EPYC with AVX2 only: a training step 17x, an evaluation 6x; docs/benchmarks.md)."""
+    flags = _cpuinfo().get("flags")
+    return None if flags is None else bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
+
+
+@functools.cache
+def warn_emulated_bf16(device_type: str) -> None:
+    """Log a warning, once per process, when bf16 autocast is asked for on a device that would emulate it."""
+    emulated = (device_type == "cpu" and cpu_bf16() is False) or (
+        device_type == "cuda" and not torch.cuda.is_bf16_supported()
+    )
+    if emulated:
+        log.warning(
+            "train.autocast='bf16' on a %s without bf16 in hardware%s: torch emulates it, many times slower than "
+            "fp32 (docs/benchmarks.md); train.autocast='off' is faster here (and computes other numbers)",
+            "CPU" if device_type == "cpu" else "GPU",
+            " (no avx512_bf16 or amx_bf16)" if device_type == "cpu" else "",
+        )
+
+
+def platform_name() -> str:
+    """What a grid's runs ran on, for the results page: the GPU's name, or the CPU cores, model and whether they
+    compute bf16 in hardware; and torch's version."""
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
+    bf16 = {True: "bf16 in hardware", False: "no bf16 in hardware", None: None}[cpu_bf16()]
+    about = ", ".join(x for x in (_cpuinfo().get("model name"), bf16) if x)
+    return f"{os.cpu_count()} CPU cores" + (f" ({about})" if about else "") + f", torch {torch.__version__}"

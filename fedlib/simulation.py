@@ -40,7 +40,7 @@ from .privacy import strategy_for
 from .progress import bar
 from .report import round_line
 from .rounds import Federation
-from .runtime import resolve_device, seed_everything
+from .runtime import resolve_device, seed_everything, warn_emulated_bf16
 from .server import ServerState
 from .tasks import get_task, load_task
 from .tracking import make_tracker
@@ -86,6 +86,8 @@ def build_model(cfg: ExperimentConfig, strategy, backbone=None, device=None) -> 
         backbone.model = copy.deepcopy(backbone.model)
     model = PromptClassifier(backbone, get_task(cfg.fed.task), mcfg).to(device or "cpu")
     model.bf16 = cfg.train.autocast == "bf16"  # evaluation's precision follows local training's (fedlib.train.predict)
+    if model.bf16:
+        warn_emulated_bf16(resolve_device(device or "cpu").type)
     return model
 
 

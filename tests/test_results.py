@@ -284,3 +284,5 @@ def test_provenance_records_each_invocations_wall_time_and_workers(tmp_path, mon
     assert stored["wall_seconds"] == [None, 6065.0] and stored["command"] == older["command"]
     sentence = protocol.wall_time_sentence(stored)
     assert "101.1 min (1 of 2 invocation(s) measured" in sentence and "2 worker(s)" in sentence
+    # the machine each invocation ran on is recorded then, so a page rendered elsewhere still names it
+    assert stored["platforms"] == [None, protocol.platform_name()] and "torch" in stored["platforms"][1]
