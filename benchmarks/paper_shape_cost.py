@@ -163,6 +163,9 @@ def main() -> None:
     p.add_argument("--json", help="write the measurements and the projection here")
     p.add_argument("--train-limit", type=int, help="override data.train_limit (smoke tests)")
     p.add_argument("--num-clients", type=int, help="override fed.num_clients (smoke tests)")
+    p.add_argument(
+        "--eval-limit", type=int, help="override data.eval_limit and cut fed.curve_examples to it (smoke tests)"
+    )
     p.add_argument("--profile", action="store_true", help="profile one bf16 FedAvg round by kind of operator instead")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -172,6 +175,11 @@ def main() -> None:
     base = base.replace(fed=base.fed.replace(task=task))
     if args.train_limit:
         base = base.replace(data=base.data.replace(train_limit=args.train_limit))
+    if args.eval_limit:
+        curve = min(base.fed.curve_examples, args.eval_limit // 2)
+        base = base.replace(
+            data=base.data.replace(eval_limit=args.eval_limit), fed=base.fed.replace(curve_examples=curve)
+        )
     if args.num_clients:
         n = args.num_clients
         base = base.replace(fed=base.fed.replace(num_clients=n, clients_per_round=min(n, base.fed.clients_per_round)))

@@ -39,19 +39,25 @@ def test_every_benchmark_script_has_a_smoke_test():
         "secagg_cost.py",
         "paper_shape_cost.py",
         "curve_cost.py",
+        "autocast_cost.py",
     }
     assert {p.name for p in BENCH.glob("*.sh")} == {"gpu_check.sh"}
 
 
 def test_paper_shape_cost_measures_each_part_and_projects_the_grid(tmp_path):
     out = tmp_path / "cost.json"
-    args = ["--rounds", "1", "--train-limit", "48", "--num-clients", "3", "--json", str(out)]
+    args = ["--rounds", "1", "--train-limit", "24", "--eval-limit", "16", "--num-clients", "2", "--json", str(out)]
     line = run("paper_shape_cost.py", "benchmarks/protocols/paper-shape.yaml", *args)
     speedups = rf"bf16_speedup={NUM} bucket_speedup={NUM} curve_speedup={NUM}"
     assert re.fullmatch(rf"paper_shape_cost {speedups} grid_minutes={NUM}", line), line
     record = json.loads(out.read_text())
     assert set(record["parts"]) >= {"round_off", "round_bf16", "eval_bf16", "selection", "finetune"}
     assert record["run_seconds"]["majority_local"] == 0 and record["run_seconds"]["fedavg_ft"] > 0
+
+
+def test_autocast_cost_times_a_step_and_an_evaluation_both_ways():
+    line = run("autocast_cost.py", "benchmarks/protocols/paper-shape.yaml", "--examples", "8", "--reps", "1")
+    assert re.fullmatch(rf"autocast_cost bf16=(hardware|emulated|unknown|cuda) step_ratio={NUM} eval_ratio={NUM}", line)
 
 
 def test_curve_cost_compares_the_same_runs_read_on_two_curves(tmp_path):
@@ -70,7 +76,7 @@ def test_curve_cost_compares_the_same_runs_read_on_two_curves(tmp_path):
 
 
 def test_paper_shape_cost_profiles_a_round_by_kind_of_operator():
-    args = ["--profile", "--train-limit", "48", "--num-clients", "3"]
+    args = ["--profile", "--train-limit", "48", "--eval-limit", "24", "--num-clients", "3"]
     line = run("paper_shape_cost.py", "benchmarks/protocols/paper-shape.yaml", *args)
     shares = dict(kv.split("=") for kv in line.removeprefix("paper_shape_profile ").split())
     assert list(shares) == ["matmul", "dropout", "cast", "attention", "elementwise", "other"], line
