@@ -10,6 +10,7 @@ import functools
 import logging
 import os
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -61,7 +62,7 @@ def offline() -> bool:
 def _cpuinfo() -> dict[str, str]:
     """The first processor's fields of Linux's ``/proc/cpuinfo`` ({} elsewhere)."""
     try:
-        text = open("/proc/cpuinfo", encoding="utf-8").read().split("\n\n")[0]
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8").split("\n\n")[0]
     except OSError:
         return {}
     return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in text.splitlines()) if k.strip()}
@@ -70,7 +71,7 @@ def _cpuinfo() -> dict[str, str]:
 def cpu_bf16() -> bool | None:
     """Whether this CPU computes bf16 in hardware (the ``avx512_bf16`` or ``amx_bf16`` instructions); None where
     ``/proc/cpuinfo`` does not say. Without them torch emulates bf16 and ``train.autocast: bf16`` is far slower than
-    fp32 (on a 2-core AMD EPYC with AVX2 only: a training step 17x, an evaluation 6x; docs/benchmarks.md)."""
+    fp32 (on a 2-core AMD EPYC with AVX2 only: a training step 11x, an evaluation 6x; docs/benchmarks.md)."""
     flags = _cpuinfo().get("flags")
     return None if flags is None else bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
 
