@@ -16,6 +16,7 @@ over fp32's (below 1: bf16 is faster here).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -50,19 +51,23 @@ def measure(base, examples: int, reps: int) -> dict[str, float]:
         )
         sims[precision] = Simulation(cfg, backbone=backbone, progress=False)
         sims[precision].start()
-        steps[precision] = fedlib_step(sims[precision].model, enc, labels)
+        dev = sims[precision].device
+        steps[precision] = fedlib_step(sims[precision].model, {k: v.to(dev) for k, v in enc.items()}, labels.to(dev))
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)  # CUDA: timed after a synchronize
+
+    def seconds(fn) -> float:
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        return time.perf_counter() - t0
+
     times = {f"{part}_{p}": [] for part in ("step", "eval") for p in sims}
     for _ in range(reps):
         for precision, sim in sims.items():
-            with torch.autocast(
-                "cpu" if sim.device.type == "cpu" else sim.device.type, torch.bfloat16, precision == "bf16"
-            ):
-                t0 = time.perf_counter()
-                steps[precision]()
-                times[f"step_{precision}"].append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            sim.evaluate(personal=False)
-            times[f"eval_{precision}"].append(time.perf_counter() - t0)
+            with torch.autocast(dev.type, torch.bfloat16, precision == "bf16"):
+                times[f"step_{precision}"].append(seconds(steps[precision]))
+            times[f"eval_{precision}"].append(seconds(functools.partial(sim.evaluate, personal=False)))
     return {k: statistics.median(v) for k, v in times.items()}
 
 
