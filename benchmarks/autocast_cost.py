@@ -9,8 +9,9 @@ training examples, and one evaluation of the global model on the first ``--examp
 (fp32, bf16, fp32, ...) so drift hits both alike; medians. bf16 pays only where the hardware computes it (CUDA with
 bf16, a CPU with ``avx512_bf16`` or ``amx_bf16``); elsewhere torch emulates it (:func:`fedlib.runtime.cpu_bf16`).
 
-The last line is ``autocast_cost bf16=<hardware|emulated|unknown> step_ratio=<x> eval_ratio=<y>``: bf16's seconds
-over fp32's (below 1: bf16 is faster here).
+The last line is ``autocast_cost bf16=<hardware|emulated|unknown|cuda> step_ratio=<x> eval_ratio=<y>`` (on a CPU,
+whether it computes bf16 in hardware; else the device's kind): bf16's seconds over fp32's (below 1: bf16 is faster
+here).
 """
 
 from __future__ import annotations
@@ -31,17 +32,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 def measure(base, examples: int, reps: int) -> dict[str, float]:
     """Median seconds of a training step and of an evaluation of ``examples`` examples, fp32 and bf16."""
-    from step_cost import fedlib_step
+    from step_cost import fedlib_step, task_batch
 
     from fedlib.models import backbone_for
+    from fedlib.runtime import resolve_device
     from fedlib.simulation import Simulation
-    from fedlib.tasks import load_task
 
-    backbone = backbone_for(base.model)
-    ds = load_task(base.fed.task, "train", limit=base.train.batch_size, data_dir=base.data.data_dir)
-    enc = backbone.tokenizer(list(ds["text"]), padding=True, truncation=True, max_length=base.model.max_length)
-    enc = {k: torch.tensor(v) for k, v in enc.items()}
-    labels = torch.tensor(ds["label"])
+    backbone, dev = backbone_for(base.model), resolve_device(base.run.device)
+    batch = (base.train.batch_size, dev, base.fed.task, base.data.data_dir, base.model.max_length)
+    enc, labels = task_batch(backbone.tokenizer, *batch)
     sims, steps = {}, {}
     for precision in ("off", "bf16"):
         cfg = base.replace(
@@ -51,8 +50,7 @@ def measure(base, examples: int, reps: int) -> dict[str, float]:
         )
         sims[precision] = Simulation(cfg, backbone=backbone, progress=False)
         sims[precision].start()
-        dev = sims[precision].device
-        steps[precision] = fedlib_step(sims[precision].model, {k: v.to(dev) for k, v in enc.items()}, labels.to(dev))
+        steps[precision] = fedlib_step(sims[precision].model, enc, labels)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)  # CUDA: timed after a synchronize
 
     def seconds(fn) -> float:
@@ -96,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     for part in ("step", "eval"):
         what = "training step" if part == "step" else f"evaluation of {args.examples}"
         print(f"{what:>20}: fp32 {t[f'{part}_off']:.3f} s  bf16 {t[f'{part}_bf16']:.3f} s")
-    native = {True: "hardware", False: "emulated", None: "unknown"}[cpu_bf16()] if device.type == "cpu" else "cuda"
+    native = {True: "hardware", False: "emulated", None: "unknown"}[cpu_bf16()] if device.type == "cpu" else device.type
     ratio = lambda part: t[f"{part}_bf16"] / t[f"{part}_off"]  # noqa: E731
     print(f"autocast_cost bf16={native} step_ratio={ratio('step'):.2f} eval_ratio={ratio('eval'):.2f}")
 

@@ -35,12 +35,15 @@ import torch.nn.functional as F
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def sst2_batch(tokenizer, n: int, device: torch.device):
+def task_batch(tokenizer, n: int, device: torch.device, task: str = "sst2", data_dir=None, max_length=None):
+    """The first ``n`` training examples of ``task`` (a single-sentence task), padded to the longest (cut to
+    ``max_length`` when given), and their labels, on ``device``."""
     from fedlib.tasks import load_task
 
-    ds = load_task("sst2", "train", limit=n)
-    enc = tokenizer(list(ds["text"]), padding=True, return_tensors="pt").to(device)
-    return enc, torch.tensor(ds["label"], device=device)
+    ds = load_task(task, "train", data_dir=data_dir, limit=n)
+    texts = list(ds["text"])
+    enc = tokenizer(texts, padding=True, truncation=max_length is not None, max_length=max_length, return_tensors="pt")
+    return enc.to(device), torch.tensor(ds["label"], device=device)
 
 
 def fedlib_step(model, enc, labels):
@@ -153,7 +156,7 @@ def child_peak_memory(which: str, args) -> float:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     tok, ours, peft = gpt2_models(args.prompt_len, 30522)
-    enc, labels = sst2_batch(tok, args.batch, device)
+    enc, labels = task_batch(tok, args.batch, device)
     model = ours if which == "fedlib" else peft
     model.to(device)
     step = fedlib_step(model, enc, labels) if which == "fedlib" else peft_step(model, enc, labels)
@@ -196,7 +199,7 @@ def main() -> None:
     from fedlib.tasks import get_task
 
     backbone = load_backbone("bundled")
-    enc, labels = sst2_batch(backbone.tokenizer, args.batch, device)
+    enc, labels = task_batch(backbone.tokenizer, args.batch, device)
     model = PromptClassifier(backbone, get_task("sst2"), ModelConfig(prompt_len=args.prompt_len)).to(device)
     t_ours, t_floor = timed_pair(fedlib_step(model, enc, labels), floor_step(backbone, enc), args.reps, device)
     print(
@@ -207,7 +210,7 @@ def main() -> None:
 
     tok, ours, peft = gpt2_models(args.prompt_len, 30522)
     ours.to(device), peft.to(device)
-    enc, labels = sst2_batch(tok, args.batch, device)
+    enc, labels = task_batch(tok, args.batch, device)
     t_ours2, t_peft = timed_pair(fedlib_step(ours, enc, labels), peft_step(peft, enc, labels), args.reps, device)
     print(f"GPT-2 6x384 decoder: fedlib step {t_ours2 * 1e3:.1f} ms, PEFT PrefixTuning step {t_peft * 1e3:.1f} ms")
     prefix = [p for n, p in peft.named_parameters() if p.requires_grad and "prompt_encoder" in n]
