@@ -111,3 +111,23 @@ def test_gpu_share_per_virtual_node(monkeypatch):
     assert gpu_share(c, None) == 0.5 and gpu_share(c, 2) == 2.0  # the sampled clients share one GPU by default
     with pytest.raises(ValueError, match="num_gpus=1.5"):
         gpu_share(c, 1.5)
+
+
+def test_a_shorter_node_heartbeat_leaves_clientapp_task_lifetimes_alone():
+    """``fedlib.flower.supernode --heartbeat 10`` changes the node's heartbeat (the sender and the interval it declares)
+    and not the node's task store, which gives ClientApp tasks Flower's 30 s (until the process starts) and 2 x 30 s
+    past each of their heartbeats: at 10 s a ClientApp training longer than one of its ~20 s heartbeat gaps was
+    reported "ClientApp stopped responding". In a fresh process, as the launcher runs it."""
+    import subprocess
+    import sys
+
+    code = (
+        "from fedlib.flower.supernode import set_heartbeat; set_heartbeat(10.0)\n"
+        "import flwr.supernode.cli  # what the launcher then runs: imports the node's task stores\n"
+        "import flwr.supercore.corestate.in_memory_corestate as mem, flwr.supercore.corestate.sql_corestate as sql\n"
+        "import flwr.supercore.heartbeat as sender, flwr.supernode.fleet_http_connection as conn\n"
+        "print(sender.HEARTBEAT_DEFAULT_INTERVAL, conn.HEARTBEAT_DEFAULT_INTERVAL,"
+        " mem.HEARTBEAT_DEFAULT_INTERVAL, sql.HEARTBEAT_DEFAULT_INTERVAL)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["10.0", "10.0", "30", "30"]
