@@ -131,3 +131,29 @@ def test_a_shorter_node_heartbeat_leaves_clientapp_task_lifetimes_alone():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["10.0", "10.0", "30", "30"]
+
+
+def test_ray_workers_run_at_nice_0_unless_the_user_says(monkeypatch, tmp_path):
+    """Ray starts its workers (Flower's virtual nodes: the ClientApps) at nice 15, where anything else running starves
+    them: with two busy processes beside it, the Ray parity smoke run failed at nice 15 (no node answered in 120 s)
+    and took 107 s at nice 0. Both places that start Ray (``start_ray``, and ``flwr run`` in simulation through
+    ``LocalDeployment``'s environment) ask for nice 0, and keep what the user set."""
+    import os
+
+    import ray
+
+    from fedlib.flower.deploy import LocalDeployment
+    from fedlib.flower.ray_simulation import start_ray
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: None)
+    for key in ("RAY_worker_niceness", "PYTHONPATH"):  # start_ray sets both: restored after the test
+        monkeypatch.setenv(key, os.environ.get(key, ""))
+    monkeypatch.delenv("RAY_worker_niceness")
+    assert LocalDeployment(1, tmp_path, simulation=True).env["RAY_worker_niceness"] == "0"
+    start_ray({})
+    assert os.environ["RAY_worker_niceness"] == "0"
+    monkeypatch.setenv("RAY_worker_niceness", "5")
+    start_ray({})
+    assert LocalDeployment(1, tmp_path, simulation=True).env["RAY_worker_niceness"] == "5"
+    assert os.environ["RAY_worker_niceness"] == "5"

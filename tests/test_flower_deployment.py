@@ -28,6 +28,9 @@ def _run(tmp_path, run_config: dict, **kwargs) -> list[dict]:
     assert len(fed.stopped) >= (1 if kwargs.get("simulation") else 3)
     alive = [p for p in fed.stopped if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     assert not alive, f"processes survived stop(): {alive}"
+    link = tmp_path / "federation" / "superlink.log"
+    said = f"{streamed[-3000:]}\n--- superlink.log:\n{link.read_text()[-3000:] if link.exists() else ''}"
+    assert (out / "results.jsonl").exists(), f"the run wrote no results:\n{said}"
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     _check_stream(streamed, rows, out)
     return rows

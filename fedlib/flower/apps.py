@@ -254,20 +254,24 @@ class FlowerSimulation(Simulation):
                 )
             time.sleep(0.5)
             nodes = list(self.grid.get_node_ids())
-        node_of = self._ask_partitions(nodes, timeout)
+        node_of, errors = self._ask_partitions(nodes, timeout)
         missing = sorted(set(range(need)) - set(node_of))
         if missing:
-            raise SimulationError(f"no Flower node answered for partition(s) {missing[:10]}")
+            said = f"; the nodes' errors: {'; '.join(sorted(set(errors))[:3])}" if errors else ""
+            raise SimulationError(f"no Flower node answered for partition(s) {missing[:10]}{said}")
         return node_of
 
-    def _ask_partitions(self, nodes, timeout: float) -> dict[int, int]:
-        """``{partition: node id}`` for the nodes that answer a query within ``timeout``."""
+    def _ask_partitions(self, nodes, timeout: float) -> tuple[dict[int, int], list[str]]:
+        """``{partition: node id}`` for the nodes that answer a query within ``timeout``, and the errors of those
+        that replied with one."""
         msgs = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
-        node_of = {}
+        node_of, errors = {}, []
         for reply in self.grid.send_and_receive(msgs, timeout=timeout):
-            if not reply.has_error():
+            if reply.has_error():
+                errors.append(f"{reply.error.code}: {reply.error.reason}"[:300])
+            else:
                 node_of[int(reply.content["metrics"]["partition-id"])] = reply.metadata.src_node_id
-        return node_of
+        return node_of, errors
 
     def report_round(self, rec: dict) -> None:
         """Each round's line through Flower's logger on the ServerApp's side (what ``flwr run --stream`` and
@@ -281,7 +285,7 @@ class FlowerSimulation(Simulation):
         a new node id): their partition's messages go to them from now on."""
         new = sorted(set(self.grid.get_node_ids()) - set(self.node_of.values()))
         if new:
-            found = self._ask_partitions(new, 60.0)
+            found, _ = self._ask_partitions(new, 60.0)  # a node that errs now is asked again next round
             for k, node in found.items():
                 log.info("partition %d is now served by node %d (it was %s)", k, node, self.node_of.get(k))
             self.node_of.update(found)

@@ -29,9 +29,16 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["LocalDeployment", "make_certificates", "free_port"]
+__all__ = ["LocalDeployment", "make_certificates", "free_port", "RAY_ENV"]
 
 log = logging.getLogger(__name__)
+
+# Ray starts its workers at nice 15, behind every other process on the machine; on Flower's Simulation Runtime the
+# workers are the ClientApps, i.e. all the work. Measured on 2 cores with two busy processes beside it:
+# benchmarks/flower_parity.py's smoke run failed after 4 min (no node answered within 120 s) at nice 15, and took
+# 107 s at nice 0 (59 s alone). Set, unless the user set it, where Ray starts: LocalDeployment's processes (`flwr run`
+# in simulation) and fedlib.flower.ray_simulation.start_ray.
+RAY_ENV = {"RAY_worker_niceness": "0"}
 
 
 def free_port() -> int:
@@ -142,8 +149,10 @@ class LocalDeployment:
     @property
     def env(self) -> dict:
         """This environment's ``bin`` first on PATH (Flower starts ``flower-superexec``, ``flwr-serverapp`` ...
-        by name) and a private ``FLWR_HOME``."""
+        by name), a private ``FLWR_HOME``, and Ray's workers (the virtual nodes of ``simulation=True``) at nice 0
+        unless set (:data:`RAY_ENV`)."""
         return {
+            **RAY_ENV,
             **os.environ,
             "PATH": f"{self.bin}{os.pathsep}{os.environ.get('PATH', '')}",
             "FLWR_HOME": str(self.workdir / "flwr_home"),

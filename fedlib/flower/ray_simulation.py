@@ -10,6 +10,7 @@ from flwr.clientapp import ClientApp
 from ..config import ExperimentConfig
 from ..simulation import SimulationError
 from .apps import make_client_app, make_server_app
+from .deploy import RAY_ENV
 
 __all__ = ["run_flower_simulation", "gpu_share", "start_ray"]
 
@@ -18,8 +19,9 @@ def start_ray(init_args: dict) -> None:
     """Start Ray as Flower's Ray backend would (``include_dashboard=False``, the driver's ``sys.path`` as the
     workers' ``PYTHONPATH``), but pass that path through the environment the workers inherit instead of a Ray
     ``runtime_env``: building a runtime_env costs about 5 s before the first actor on a 2-core CPU, for the same
-    environment variable. Flower then finds Ray initialised and uses it (and shuts it down at the end). A Ray
-    already running (e.g. ``ray.init(address=...)`` by the user) is left as it is."""
+    environment variable. Workers run at nice 0 unless ``RAY_worker_niceness`` is set
+    (:data:`fedlib.flower.deploy.RAY_ENV`). Flower then finds Ray initialised and uses it (and shuts it down at the
+    end). A Ray already running (e.g. ``ray.init(address=...)`` by the user) is left as it is."""
     import os
     import sys
 
@@ -29,6 +31,8 @@ def start_ray(init_args: dict) -> None:
         return
     paths = [*sys.path, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))  # Flower sets the same, then a runtime_env
+    for key, value in RAY_ENV.items():
+        os.environ.setdefault(key, value)  # read by the raylet ray.init starts, which starts the workers
     ray.init(include_dashboard=False, **init_args)
 
 
