@@ -42,8 +42,9 @@ def _seconds(fn, *args, **kwargs) -> float:
     return time.perf_counter() - t0
 
 
-def measure(base, rounds: int) -> dict:
-    """The seconds of each part (module docstring) for ``base`` (an ExperimentConfig) cut to ``rounds`` rounds."""
+def measure(base, rounds: int, reps: int = 2) -> dict:
+    """The seconds of each part (module docstring) for ``base`` (an ExperimentConfig) cut to ``rounds`` rounds; the
+    evaluations and ``centralized``'s rounds are timed ``reps`` times and the fastest kept."""
     from fedlib.models import backbone_for
     from fedlib.references import centralized_steps_per_round
     from fedlib.simulation import Simulation
@@ -57,9 +58,9 @@ def measure(base, rounds: int) -> dict:
         sim = Simulation(cfg, backbone=backbone, progress=False)
         h = sim.run().history
         out[f"round_{precision}"] = float(h["seconds_client"].median())
-        out[f"eval_{precision}"] = min(_seconds(sim.evaluate, personal=True) for _ in range(2))  # the whole set
+        out[f"eval_{precision}"] = min(_seconds(sim.evaluate, personal=True) for _ in range(reps))  # the whole set
     if base.fed.curve_examples:  # the rounds without personalised views evaluate the curve's examples only
-        out["eval_curve"] = min(_seconds(sim.evaluate, personal=False) for _ in range(2))
+        out["eval_curve"] = min(_seconds(sim.evaluate, personal=False) for _ in range(reps))
     bf16 = base.replace(train=base.train.replace(autocast="bf16"))
     sim = Simulation(bf16.with_strategy("fedpeptao"), backbone=backbone, progress=False)
     out["selection"] = _seconds(sim.start)
@@ -72,7 +73,7 @@ def measure(base, rounds: int) -> dict:
     for what, bucket in (("random", 0), ("bucketed", bf16.fed.clients_per_round)):
         opt, gen = make_optimizer(model, bf16.train), torch.Generator().manual_seed(0)
         args = (model, opt, data, bf16.train, sim.device, gen, 10, steps)
-        out[f"centralized_round_{what}"] = min(_seconds(local_train, *args, bucket=bucket) for _ in range(2))
+        out[f"centralized_round_{what}"] = min(_seconds(local_train, *args, bucket=bucket) for _ in range(reps))
     return out
 
 
@@ -166,6 +167,7 @@ def main() -> None:
     p.add_argument(
         "--eval-limit", type=int, help="override data.eval_limit and cut fed.curve_examples to it (smoke tests)"
     )
+    p.add_argument("--reps", type=int, default=2, help="timings of each evaluation and centralized round (the fastest)")
     p.add_argument("--profile", action="store_true", help="profile one bf16 FedAvg round by kind of operator instead")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -188,7 +190,7 @@ def main() -> None:
         print(f"{task}: one bf16 FedAvg round, {shares.pop('seconds'):.2f} s of CPU time by kind of operator")
         print("paper_shape_profile " + " ".join(f"{k}={v:.3f}" for k, v in shares.items()))
         return
-    parts = measure(base, args.rounds)
+    parts = measure(base, args.rounds, args.reps)
     proj = projection(parts, proto, base.fed.rounds, args.workers)
     import pandas as pd
 

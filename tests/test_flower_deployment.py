@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("flwr")
-pytestmark = pytest.mark.slow  # real SuperLink and SuperNode processes
+pytestmark = [pytest.mark.slow, pytest.mark.flower_runtime]  # real SuperLink and SuperNode processes
 
 from fedlib.flower.deploy import LocalDeployment  # noqa: E402
 
