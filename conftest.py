@@ -3,9 +3,10 @@ are in ``tests/conftest.py``.
 
 ``make test`` runs three pytest-xdist workers on 2 cores: one torch thread each, and ``OMP_NUM_THREADS=1`` for every
 process a test starts (the notebooks' kernels, benchmark scripts, Flower nodes), since two 2-thread torch processes
-slow each other ~5x here; then, alone, the tests marked ``flower_runtime`` (the Makefile says why). The notebooks' kernels run as a user's papermill run does: figures inline (``make``
-exports ``MPLBACKEND=Agg`` for scripts, which would leave a kernel's figures out of its outputs) and progress as a
-headless kernel shows it (``FEDLIB_PROGRESS=headless``), CI or not.
+slow each other ~5x here; then, alone, the tests marked ``flower_runtime`` (the Makefile says why). The notebooks'
+kernels run as a user's papermill run does: figures inline (``make`` exports ``MPLBACKEND=Agg`` for scripts, which
+would leave a kernel's figures out of its outputs) and progress as a headless kernel shows it
+(``FEDLIB_PROGRESS=headless``), CI or not.
 """
 
 from __future__ import annotations
