@@ -101,6 +101,23 @@ def test_too_few_nodes_fails_clearly_instead_of_waiting_forever():
         FlowerSimulation(cfg(strategy="fedavg"), TwoNodes(), node_timeout=1.0, progress=False)
 
 
+def test_nodes_that_reply_with_errors_are_named_in_the_failure():
+    """Every node connected, but their ClientApps replied to the partition query with errors: the failure says which
+    (before, only that no node answered)."""
+    from flwr.app import Error, Message
+
+    from fedlib.flower.apps import FlowerSimulation, make_client_app
+    from fedlib.flower.local_grid import LocalGrid
+    from fedlib.simulation import SimulationError
+
+    class FailingNodes(LocalGrid):
+        def send_and_receive(self, messages, *, timeout=None):
+            return [Message(Error(code=3, reason="ClientApp raised: out of memory"), reply_to=m) for m in messages]
+
+    with pytest.raises(SimulationError, match=r"partition\(s\) \[0, 1, 2\]; the nodes' errors: 3: ClientApp raised"):
+        FlowerSimulation(cfg(strategy="fedavg"), FailingNodes(make_client_app(), 3), node_timeout=1.0, progress=False)
+
+
 def test_gpu_share_per_virtual_node(monkeypatch):
     from fedlib.flower.ray_simulation import gpu_share
 
