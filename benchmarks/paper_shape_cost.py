@@ -36,10 +36,15 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def _seconds(fn, *args, **kwargs) -> float:
-    t0 = time.perf_counter()
-    fn(*args, **kwargs)
-    return time.perf_counter() - t0
+def _seconds(fn, *args, reps: int = 1, **kwargs) -> float:
+    """Seconds of ``fn(*args, **kwargs)``: the fastest of ``reps`` calls."""
+
+    def once() -> float:
+        t0 = time.perf_counter()
+        fn(*args, **kwargs)
+        return time.perf_counter() - t0
+
+    return min(once() for _ in range(reps))
 
 
 def measure(base, rounds: int, reps: int = 2) -> dict:
@@ -58,9 +63,9 @@ def measure(base, rounds: int, reps: int = 2) -> dict:
         sim = Simulation(cfg, backbone=backbone, progress=False)
         h = sim.run().history
         out[f"round_{precision}"] = float(h["seconds_client"].median())
-        out[f"eval_{precision}"] = min(_seconds(sim.evaluate, personal=True) for _ in range(reps))  # the whole set
+        out[f"eval_{precision}"] = _seconds(sim.evaluate, personal=True, reps=reps)  # the whole set
     if base.fed.curve_examples:  # the rounds without personalised views evaluate the curve's examples only
-        out["eval_curve"] = min(_seconds(sim.evaluate, personal=False) for _ in range(reps))
+        out["eval_curve"] = _seconds(sim.evaluate, personal=False, reps=reps)
     bf16 = base.replace(train=base.train.replace(autocast="bf16"))
     sim = Simulation(bf16.with_strategy("fedpeptao"), backbone=backbone, progress=False)
     out["selection"] = _seconds(sim.start)
@@ -73,7 +78,7 @@ def measure(base, rounds: int, reps: int = 2) -> dict:
     for what, bucket in (("random", 0), ("bucketed", bf16.fed.clients_per_round)):
         opt, gen = make_optimizer(model, bf16.train), torch.Generator().manual_seed(0)
         args = (model, opt, data, bf16.train, sim.device, gen, 10, steps)
-        out[f"centralized_round_{what}"] = min(_seconds(local_train, *args, bucket=bucket) for _ in range(reps))
+        out[f"centralized_round_{what}"] = _seconds(local_train, *args, bucket=bucket, reps=reps)
     return out
 
 
