@@ -75,8 +75,9 @@ def holm(pvalues) -> np.ndarray:
 
 
 def holds(p_holm: float, level: float = 0.95) -> bool:
-    """Whether a comparison holds for its family: its Holm-adjusted p-value below 1 - level (NaN: never)."""
-    return p_holm == p_holm and p_holm < 1 - level
+    """Whether a comparison holds for its family: its Holm-adjusted p-value below 1 - level (NaN: never). The
+    threshold is rounded (``1 - 0.95`` is 0.050000000000000044 in floating point, which let exactly 0.05 hold)."""
+    return p_holm == p_holm and p_holm < round(1 - level, 12)
 
 
 def p_text(p: float) -> str:

@@ -12,7 +12,7 @@ from fedlib.configbase import yaml_load
 from fedlib.grid_tables import paired_table, view_table
 from fedlib.protocol import grid_slices, protocol_rows
 from fedlib.report import markdown_table
-from fedlib.stats import holm, paired_pvalue
+from fedlib.stats import holds, holm, paired_pvalue
 from fedlib.verdicts import claims_markdown, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,6 +48,8 @@ def test_holm_adjusts_a_family_step_down():
     # sorted 0.005, 0.01, 0.03, 0.04 (m = 4): 4 x 0.005, 3 x 0.01, 2 x 0.03, 1 x 0.04 (running maximum)
     assert np.allclose(holm(p), [0.03, 0.06, 0.06, np.nan, 0.02], equal_nan=True)
     assert holm([0.5, 0.9])[1] == 1.0  # capped at 1 (min(1, 2 x 0.9)), and never below an earlier one
+    five = holm([0.01] * 5)  # exactly 0.05 after the adjustment: "below 0.05" does not hold
+    assert five[0] == 0.05 and not holds(five[0]) and holds(0.0499) and verdict(0.02, five[0]) == "no difference shown"
 
 
 def test_paired_pvalue_is_the_t_test_behind_the_interval():
