@@ -21,6 +21,11 @@ and are not noised; evaluation metrics, example counts and the un-clipped norms 
 covered either. Strategies that keep per-client state on the server or upload more than the shared tensors are
 refused (:meth:`fedlib.strategies.Strategy.privacy_refusal`), and so is layer selection from private data.
 
+Randomness: by default the noise and the cohorts are drawn from the run's seed, so a run repeats (and a resumed
+run equals an uninterrupted one); the guarantee then holds only against parties who do not know that seed, and
+every client receives it. ``privacy.secure_rng: true`` draws both from the OS's CSPRNG (:mod:`fedlib.secure_random`);
+a warning says so when a run adds seeded noise.
+
 The accountant is Opacus' (``opacus.accountants``): RDP (Mironov 2017; Mironov et al. 2019 for the sampled
 Gaussian) for the running figure, PRV (Gopi et al. 2021, numerical composition) for a tighter one. Google's
 ``dp-accounting``, which Flower's own accountant wraps, pins ``attrs<24`` and cannot be installed beside this
@@ -31,6 +36,7 @@ with no amplification by sampling (:func:`epsilon` with ``sampling="none"`` give
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import typing
 import warnings
@@ -41,6 +47,7 @@ import numpy as np
 import torch
 
 from .configbase import Config, ConfigError, check, setting
+from .secure_random import secure_gaussian_like, secure_poisson_sample
 from .server import tensor_norm
 
 __all__ = [
@@ -54,6 +61,7 @@ __all__ = [
 ]
 
 Tensors = dict[str, torch.Tensor]
+log = logging.getLogger(__name__)
 NOISE_STREAM = 7717  # separates the noise's random draws from every other use of (seed, round)
 
 
@@ -76,6 +84,12 @@ class PrivacyConfig(Config):
     delta: float = setting(1e-5, "delta of the (epsilon, delta) guarantee")
     accountant: typing.Literal["rdp", "prv"] = setting(
         "rdp", "Opacus' accountant: 'rdp', Renyi DP (an upper bound); 'prv', privacy random variables (tighter)"
+    )
+    secure_rng: bool = setting(
+        False,
+        "draw the noise and the Poisson cohorts from the OS's CSPRNG (fedlib.secure_random), not from fed.seed: "
+        "needed for the guarantee against anyone who knows the seed (every client; in local mode the server); "
+        "runs then do not repeat",
     )
 
     def validate(self) -> None:
@@ -161,6 +175,16 @@ def gaussian_like(tensors: Tensors, std: float, seed: int) -> Tensors:
     return {k: torch.randn(v.shape, generator=gen, dtype=torch.float64) * std for k, v in sorted(tensors.items())}
 
 
+@functools.lru_cache(maxsize=1)
+def _warn_seeded() -> None:
+    """Said once per process, as Opacus does outside its secure mode."""
+    log.warning(
+        "DP noise and cohorts are drawn from fed.seed (privacy.secure_rng: false), so runs repeat; whoever knows "
+        "the seed (every client receives the configuration) can rebuild them, and the guarantee does not hold "
+        "against them: set privacy.secure_rng: true for a deployment"
+    )
+
+
 def noise_seed(*keys: int) -> int:
     """The noise's seed from ``keys`` ((seed, round) for the server's draw; a client's round seed in local mode)."""
     return int(np.random.SeedSequence([*keys, NOISE_STREAM]).generate_state(1)[0])
@@ -178,6 +202,8 @@ class Privacy:
         if cfg.target_epsilon > 0:
             q_eff, z_scale = (self.q, 1.0) if cfg.mode == "central" else (1.0, 0.5)
             self.z = noise_for_epsilon(cfg.target_epsilon, q_eff, rounds, cfg.delta, cfg.accountant) / z_scale
+        if not cfg.secure_rng and self.z > 0:
+            _warn_seeded()
 
     @classmethod
     def of(cls, cfg) -> "Privacy | None":
@@ -191,16 +217,26 @@ class Privacy:
         return self.z * self.cfg.clip_norm
 
     def sample(self, round_: int) -> list[int]:
-        """Round ``round_``'s clients: each of the N independently with probability q (possibly none)."""
+        """Round ``round_``'s clients: each of the N independently with probability q (possibly none); from the
+        OS's CSPRNG under ``secure_rng``, else from (seed, round)."""
+        if self.cfg.secure_rng:
+            return secure_poisson_sample(self.N, self.q)
         rng = np.random.default_rng([self.seed, round_, NOISE_STREAM])
         return [int(k) for k in np.flatnonzero(rng.random(self.N) < self.q)]
+
+    def noise(self, like: Tensors, *keys: int) -> Tensors:
+        """N(0, (z C)^2) per coordinate, shaped as ``like`` (float64, CPU): from the OS's CSPRNG under
+        ``secure_rng``, else drawn from ``keys`` (reproducible by whoever knows them)."""
+        if self.cfg.secure_rng:
+            return secure_gaussian_like(like, self.std)
+        return gaussian_like(like, self.std, noise_seed(*keys))
 
     def finish_upload(self, x: Tensors, y: Tensors, seed: int) -> tuple[Tensors, float]:
         """Client side, where its result is finished: clip ``y - x`` to C (and, in local mode, add the noise drawn
         from ``seed``, the client's seed of the round); returns the upload and the norm before clipping."""
         y, norm = clip_update(x, y, self.cfg.clip_norm)
         if self.cfg.mode == "local" and self.z > 0:
-            noise = gaussian_like(y, self.std, noise_seed(seed))
+            noise = self.noise(y, seed)
             y = {k: (v.double() + noise[k].to(v.device)).to(v.dtype) for k, v in y.items()}
         return y, norm
 
@@ -215,7 +251,7 @@ class Privacy:
             for k in total:
                 total[k] += r.shared[k].double() - shared[k].double()
         if self.cfg.mode == "central":
-            noise = gaussian_like(shared, self.std, noise_seed(self.seed, round_)) if self.z > 0 else {}
+            noise = self.noise(shared, self.seed, round_) if self.z > 0 else {}
             denom = self.q * self.N
             norms = {"signal_norm": tensor_norm(total) / denom, "noise_norm": tensor_norm(noise) / denom}
             return {k: ((total[k] + noise.get(k, 0.0)) / denom).to(shared[k].dtype) for k in total}, norms
@@ -223,14 +259,16 @@ class Privacy:
         return {k: (total[k] / max(len(results), 1)).to(shared[k].dtype) for k in total}, norms
 
     # ---- accounting over the run ------------------------------------------------------------------------
-    def account(self, scalars: dict, results: list) -> dict:
+    def account(self, scalars: dict, results: list, uploaded: list[int] | None = None) -> dict:
         """Count this round's release into ``scalars["privacy"]`` (kept in checkpoints, so a resumed run continues
         the count) and return the round's record fields: epsilon so far, z, q, the releases, and the un-clipped
-        update norms (median, and the fraction clipped: how to choose C; diagnostics, not private)."""
+        update norms (median, and the fraction clipped: how to choose C; diagnostics, not private). ``uploaded``:
+        every client whose upload reached the server, left out of the mean or not (default: those of ``results``);
+        under local DP each is a release of that client's data."""
         old = scalars.get("privacy", {"releases": 0, "participations": {}})
         st = {"releases": old["releases"] + 1, "participations": dict(old["participations"])}
-        for r in results:
-            st["participations"][str(r.client)] = st["participations"].get(str(r.client), 0) + 1
+        for k in [r.client for r in results] if uploaded is None else uploaded:
+            st["participations"][str(k)] = st["participations"].get(str(k), 0) + 1
         scalars["privacy"] = st
         norms = [r.update_norm for r in results]
         return {

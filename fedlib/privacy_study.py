@@ -74,9 +74,10 @@ def utility_runs(base, strategies: dict, noise_multipliers, seeds, backbone=None
             if spec is None:
                 history = majority_local(cfg)
             else:
+                # each row's own z (a target epsilon in base would make every z one run) or no privacy at all
+                private = dict(mode="central", noise_multiplier=z, target_epsilon=0.0) if z is not None else {}
                 cfg = cfg.with_overrides({"strategy": spec})
-                if z is not None:
-                    cfg = cfg.replace(privacy=base.privacy.replace(mode="central", noise_multiplier=z))
+                cfg = cfg.replace(privacy=base.privacy.replace(**(private or {"mode": "off"})))
                 history = run_simulation(cfg, backbone=backbone, progress=progress).history
             s = summarize(history)
             rows.append(

@@ -138,9 +138,14 @@ class Federation:
         return out
 
     def check_result(self, res, shared: dict) -> str | None:
-        """Why a client's result must be left out (non-finite, diverged), or None."""
+        """Why a client's result must be left out (non-finite, diverged), or None. Under local DP an upload is
+        noised (norm about z C sqrt(d), however well the client trained) and was clipped to C before: only
+        finiteness is checked."""
         if not res.finite():
             return "non-finite update"
+        privacy = self.strategy.privacy
+        if privacy is not None and privacy.cfg.mode == "local":
+            return None
         norm = tensor_norm({n: res.shared[n].double() - shared[n].double() for n in shared})
         if norm > self.cfg.run.max_update_norm:
             return f"update norm {norm:.3g} exceeds max_update_norm"
@@ -151,8 +156,9 @@ class Federation:
         t0 = time.perf_counter()
         sampled = self.sample(round_)
         download = self.strategy.download(server)
-        results, failures = [], []
+        results, failures, uploaded = [], [], []
         for k, res, state, reason in self.train_clients(round_, sampled, server.shared, download):
+            uploaded += [k] if res is not None else []  # sent, kept or not: released under local DP
             reason = reason or self.check_result(res, server.shared)
             if reason:
                 log.warning("round %d: client %d left out: %s", round_ + 1, k, reason)
@@ -179,5 +185,5 @@ class Federation:
             **new.scalars.get("diagnostics", {}),  # the strategy's own (FedPepTAO: norms of c, c_i; eta_s)
         }
         if self.strategy.privacy is not None:  # epsilon so far (the count lives in the server's scalars)
-            rec.update(self.strategy.privacy.account(new.scalars, results))
+            rec.update(self.strategy.privacy.account(new.scalars, results, uploaded))
         return new, rec

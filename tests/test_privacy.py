@@ -90,6 +90,52 @@ def test_central_noise_has_the_stated_mean_and_std():
     assert torch.equal(p.aggregate(x, [], 7)[0]["a"], p.aggregate(x, [], 7)[0]["a"])
 
 
+def test_secure_rng_draws_fresh_noise_and_cohorts_with_the_stated_law():
+    """privacy.secure_rng: the same (seed, round) gives other noise and cohorts each time (nothing to rebuild them
+    from), with the seeded draws' law: mean 0, std z C / (qN), a normal's fourth moment, Poisson rate q."""
+    from fedlib.secure_random import secure_normal
+
+    cfg = PrivacyConfig(mode="central", clip_norm=2.0, noise_multiplier=1.5, secure_rng=True)
+    p = Privacy(cfg, 100, 10, 1, seed=0)
+    x = {"a": torch.zeros(1000), "b": torch.zeros(3, 5)}
+    a, b = p.aggregate(x, [], 7)[0], p.aggregate(x, [], 7)[0]
+    assert a["b"].shape == (3, 5) and a["a"].dtype == torch.float32 and not torch.equal(a["a"], b["a"])
+    draws = torch.stack([p.aggregate(x, [], 7)[0]["a"] for _ in range(200)]).double()
+    std = 1.5 * 2.0 / 10
+    assert abs(float(draws.mean())) < 4 * std / math.sqrt(draws.numel())
+    assert float(draws.std()) == pytest.approx(std, rel=0.01)
+    z = secure_normal(200_000)
+    assert float(np.mean(z**4)) == pytest.approx(3.0, rel=0.05) and abs(float(np.mean(z**3))) < 0.05
+    sizes = [len(Privacy(cfg, 20, 2, 1, seed=3).sample(0)) for _ in range(2000)]
+    assert np.mean(sizes) == pytest.approx(2.0, rel=0.05) and min(sizes) == 0 and len(set(map(len, [sizes]))) == 1
+
+
+def test_seeded_noise_says_who_can_rebuild_it(caplog):
+    from fedlib import privacy
+
+    privacy._warn_seeded.cache_clear()
+    with caplog.at_level("WARNING", logger="fedlib.privacy"):
+        Privacy(PrivacyConfig(mode="central", secure_rng=True), 10, 2, 1, seed=0)
+        assert not caplog.records
+        Privacy(PrivacyConfig(mode="central", noise_multiplier=0.0), 10, 2, 1, seed=0)  # clipping only: no noise
+        assert not caplog.records
+        Privacy(PrivacyConfig(mode="central"), 10, 2, 1, seed=0)
+    assert "privacy.secure_rng: true" in caplog.text
+
+
+def test_local_mode_keeps_noised_uploads_and_counts_every_upload(bundled_backbone):
+    """A local-DP upload's norm is about z C sqrt(d) whatever the client did: the divergence bound
+    (run.max_update_norm) does not apply to it, and every upload that reached the server is a release."""
+    cfg = tiny_cfg(rounds=2, mode="local", noise_multiplier=2.0, max_update_norm=1.0)  # far below the noise's norm
+    res = run_simulation(cfg, backbone=bundled_backbone, progress=False)
+    rounds = res.history.query("round > 0")
+    assert (rounds["failed"] == 0).all() and (rounds["reported"] == rounds["clients"].map(len)).all()
+    p = Privacy(PrivacyConfig(mode="local"), 10, 2, 3, seed=0)
+    scalars: dict = {}
+    p.account(scalars, [], uploaded=[3, 5])  # both sent, both left out of the mean: still released
+    assert scalars["privacy"]["participations"] == {"3": 1, "5": 1}
+
+
 def test_poisson_sampling_has_rate_q_and_may_be_empty():
     p = Privacy(PrivacyConfig(mode="central"), 20, 2, 1, seed=3)
     sizes = [len(p.sample(t)) for t in range(2000)]
