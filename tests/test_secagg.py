@@ -52,3 +52,22 @@ def test_the_secure_mean_is_the_plain_mean_up_to_quantisation(bundled_backbone):
 def test_strategies_that_need_more_than_the_mean_are_refused(bundled_backbone, strategy, params, needle):
     with pytest.raises(SimulationError, match=needle):
         on_local_grid(cfg(strategy=strategy, **params), True, bundled_backbone)
+
+
+def test_an_update_outside_the_quantisers_range_fails_loudly():
+    """SecAgg+ clips each scaled coordinate to +-clipping_range before quantising: a client whose update (scaled by
+    n_i / max_weight) leaves it raises, naming itself and the value, instead of being clipped silently."""
+    import json
+    from types import SimpleNamespace
+
+    from fedlib.flower.secagg import fit_reply
+
+    conf = {"names": json.dumps(["a"]), "max-weight": 10.0, "clipping-range": 8.0, "partition-id": 3}
+    theta = {"a": torch.full((3,), 5.0)}  # large values are fine: what travels is the update y_i - theta
+    result = SimpleNamespace(shared={"a": torch.tensor([5.0, 25.0, 5.0])}, num_examples=5)
+    with pytest.raises(ValueError, match=r"client 3's update reaches 10 .* clipping range \+-8"):
+        fit_reply(None, conf, result, theta)
+    with pytest.raises(ValueError, match="client 3"):  # a non-finite update is refused the same way
+        fit_reply(
+            None, conf, SimpleNamespace(shared={"a": torch.tensor([5.0, float("nan"), 5.0])}, num_examples=5), theta
+        )

@@ -176,7 +176,7 @@ def make_client_app(mods: list | None = None) -> ClientApp:
         secure = fit_request(msg)
         if secure is not None:  # a secure round: a legacy FitRes, masked by secaggplus_mod on its way out
             conf, shared = secure
-            return fit_reply(msg, conf, local_update(conf, shared, {}, context))
+            return fit_reply(msg, conf, local_update(conf, shared, {}, context), shared)
         conf = msg.content["config"]
         k = int(conf["partition-id"])
         res = local_update(conf, _tensors(msg.content["arrays"]), _tensors(msg.content.get("download")), context)

@@ -10,10 +10,15 @@ tensors, ``sum_i n_i y_i / sum_i n_i``; the server never sees a single ``y_i``. 
 ClientApp's SecAgg+ messages through ``secaggplus_mod`` and lets every other message pass, so the same ClientApp
 serves plain and secure rounds.
 
-Each ``y_i`` is scaled by ``n_i / max_weight`` (``max_weight``: the largest client's size, so the scale stays near 1),
-clipped to ``[-clipping_range, clipping_range]`` and quantised to ``quantization_range`` levels before masking; the
-mean is exact up to that quantisation (about ``2 clipping_range / quantization_range`` per coordinate, 4e-6 with
-Flower's defaults). Only strategies whose server step needs nothing but the mean run under it
+What a client sends is its update ``u_i = y_i - theta`` (the server adds ``theta`` back to the mean): updates are
+far smaller than the tensors themselves, so they sit well inside SecAgg+'s range. Each ``u_i`` is scaled by
+``n_i / max_weight`` (``max_weight``: the largest size among the round's sampled clients, so the scales are at most
+1 and their sum at least 1), checked against ``[-clipping_range, clipping_range]`` (a client whose scaled update
+leaves it raises, naming the value, instead of being clipped silently by the quantiser) and quantised to
+``quantization_range`` levels (stochastic rounding) before masking; the mean is exact up to that quantisation: at
+most ``m * step / sum_i (n_i / max_weight)`` per coordinate for m clients, ``step = 2 clipping_range /
+quantization_range`` (3.8e-6 with Flower's defaults; 4e-6 measured at m = 5, ``benchmarks/secagg_cost.py``). Only
+strategies whose server step needs nothing but the mean run under it
 (:meth:`fedlib.strategies.Strategy.privacy_refusal` is None): FedAvg, FedProx, the server optimisers,
 ``fedavg_selected``, FedPepTAO without control variates.
 """
@@ -55,13 +60,23 @@ def fit_request(msg: Message) -> tuple[dict, dict[str, torch.Tensor]] | None:
     return conf, {n: torch.from_numpy(np.array(a)) for n, a in zip(names, arrays, strict=True)}
 
 
-def fit_reply(msg: Message, conf: dict, result) -> Message:
-    """The legacy ``FitRes`` reply (``secaggplus_mod`` masks its parameters): ``y_i`` in the order of
-    ``conf["names"]``, ``n_i`` as the weight, and the client's numbers as metrics."""
+def fit_reply(msg: Message, conf: dict, result, shared: dict[str, torch.Tensor]) -> Message:
+    """The legacy ``FitRes`` reply (``secaggplus_mod`` masks its parameters): the update ``y_i - theta``
+    (``shared`` is ``theta``) in the order of ``conf["names"]``, ``n_i`` as the weight, and the client's numbers as
+    metrics. Raises ValueError when the update scaled by ``n_i / max_weight`` leaves the clipping range."""
     names = json.loads(conf["names"])
+    update = {n: (result.shared[n].detach().cpu().double() - shared[n].double()).numpy() for n in names}
+    scale = int(result.num_examples) / float(conf["max-weight"])
+    peak = max((float(np.abs(u).max()) for u in update.values() if u.size), default=0.0) * scale
+    if not peak <= float(conf["clipping-range"]):
+        raise ValueError(
+            f"secure aggregation: client {conf['partition-id']}'s update reaches {peak:.4g} after scaling by "
+            f"n_i / max_weight = {scale:.3g}, outside SecAgg+'s clipping range +-{conf['clipping-range']} "
+            "(it would be clipped silently): the client diverged, or the range is too small"
+        )
     fitres = FitRes(
         status=Status(code=Code.OK, message=""),
-        parameters=ndarrays_to_parameters([result.shared[n].detach().cpu().numpy() for n in names]),
+        parameters=ndarrays_to_parameters([update[n] for n in names]),
         num_examples=int(result.num_examples),
         metrics={
             "partition-id": int(conf["partition-id"]),
@@ -124,7 +139,8 @@ def secure_mean(
     quantization_range: int = 2**22,
 ) -> SecureRound:
     """Run Flower's SecAgg+ workflow for round ``round_`` (0-based) on the nodes of ``configs`` (node id -> the
-    train config fields, all scalars): each trains from ``shared`` and the workflow returns only the mean."""
+    train config fields, all scalars): each trains from ``shared`` and the workflow returns only the mean of the
+    updates, to which ``shared`` is added here (float64, then each tensor's dtype)."""
     from flwr.server import ServerConfig
     from flwr.server.compat.legacy_context import LegacyContext
     from flwr.server.workflow import SecAggPlusWorkflow
@@ -132,7 +148,8 @@ def secure_mean(
 
     names = list(shared)
     params = ndarrays_to_parameters([shared[n].detach().cpu().numpy() for n in names])
-    fitins = {nid: FitIns(params, {**conf, "names": json.dumps(names)}) for nid, conf in configs.items()}
+    extra = {"names": json.dumps(names), "max-weight": float(max_weight), "clipping-range": float(clipping_range)}
+    fitins = {nid: FitIns(params, {**conf, **extra}) for nid, conf in configs.items()}
     strategy = _RoundStrategy(fitins, grid)
     context = LegacyContext(
         Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}),
@@ -153,7 +170,10 @@ def secure_mean(
     if not strategy.results:
         return SecureRound(None)
     arrays = parameters_to_ndarrays(strategy.results[0][1].parameters)
-    mean = {n: torch.from_numpy(np.array(a)).to(shared[n].dtype) for n, a in zip(names, arrays, strict=True)}
+    mean = {
+        n: (shared[n].detach().cpu().double() + torch.from_numpy(np.array(a, dtype=np.float64))).to(shared[n].dtype)
+        for n, a in zip(names, arrays, strict=True)
+    }
     clients = [(int(res.num_examples), dict(res.metrics)) for _, res in strategy.results]
     return SecureRound(mean, clients)
 
@@ -178,7 +198,7 @@ def secure_round(sim, round_: int, sampled: list[int], shared: dict) -> list[tup
     from ..client import ClientResult
 
     configs = {sim.node_of[k]: dict(sim._config(k, round_)) for k in sampled}
-    biggest = max(len(s) for s in sim.partition.train)  # weights n_i / max_weight stay near 1: fine quantisation
+    biggest = max(len(sim.partition.train[k]) for k in sampled)  # scales n_i / max_weight <= 1, their sum >= 1
     outcome = secure_mean(sim.grid, round_, shared, configs, biggest, timeout=sim.reply_timeout)
     got = {int(m["partition-id"]): (n, m) for n, m in outcome.clients}
     out = []
