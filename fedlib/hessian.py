@@ -8,7 +8,8 @@
    values, on 10,000 grid points over [lambda_min - 0.01, lambda_max + 0.01], normalised to integrate to 1.
 3. ``ratio(t) = 1 - integral_{lambda <= t} density``: the mass of eigenvalues above t.
 4. The reference's threshold search: t = 0, 0.1, 0.2, ...; if ratio(t) < ratio(0)/2, halve the step and
-   restart from 0; once 4 consecutive ratios differ pairwise by < 0.005, return the last ratio.
+   restart from 0; once each of 4 consecutive ratios differs from the one before by < 0.005 (get_ratio.py's
+   three neighbour tests, not a spread of 0.005 over all four), return the last ratio.
    The fraction of layers to keep is that ratio (averaged over clients by the caller).
 
 That rule is not scale-free: with eigenvalues far below its absolute kernel width it returns about one half
@@ -51,20 +52,23 @@ __all__ = [
 def lanczos(
     hvp, dim: int, iters: int, generator: torch.Generator, dtype=torch.float64, device=None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Lanczos on a symmetric operator ``hvp: [dim] -> [dim]``; returns (alphas ``[m]``, betas ``[m-1]``)."""
+    """Lanczos on a symmetric operator ``hvp: [dim] -> [dim]``; returns (alphas ``[m]``, betas ``[m-1]``). It stops
+    early when the Krylov space is exhausted: a beta below 1e-10 of ``||H v_0||``, relative so that an operator's
+    scale (a loss times 1e-11) changes nothing."""
     v = (torch.randint(0, 2, (dim,), generator=generator).to(dtype) * 2 - 1).to(device)  # Rademacher
     v = v / v.norm()
     basis, alphas, betas = [v], [], []
-    beta = 0.0
+    beta, scale = 0.0, 0.0
     for i in range(min(iters, dim)):
         w = hvp(basis[-1]).to(dtype)
+        scale = scale or float(w.norm())
         alpha = torch.dot(w, basis[-1])
         alphas.append(float(alpha))
         w = w - alpha * basis[-1] - (beta * basis[-2] if i > 0 else 0)
         for b in basis:  # full re-orthogonalisation
             w = w - torch.dot(w, b) * b
         beta = float(w.norm())
-        if i == min(iters, dim) - 1 or beta < 1e-10:
+        if i == min(iters, dim) - 1 or beta <= 1e-10 * scale:
             break
         betas.append(beta)
         basis.append(w / beta)
@@ -123,7 +127,7 @@ def threshold_ratio(
             continue
         ratios.append(r)
         last = ratios[-plateau:]
-        if len(last) == plateau and max(last) - min(last) < tol:
+        if len(last) == plateau and all(abs(a - b) < tol for a, b in zip(last, last[1:])):
             return last[-1]
         t += inc
     return ratios[-1] if ratios else first

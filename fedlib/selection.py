@@ -77,6 +77,7 @@ def hessian_ratio(model, train: Encoded, partition, cfg, device) -> dict:
     rules = ("density", "trace") if sel.compare_rules else (sel.count_rule,)
     per_client = []
     for k in sampled:
+        model.load_state(fl.personal_of(k))  # its own personal tensors (a personal head), not the last trained one's
         idx = partition.train[k]
         order = np.random.default_rng([fed.seed, k, 13]).permutation(len(idx))[: cfg.train.batch_size]
         batch, seed = collate(train, [idx[i] for i in order], pad), client_seed(fed.seed, 0, k, stream=2)

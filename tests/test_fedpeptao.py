@@ -62,12 +62,33 @@ def test_lanczos_recovers_a_known_spectrum_from_autograd_hvps():
     assert weights.sum() == pytest.approx(1.0)
 
 
+def test_lanczos_runs_as_long_on_a_tiny_operator_as_on_a_unit_one():
+    """Its early stop is relative to ||H v_0||: eigenvalues +-1e-11 give the Ritz values +-1 gives, times 1e-11 (an
+    absolute 1e-10 stopped after one step, and the relative density rule then kept every layer)."""
+    g = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(40, 40, dtype=torch.float64, generator=g))
+    h = q @ torch.diag(torch.tensor([-1.0] * 20 + [1.0] * 20, dtype=torch.float64)) @ q.T
+    unit = ritz(*lanczos(lambda v: h @ v, 40, 10, torch.Generator().manual_seed(1)))
+    tiny = ritz(*lanczos(lambda v: 1e-11 * (h @ v), 40, 10, torch.Generator().manual_seed(1)))
+    assert len(unit[0]) == len(tiny[0]) == 2 and np.allclose(tiny[0] / 1e-11, unit[0]) and np.allclose(tiny[1], unit[1])
+
+
 def test_threshold_rule_returns_the_mass_of_large_eigenvalues():
     eigs = np.array([-1.0] * 6 + [5.0] * 4)
     grid, dens = eigen_density(eigs, np.full(10, 0.1))
     ratio = threshold_ratio(grid, dens)
     assert ratio == pytest.approx(0.4, abs=1e-3)
     assert layer_count(ratio, 24) == 10 and layer_count(0.0, 24) == 1 and layer_count(1.0, 6) == 6
+
+
+def test_threshold_search_stops_as_the_reference_does_on_neighbouring_ratios():
+    """get_ratio.py stops when each of 4 consecutive ratios is within 0.005 of the one before: on a slowly falling
+    ratio (many small eigenvalues spread over [0, 5]) that is an earlier stop than a spread of 0.005 over all four,
+    which kept searching and returned 0.288 here (7 of 24 layers instead of 12)."""
+    eigs = np.array([-1.0] + [0.05 + 0.1 * i for i in range(50)] + [10.0])
+    grid, dens = eigen_density(eigs, np.array([0.5] + [0.004] * 50 + [0.3]))
+    ratio = threshold_ratio(grid, dens)
+    assert ratio == pytest.approx(0.506, abs=1e-3) and layer_count(ratio, 24) == 12
 
 
 def test_keep_ratio_on_the_bundled_model_needs_eager_attention_and_restores_sdpa(bundled_backbone):
@@ -352,3 +373,45 @@ def test_gap_curves_spread_is_heterogeneity():
     fedavg = {"fedavg": get_strategy("fedavg")}
     low, high = (gap_curves(fedavg, seeds=8, spread=s, rounds=20)["fedavg"][:, -5:].mean() for s in (0.2, 4.0))
     assert low < high
+
+
+def test_each_probed_client_curvature_uses_its_own_personal_head(tokenizer, monkeypatch):
+    """With a personal head, the warm-up leaves the last trained client's head in the model: each probed client's
+    Hessian must be measured with its own (the one in its store)."""
+    import fedlib.selection as selection
+    from fedlib.config import ModelConfig, TrainConfig
+    from fedlib.models import wrap_backbone
+    from fedlib.simulation import Simulation
+
+    from .configs import build
+    from .conftest import make_tiny
+
+    backbone = wrap_backbone(make_tiny("bert", tokenizer.vocab_size), tokenizer, name="tiny-bert")
+    cfg = build(
+        model=ModelConfig(prompt_len=2, head_role="personal", max_length=32),
+        train=TrainConfig(batch_size=4),
+        strategy="fedpeptao",
+        **dict(num_clients=4, clients_per_round=2, rounds=1, train_limit=24, eval_limit=8),
+        **dict(share_ratio=0.0, hessian_warmup_rounds=1, hessian_iters=3),
+    )
+    sim = Simulation(cfg, backbone=backbone, progress=False)
+    stores, heads = [], []
+
+    class Store(selection.ClientStore):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            stores.append(self)
+
+    original = selection.client_curvature
+
+    def curvature(model, *args, **kwargs):
+        heads.append({n: p.detach().clone() for n, p in model.trainable().items() if n.startswith("head.")})
+        return original(model, *args, **kwargs)
+
+    monkeypatch.setattr(selection, "ClientStore", Store)
+    monkeypatch.setattr(selection, "client_curvature", curvature)
+    out = selection.hessian_ratio(sim.model, sim.train, sim.partition, cfg, sim.device)
+    assert len(out["clients"]) == 2 and len(heads) == 2
+    for k, used in zip(out["clients"], heads):
+        own = {n.removeprefix("personal/"): v for n, v in stores[-1].get(k).items() if n.startswith("personal/head.")}
+        assert own and all(torch.equal(used[n], own[n]) for n in own), k
