@@ -141,13 +141,42 @@ class PromptClassifier(nn.Module):
         """``input_ids``/``attention_mask`` ``[B, T]``, ``target_pos`` ``[B]`` -> logits ``[B, C]``.
 
         With ``output_hidden_states`` returns ``(logits, hidden_states)``, hidden_states a tuple of
-        L + 1 tensors ``[B, T, d]`` (embeddings, then each layer's output; prompt positions excluded).
+        L + 1 tensors ``[B, T, d]`` (embeddings, then each layer's output; prompt positions excluded). A decoder's
+        last entry is its last block's output too, not (as Hugging Face returns it) after the final norm.
         """
-        if self.input_prompt is not None:
-            return self._forward_shallow(input_ids, attention_mask, target_pos, token_type_ids, output_hidden_states)
-        out = self.encode(input_ids, attention_mask, token_type_ids, output_hidden_states)
-        logits = self.head(out.last_hidden_state, attention_mask, target_pos)
-        return (logits, out.hidden_states) if output_hidden_states else logits
+        with self._last_block_output(output_hidden_states) as last:
+            if self.input_prompt is not None:
+                logits, hidden = self._forward_shallow(
+                    input_ids, attention_mask, target_pos, token_type_ids, output_hidden_states
+                )
+            else:
+                out = self.encode(input_ids, attention_mask, token_type_ids, output_hidden_states)
+                logits, hidden = self.head(out.last_hidden_state, attention_mask, target_pos), out.hidden_states
+        if not output_hidden_states:
+            return logits
+        if "out" in last:
+            hidden = (*hidden[:-1], last["out"][:, -hidden[-1].shape[1] :])  # the real tokens (after a shallow prompt)
+        return logits, hidden
+
+    @contextlib.contextmanager
+    def _last_block_output(self, wanted: bool):
+        """For a decoder, when ``wanted``: ``{"out": [B, T', d]}``, the last transformer block's output (a forward
+        hook on the backbone's list of L blocks; Hugging Face applies the final norm before the last hidden state).
+        Nothing for encoders, whose last hidden state is the last block's output."""
+        got: dict = {}
+        if not wanted or self.info.kind != "decoder":
+            yield got
+            return
+        blocks = next(
+            m for m in self.info.base.modules() if isinstance(m, nn.ModuleList) and len(m) == self.info.num_layers
+        )
+        handle = blocks[-1].register_forward_hook(
+            lambda _m, _args, out: got.__setitem__("out", out[0] if isinstance(out, tuple) else out)
+        )
+        try:
+            yield got
+        finally:
+            handle.remove()
 
     def encode(
         self,
@@ -182,7 +211,8 @@ class PromptClassifier(nn.Module):
         return self.info.base(**kwargs)
 
     def _forward_shallow(self, input_ids, attention_mask, target_pos, token_type_ids, output_hidden_states):
-        """Shallow prompt: ``[B, P + T]`` inputs; the head reads the real tokens (prompt positions cut)."""
+        """Shallow prompt: ``[B, P + T]`` inputs; the head reads the real tokens (prompt positions cut). Returns
+        ``(logits, hidden states or None)``."""
         bsz, seq = input_ids.shape
         p = self.input_prompt.prompt_len
         embeds = self.input_prompt.prepend(self.info.base.get_input_embeddings()(input_ids))
@@ -198,8 +228,7 @@ class PromptClassifier(nn.Module):
             kwargs["token_type_ids"] = torch.cat([token_type_ids.new_zeros(bsz, p), token_type_ids], dim=1)
         out = self.info.base(**kwargs)
         logits = self.head(out.last_hidden_state[:, p:], attention_mask, target_pos)
-        hidden = tuple(h[:, p:] for h in out.hidden_states) if output_hidden_states else None
-        return (logits, hidden) if output_hidden_states else logits
+        return logits, (tuple(h[:, p:] for h in out.hidden_states) if output_hidden_states else None)
 
 
 def _inject_lora(model: nn.Module, cfg: ModelConfig) -> None:

@@ -183,3 +183,32 @@ def test_lora_mode_trains_adapters_through_peft(tokenizer):
     cfg = TrainConfig(batch_size=4, lr=0.05)
     local_train(model, make_optimizer(model, cfg), enc, cfg, torch.device("cpu"), torch.Generator().manual_seed(0))
     assert all(torch.equal(frozen[n], p) for n, p in backbone.model.named_parameters() if n in frozen)
+
+
+@pytest.mark.parametrize("mode", ["deep", "shallow"])
+def test_the_last_hidden_state_is_the_last_blocks_output(tiny_backbone, mode):
+    """Layer scores read hidden_states[L] as layer L's output. Hugging Face's decoders (GPT-2's ln_f, Llama's norm)
+    return it after their final norm; the classifier returns the block's own output, of which the final norm gives
+    the backbone's last_hidden_state (encoders: the last hidden state is that output already)."""
+    model = PromptClassifier(tiny_backbone, TASK, ModelConfig(prompt_len=3, prompt_mode=mode, prompt_dropout=0.0))
+    model.eval()
+    _, batch = _batch(model)
+    with torch.no_grad():
+        _, hidden = model(**batch, output_hidden_states=True)
+        if mode == "deep":
+            last = model.encode(
+                batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")
+            ).last_hidden_state
+        else:  # the head's input: the real tokens of the backbone's last_hidden_state
+            seen = {}
+            handle = model.head.register_forward_pre_hook(lambda _m, args: seen.update(h=args[0]))
+            model(**batch)
+            handle.remove()
+            last = seen["h"]
+    assert len(hidden) == 4 and hidden[-1].shape == last.shape == (*batch["input_ids"].shape, 32)
+    final_norm = getattr(model.info.base, "ln_f", None) or getattr(model.info.base, "norm", None)
+    if model.info.kind == "decoder":
+        assert not torch.allclose(hidden[-1], last, atol=1e-4)
+        assert torch.allclose(final_norm(hidden[-1]), last, atol=1e-5)
+    else:
+        assert final_norm is None and torch.allclose(hidden[-1], last, atol=1e-6)
