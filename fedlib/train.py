@@ -119,9 +119,11 @@ def local_train(
     extra_loss=None,
     after_backward=None,
     bucket: int = 0,
+    plan: list[list[int]] | None = None,
 ) -> dict:
     """Run ``epochs`` passes (or ``max_steps`` steps) of minibatch AdamW over ``data`` (:func:`step_plan`; with
-    ``bucket`` > 1, its minibatches bucketed by length in runs of ``bucket``, :func:`bucket_by_length`).
+    ``bucket`` > 1, its minibatches bucketed by length in runs of ``bucket``, :func:`bucket_by_length`); ``plan``:
+    these minibatches instead (a slice of a longer run's plan), drawing nothing from ``generator``.
 
     ``extra_loss(model) -> scalar`` is added to the loss (FedProx's proximal term uses it);
     ``after_backward(model)`` may edit gradients before clipping (SCAFFOLD's correction uses it).
@@ -131,7 +133,7 @@ def local_train(
     pad = model.info.tokenizer.pad_token_id
     params = list(model.trainable().values())
     total, steps = 0.0, 0
-    plan = step_plan(len(data), cfg, generator, epochs, max_steps)
+    plan = plan if plan is not None else step_plan(len(data), cfg, generator, epochs, max_steps)
     lengths = [len(ids) for ids in data.input_ids] if bucket > 1 else []
     for idx in bucket_by_length(plan, lengths, bucket, generator):
         batch = _to(collate(data, idx, pad), device)
@@ -197,14 +199,14 @@ def train_centralized(
     optimizer = make_optimizer(model, cfg)
     gen = torch.Generator().manual_seed(seed)
     history = [{"step": 0, **evaluate(model, evalset, model.task, cfg.eval_batch_size, device)}]
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
-    total = min(cfg.max_steps or math.inf, steps_per_epoch * cfg.epochs)
+    plan = step_plan(len(train), cfg, gen)  # one plan for the run: every epoch a whole pass, however it is evaluated
+    total = len(plan)
     chunk = eval_every or total
     done, t0 = 0, time.perf_counter()
     bar = progress_bar(total=total, desc="train", enabled=progress)
     while done < total:
         n = int(min(chunk, total - done))
-        stats = local_train(model, optimizer, train, cfg, device, gen, epochs=cfg.epochs, max_steps=n)
+        stats = local_train(model, optimizer, train, cfg, device, gen, plan=plan[done : done + n])
         done += stats["steps"]
         bar.update(stats["steps"])
         rec = {

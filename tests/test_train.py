@@ -67,3 +67,25 @@ def test_bf16_autocast_trains_close_to_fp32(bundled_backbone):
     moved = torch.cat([v.flatten() for v in fp32.values()])
     diff = torch.cat([(bf16[k] - fp32[k]).flatten() for k in fp32])
     assert torch.isfinite(diff).all() and 0 < diff.norm() < 0.5 * moved.norm()
+
+
+def test_centralized_epochs_are_whole_passes_however_often_it_evaluates(tokenizer, monkeypatch):
+    """Evaluating every 3 steps cuts one plan into slices: each of 10 examples is seen exactly ``epochs`` times (a
+    plan drawn again for each slice saw some 3 or 4 times and others never)."""
+    import fedlib.train as train_mod
+    from fedlib.models import wrap_backbone
+
+    from .conftest import make_tiny
+
+    backbone = wrap_backbone(make_tiny("bert", tokenizer.vocab_size), tokenizer, "tiny-bert")
+    model = PromptClassifier(backbone, get_task("sst2"), ModelConfig(prompt_len=2))
+    data = encode_dataset(load_task("sst2", "train", limit=10), tokenizer, model.task, "linear", 32)
+    seen, collate = [], train_mod.collate
+    monkeypatch.setattr(
+        train_mod, "collate", lambda d, idx, pad: (seen.extend(idx) if d is data else None) or collate(d, idx, pad)
+    )
+    cfg = TrainConfig(batch_size=2, epochs=2, eval_batch_size=16)
+    hist = train_centralized(model, data, data, cfg, torch.device("cpu"), eval_every=3, progress=False)
+    assert [h["step"] for h in hist] == [0, 3, 6, 9, 10]
+    # evaluation collates all 10 once per record (5 records); training adds each example twice
+    assert sorted(set(seen)) == list(range(10)) and all(seen.count(i) == 5 + 2 for i in range(10))
