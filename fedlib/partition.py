@@ -136,6 +136,11 @@ class Partition:
     train_fingerprint: str
     eval_fingerprint: str
 
+    def made_as(self, method: str, num_clients: int, seed: int, **params) -> bool:
+        """Whether :func:`make_partition` made this with these arguments (``params``: alpha, beta, ...)."""
+        same = (self.method, self.num_clients, self.seed) == (method, num_clients, seed)
+        return same and all(self.params.get(k) == v for k, v in params.items())
+
     def sizes(self) -> np.ndarray:
         return np.array([len(p) for p in self.train])
 

@@ -211,9 +211,16 @@ class Simulation(Federation):
 
     # ---- set-up -----------------------------------------------------------------------------------
     def _partition(self, cfg: ExperimentConfig, train) -> Partition:
+        """The out folder's ``partition.json`` when it was made for this configuration (method, clients, seed and
+        parameters; from other data it is an error), else a new one, written there (a fresh run into a folder that
+        held another configuration's run must not train on that run's shards)."""
         path = self.out_dir / "partition.json" if self.out_dir else None
         if path is not None and path.exists():
-            return Partition.load(path, train.labels, self.eval.labels)
+            stored, p = Partition.load(path, train.labels, self.eval.labels), cfg.partition
+            args = dict(alpha=p.alpha, beta=p.beta, size_concentration=p.size_concentration)
+            if stored.made_as(p.method, cfg.fed.num_clients, cfg.fed.seed, **args):
+                return stored
+            log.info("%s was made for another partition configuration: partitioning again", path)
         part = partition_for(cfg, train.labels, self.eval.labels)
         if path is not None:
             part.save(path)

@@ -170,6 +170,22 @@ def test_checkpoint_of_another_config_and_partition_of_other_data(bundled_backbo
         Simulation(tiny(checkpoint_every=1, train_limit=40), tmp_path, backbone=bundled_backbone, progress=False)
 
 
+def test_a_fresh_run_in_a_used_folder_partitions_for_its_own_configuration(bundled_backbone, tmp_path):
+    """partition.json is reused only when it was made for the run's method, clients, seed and parameters: a new
+    seed or alpha in the same folder gets its own shards (it silently trained on the old run's)."""
+    from fedlib.partition import Partition
+    from fedlib.simulation import partition_for
+
+    first = Simulation(tiny(), tmp_path, backbone=bundled_backbone, progress=False)
+    for changed in (tiny(seed=8), tiny(alpha=0.1), tiny(num_clients=3, clients_per_round=3)):
+        sim = Simulation(changed, tmp_path, backbone=bundled_backbone, progress=False)
+        fresh = partition_for(changed, sim.train.labels, sim.eval.labels)
+        assert sim.partition.train == fresh.train != first.partition.train
+        assert Partition.load(tmp_path / "partition.json").train == fresh.train  # written for a resume
+    again = Simulation(tiny(num_clients=3, clients_per_round=3), tmp_path, backbone=bundled_backbone, progress=False)
+    assert again.partition.train == sim.partition.train
+
+
 # ---- kill -9 and resume ----------------------------------------------------------------------------
 DRIVER = r"""
 import os, sys, time, json, torch
