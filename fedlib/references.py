@@ -80,11 +80,12 @@ def majority_local(cfg: ExperimentConfig, backbone=None) -> pd.DataFrame:
 
 
 def centralized_steps_per_round(cfg: ExperimentConfig, n_train: int) -> int:
-    """Local steps a federated round's sampled clients take together, on average: m x E x ceil(n / (N B))."""
-    per_client = math.ceil(n_train / cfg.fed.num_clients / cfg.train.batch_size)
+    """Local steps a federated round's sampled clients take together, on average: m x min(E x ceil(n / (N B)), K)
+    with K = ``train.max_steps`` when set (a client's cut, :func:`fedlib.train.step_plan`)."""
+    per_client = cfg.train.epochs * math.ceil(n_train / cfg.fed.num_clients / cfg.train.batch_size)
     if cfg.train.max_steps:
-        per_client = min(per_client * cfg.train.epochs, cfg.train.max_steps) // cfg.train.epochs or 1
-    return cfg.fed.clients_per_round * cfg.train.epochs * per_client
+        per_client = min(per_client, cfg.train.max_steps)
+    return cfg.fed.clients_per_round * per_client
 
 
 def centralized(cfg: ExperimentConfig, backbone=None) -> pd.DataFrame:

@@ -96,6 +96,16 @@ def test_cyclic_sampling_gives_every_client_the_mean_budget():
 def test_centralized_uses_the_federated_step_budget(bundled_backbone):
     cfg = tiny()
     assert centralized_steps_per_round(cfg, 64) == 2 * 1 * math.ceil(64 / 4 / 8)
+    import torch
+
+    from fedlib.train import step_plan
+
+    for epochs, max_steps in ((2, 0), (2, 4), (2, 5), (3, 1), (3, 7)):  # 10 clients of 64 examples, B 8, m 2
+        c = tiny(num_clients=10, clients_per_round=2).replace(
+            train=TrainConfig(batch_size=8, epochs=epochs, max_steps=max_steps)
+        )
+        client = len(step_plan(64, c.train, torch.Generator().manual_seed(0)))  # what each client takes
+        assert centralized_steps_per_round(c, 640) == 2 * client, (epochs, max_steps)
     h = centralized(cfg, bundled_backbone)
     assert h["round"].tolist() == [1, 2] and (h["bytes_up"] == 0).all()
     assert h[["global_metric", "personal_metric", "personal_iid_metric"]].notna().all().all()
