@@ -150,14 +150,20 @@ class InputPrompt(nn.Module):
 
 
 # ---- attention wrapper for off layers ---------------------------------------------------------------
-def _mask_prefix(mask, prefix: int, query: torch.Tensor, key: torch.Tensor, causal: bool):
-    """Mask the first ``prefix`` key columns of a bool (True = attend) or additive float mask."""
+def _mask_prefix(mask, prefix: int, query: torch.Tensor, key: torch.Tensor, causal: bool, additive: bool = False):
+    """Mask the first ``prefix`` key columns of a bool (True = attend) or additive float mask. No mask (transformers
+    passes none to an encoder's unpadded batch) becomes a bool one, or with ``additive`` (eager attention, which adds
+    its mask to the scores: a bool one there adds 1 and 0 and masks nothing) a float one in ``query``'s dtype."""
     q_len, k_len = query.shape[-2], key.shape[-2]
     if mask is None:
         mask = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device)
         if causal:
             mask = torch.tril(mask, diagonal=k_len - q_len)
         mask = mask[None, None]
+        if additive:
+            mask = torch.zeros(mask.shape, dtype=query.dtype, device=query.device).masked_fill(
+                ~mask, torch.finfo(query.dtype).min
+            )
     mask = mask.clone()
     if mask.dtype == torch.bool:
         mask[..., :prefix] = False
@@ -170,7 +176,8 @@ def _make_wrapper(base: str):
     def attention(module, query, key, value, attention_mask, **kwargs):
         off = kwargs.pop(OFF_KWARG, None)
         if off is not None and getattr(module, "layer_idx", None) in off[1]:
-            attention_mask = _mask_prefix(attention_mask, off[0], query, key, getattr(module, "is_causal", False))
+            causal = getattr(module, "is_causal", False)
+            attention_mask = _mask_prefix(attention_mask, off[0], query, key, causal, additive=base == "eager")
         if base == "eager":  # each modeling file has its own eager function (GQA repeat, scaling)
             impl = sys.modules[type(module).__module__].eager_attention_forward
         else:

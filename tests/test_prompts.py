@@ -212,3 +212,25 @@ def test_the_last_hidden_state_is_the_last_blocks_output(tiny_backbone, mode):
         assert torch.allclose(final_norm(hidden[-1]), last, atol=1e-5)
     else:
         assert final_norm is None and torch.allclose(hidden[-1], last, atol=1e-6)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_off_layers_ignore_the_prefix_in_an_unpadded_batch(tiny_backbone, attention):
+    """An encoder's unpadded batch reaches attention with no mask; the off layers' prefix columns must still be
+    masked, under eager attention too (it adds its mask to the scores: a bool mask there masked nothing)."""
+    import contextlib
+
+    from fedlib.prompts import eager_attention
+
+    roles = ("off", "shared", "off")
+    model = PromptClassifier(tiny_backbone, TASK, ModelConfig(prompt_len=3, layer_roles=roles, prompt_dropout=0.0))
+    model.eval()
+    enc, batch = _batch(model)
+    one = collate(enc, [0], model.info.tokenizer.pad_token_id)
+    assert one["attention_mask"].all() and not batch["attention_mask"].all()
+    with torch.no_grad(), contextlib.nullcontext() if attention == "sdpa" else eager_attention(model.backbone):
+        _, hidden = model(**one, output_hidden_states=True)
+        bare = _bare_hidden(model, one).hidden_states
+        alone, padded = model(**one), model(**batch)[:1]
+    assert torch.allclose(hidden[1], bare[1], atol=1e-5)  # layer 0 is off: the bare model's layer
+    assert torch.allclose(alone, padded, atol=1e-5)  # padding changes nothing
