@@ -131,7 +131,8 @@ def load_rows(cfg: ExperimentConfig, split: str):
     strategy) and the "train" rows the rest: the task's eval split is not read."""
     d = cfg.data
     if d.validation:
-        rows = load_task(cfg.fed.task, "train", d.data_dir, limit=(d.train_limit + d.validation) or None)
+        limit = d.train_limit + d.validation if d.train_limit else None  # 0: all of them
+        rows = load_task(cfg.fed.task, "train", d.data_dir, limit=limit)
         if d.validation >= len(rows):
             raise ConfigError(
                 f"data.validation={d.validation} is invalid: only {len(rows)} training examples to hold out from"

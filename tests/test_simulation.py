@@ -181,6 +181,8 @@ def test_validation_holds_out_training_examples_instead_of_the_eval_split():
     assert load_rows(build(task="rte", train_limit=40, validation=10, seed=7), "eval")["text"] == list(val["text"])
     with pytest.raises(ConfigError, match="data.validation=5000 is invalid"):
         load_rows(build(task="rte", validation=5000), "eval")
+    everything = len(load_task("rte", "train"))  # train_limit 0 (all) holds out from all of them, not from N
+    assert len(load_rows(build(task="rte", train_limit=0, validation=100), "train")) == everything - 100
 
 
 def test_client_store_spills_least_recently_used_beyond_its_budget(tmp_path):
