@@ -8,6 +8,7 @@ against the model and every tensor's name and shape before copying anything in.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -22,6 +23,7 @@ __all__ = [
     "load_prompt",
     "save_run_checkpoint",
     "load_run_checkpoint",
+    "read_log",
 ]
 
 FORMAT = "fedlib-prompt/1"
@@ -182,3 +184,15 @@ def load_run_checkpoint(folder: str | Path) -> tuple[int, dict, dict[int, dict],
         k, name = key.split("/", 1)
         clients.setdefault(int(k), {})[name] = value
     return state["round"], server, clients, state["info"]
+
+
+def read_log(path: str | Path) -> list[dict]:
+    """A run's ``results.jsonl`` as its records, one per line (``[]`` when there is none); a line torn by a kill
+    mid-write is skipped with a warning (it is past the last checkpoint)."""
+    path, rows = Path(path), []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            logging.getLogger(__name__).warning("%s: skipping a torn line", path)
+    return rows

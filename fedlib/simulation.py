@@ -22,13 +22,14 @@ import copy
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import load_run_checkpoint, save_run_checkpoint
+from .checkpoint import load_run_checkpoint, read_log, save_run_checkpoint
 from .classifier import PromptClassifier
 from .client import ClientStore, client_update
 from .config import ConfigError, ExperimentConfig
@@ -306,14 +307,10 @@ class Simulation(Federation):
             self.store.put(k, state)
         self.failed_in_a_row = info["failed_in_a_row"]
         log_path = self.out_dir / "results.jsonl"
-        if log_path.exists():
-            rows = []
-            for line in log_path.read_text().splitlines():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:  # a line torn by a kill mid-write: it is past the checkpoint anyway
-                    log.warning("%s: skipping a torn line", log_path)
-            self.history = [r for r in rows if r["round"] <= round_]
+        self.history = [r for r in read_log(log_path) if r["round"] <= round_]
+        missing = sorted(set(range(1, round_ + 1)) - {r["round"] for r in self.history})
+        if missing:
+            raise SimulationError(f"{log_path}: rounds {missing[:5]} of the checkpoint's {round_} are not in the log")
         self._rewrite_log()
         return round_
 
@@ -336,8 +333,9 @@ class Simulation(Federation):
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "config.json").write_text(self.cfg.to_json())
-            if not resuming:
+            if not resuming:  # a fresh run: an earlier run's selection and checkpoints are not this one's
                 (self.out_dir / "selection.json").unlink(missing_ok=True)
+                shutil.rmtree(self.out_dir / "checkpoints", ignore_errors=True)
         self.start()
         if self.out_dir is not None:
             if self.selection is not None:

@@ -72,6 +72,31 @@ def test_stop_and_resume_equals_uninterrupted(bundled_backbone, tmp_path):
     assert [json.loads(l)["round"] for l in lines] == [1, 2, 3, 4]
 
 
+def test_a_fresh_run_drops_an_earlier_runs_checkpoints(bundled_backbone, tmp_path):
+    """A fresh run in a used folder, killed before its first checkpoint, then resumed: the earlier run's checkpoint
+    must not be resumed against the new log (it kept only the new log's round 1 of 4)."""
+    cfg = tiny_cfg(rounds=4, checkpoint_every=2, batch_clients="off")
+    run_simulation(cfg, tmp_path, backbone=bundled_backbone, progress=False)
+    assert (tmp_path / "checkpoints" / "LATEST").exists()
+    calls = {"n": 0}
+
+    def dies_in_round_2(model, k, *args):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise Stop()
+        return client_update(model, k, *args)
+
+    with pytest.raises(Stop):
+        Simulation(cfg, tmp_path, backbone=bundled_backbone, progress=False, client_fn=dies_in_round_2).run()
+    assert not (tmp_path / "checkpoints").exists()
+    resumed = Simulation(cfg, tmp_path, backbone=bundled_backbone, progress=False).run(resume=True)
+    assert resumed.history.query("round > 0")["round"].tolist() == [1, 2, 3, 4]
+    # a checkpoint whose rounds are missing from the log is refused, not resumed with a hole
+    (tmp_path / "results.jsonl").write_text((tmp_path / "results.jsonl").read_text().splitlines()[0] + "\n")
+    with pytest.raises(SimulationError, match=r"rounds \[2, 3, 4\] of the checkpoint's 4 are not in the log"):
+        Simulation(cfg, tmp_path, backbone=bundled_backbone, progress=False).run(resume=True)
+
+
 def test_non_finite_or_raising_client_is_left_out(bundled_backbone, caplog):
     def faulty(model, k, *args):
         if k == 0:
