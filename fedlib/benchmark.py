@@ -29,7 +29,7 @@ import pandas as pd
 
 from .config import ExperimentConfig
 from .configbase import ConfigError
-from .grid_plan import longest_first, reusable_run, stored_config, taken_shared_layers
+from .grid_plan import finished, longest_first, reusable_run, stored_config, taken_shared_layers
 from .models import backbone_for
 from .references import REFERENCES
 from .report import DIAGNOSTICS, shared_layer_count, summarize
@@ -252,7 +252,7 @@ def _pending(configs: dict, tasks: list[str], strategies: list[str], seeds: list
             for name in strategies:
                 folder = run_dir(out, task, seed, name)
                 cfg = configs[task, name].replace(fed=configs[task, name].fed.replace(seed=seed))
-                if (task, name, seed) in done and (folder / "results.jsonl").exists():
+                if (task, name, seed) in done and finished(folder, cfg.fed.rounds):  # not a killed re-run's part
                     if not _changed(folder, cfg):
                         continue
                     if not quiet:

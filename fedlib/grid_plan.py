@@ -16,12 +16,19 @@ from pathlib import Path
 
 import pandas as pd
 
+from .checkpoint import read_log
 from .config import ExperimentConfig
 from .configbase import ConfigError
 from .references import POOLED, REFERENCES
 from .strategies import get_strategy
 
-__all__ = ["longest_first", "reusable_run", "stored_config", "taken_shared_layers"]
+__all__ = ["finished", "longest_first", "reusable_run", "stored_config", "taken_shared_layers"]
+
+
+def finished(folder: Path, rounds: int) -> bool:
+    """Whether ``folder``'s ``results.jsonl`` reaches round ``rounds``: a run killed or failed part-way (its
+    ``config.json`` and a part of its log are written from the start) is not finished."""
+    return max((r.get("round", 0) for r in read_log(folder / "results.jsonl")), default=-1) >= rounds
 
 
 def stored_config(folder: Path) -> ExperimentConfig | None:
@@ -35,15 +42,15 @@ def stored_config(folder: Path) -> ExperimentConfig | None:
 
 
 def reusable_run(folder: Path, cfg: ExperimentConfig, name: str) -> bool:
-    """Whether ``folder`` holds a finished run (``config.json``, ``results.jsonl``; another grid's) that is the run
-    of row ``name`` that ``cfg`` would make: the same configuration, or for a row of
+    """Whether ``folder`` holds a finished run (``config.json``, a ``results.jsonl`` reaching the last round; another
+    grid's) that is the run of row ``name`` that ``cfg`` would make: the same configuration, or for a row of
     :data:`fedlib.references.POOLED` the same but for ``partition.alpha``, which its runs do not read."""
     theirs = stored_config(folder)
     if theirs is None:  # absent or unreadable: not reusable
         return False
     if name in POOLED:
         theirs = theirs.replace(partition=theirs.partition.replace(alpha=cfg.partition.alpha))
-    return (folder / "results.jsonl").exists() and theirs.to_dict() == cfg.to_dict()
+    return theirs.to_dict() == cfg.to_dict() and finished(folder, cfg.fed.rounds)
 
 
 def taken_shared_layers(grid: Path, task: str, name: str, seed: int) -> int:

@@ -70,3 +70,23 @@ def test_plot_grid_draws_bands_over_seeds(tmp_path):
     fig = plot_grid(tmp_path, "sst2", [0, 1])
     line = fig.axes[0].get_lines()[0]
     assert list(line.get_ydata()) == pytest.approx([0.6, 0.7]) and len(fig.axes[0].collections) == 1  # the band
+
+
+def test_a_run_is_done_or_reusable_only_when_its_log_reaches_the_last_round(tmp_path):
+    """A run writes config.json and its log from the start: one killed part-way (a re-run after an edit, or another
+    grid's run still going) is pending, not done, and not reusable."""
+    from fedlib.benchmark import pending_runs, run_dir
+    from fedlib.config import DataConfig, ExperimentConfig, FedConfig
+    from fedlib.grid_plan import finished, reusable_run
+
+    base = ExperimentConfig(fed=FedConfig(task="rte", num_clients=2, clients_per_round=2, rounds=3, seed=0))
+    base = base.replace(data=DataConfig(train_limit=16, eval_limit=8))
+    out = tmp_path / "grid"
+    folder = run_dir(out, "rte", 0, "fedavg")
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(base.with_strategy("fedavg").to_json())
+    pd.DataFrame([{"task": "rte", "strategy": "fedavg", "seed": 0}]).to_csv(out / "results.csv", index=False)
+    for rounds, done in ((1, False), (3, True)):
+        (folder / "results.jsonl").write_text("".join(json.dumps({"round": r}) + "\n" for r in range(rounds + 1)))
+        assert finished(folder, 3) is done and reusable_run(folder, base.with_strategy("fedavg"), "fedavg") is done
+        assert pending_runs(base, ["rte"], ["fedavg"], [0], out, quiet=True) == ([] if done else [("rte", "fedavg", 0)])
