@@ -83,7 +83,7 @@ def load_prompt(path: str | Path, model, strict_roles: bool = False) -> dict:
     """
     header = read_header(path)
     want = prompt_header(model)
-    keys = ["format", "model", "num_layers", "prompt_len", "kv_dim", "head", "num_labels"] + (
+    keys = ["format", "model", "num_layers", "prompt_len", "kv_dim", "head", "task", "num_labels"] + (
         ["roles"] if strict_roles else []
     )
     for key in keys:

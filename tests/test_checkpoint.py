@@ -31,7 +31,11 @@ def test_shared_role_file_holds_only_shared_tensors(bundled_backbone, tmp_path):
 
 @pytest.mark.parametrize(
     "change,needle",
-    [({"prompt_len": 5}, "prompt_len is 4 in the file but 5"), ({"task": "trec"}, "num_labels is 2 in the file but 6")],
+    [
+        ({"prompt_len": 5}, "prompt_len is 4 in the file but 5"),
+        ({"task": "trec"}, "task is 'sst2' in the file but 'trec'"),
+        ({"task": "boolq"}, "task is 'sst2' in the file but 'boolq'"),  # two labels as well: the task tells them apart
+    ],
 )
 def test_other_shape_or_task_is_refused_before_loading(bundled_backbone, tmp_path, change, needle):
     path = save_prompt(tmp_path / "p.safetensors", _model(bundled_backbone))
