@@ -174,3 +174,19 @@ def test_ray_workers_run_at_nice_0_unless_the_user_says(monkeypatch, tmp_path):
     start_ray({})
     assert LocalDeployment(1, tmp_path, simulation=True).env["RAY_worker_niceness"] == "5"
     assert os.environ["RAY_worker_niceness"] == "5"
+
+
+def test_a_nodes_state_dir_keeps_each_runs_client_state_apart(tmp_path):
+    """A node restarted within a run reads its client's state back; a later run on the same node (another run id)
+    starts afresh instead of from the last run's personal prompts and AdamW moments."""
+    from flwr.app import Context, RecordDict
+
+    from fedlib.flower.apps import _node_store
+
+    def context(run_id: int) -> Context:
+        config = {"partition-id": 0, "num-partitions": 1, "state-dir": str(tmp_path)}
+        return Context(run_id=run_id, node_id=1, node_config=config, state=RecordDict(), run_config={})
+
+    _node_store(context(11)).put(0, {"personal/x": torch.ones(2)})
+    assert _node_store(context(11)).get(0)["personal/x"].tolist() == [1.0, 1.0]
+    assert _node_store(context(12)).get(0) == {}

@@ -103,6 +103,6 @@ def test_fedpeptao_over_tls_survives_a_supernode_killed_mid_round(tmp_path):
     assert all(r["reported"] == 3 for r in (rows[0], *rows[2:])), [r["failures"] for r in rows]
     part = json.loads((out / "partition.json").read_text())
     steps_per_round = math.ceil(len(part["train"][1]) / 8)  # the default batch size, one local epoch
-    state = load_file(str(tmp_path / "federation" / "state_1" / "client_00001.safetensors"))
+    state = load_file(str(next((tmp_path / "federation" / "state_1").glob("run_*/client_00001.safetensors"))))
     step = max(float(v.max()) for k, v in state.items() if k.endswith("/step"))
     assert step == 2 * steps_per_round, (step, steps_per_round)  # rounds 1 and 3: nothing lost in the crash

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from logging import INFO
 
@@ -122,10 +123,11 @@ def _partition_id(context: Context) -> int:
 
 
 def _node_store(context: Context) -> ClientStore | None:
-    """The node's client-state folder (node config ``state-dir``), or None: state then lives only in
+    """The node's client-state folder for this run (``<state-dir>/run_<run id>``, node config ``state-dir``: a later
+    run on the same node starts afresh, a node restarted within the run goes on), or None: state then lives only in
     ``context.state``, which Flower keeps in the SuperNode's memory and a crashed node loses."""
     folder = str(context.node_config.get("state-dir", "") or "")
-    return ClientStore("disk", folder, existing=True) if folder else None
+    return ClientStore("disk", os.path.join(folder, f"run_{context.run_id}"), existing=True) if folder else None
 
 
 def _client_state(context: Context, k: int) -> dict:
