@@ -22,7 +22,7 @@ from .encode import Encoded
 from .progress import bar
 from .server import ServerState, server_update, tensor_bytes, tensor_norm
 
-__all__ = ["Federation", "sample_clients", "cyclic_clients"]
+__all__ = ["Federation", "rejection", "sample_clients", "cyclic_clients"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,19 @@ def cyclic_clients(seed: int, round_: int, num_clients: int, m: int) -> list[int
     the clients it never draws)."""
     order = np.random.default_rng([seed, 7]).permutation(num_clients)
     return [int(order[(round_ * m + j) % num_clients]) for j in range(m)]
+
+
+def rejection(res, shared: dict, max_update_norm: float, privacy=None) -> str | None:
+    """Why a client's result must be left out (non-finite, diverged: its update's norm beyond ``max_update_norm``),
+    or None; the server asks, and a Flower node before it keeps the client's new state. Under local DP an upload is
+    noised (norm about z C sqrt(d), however well the client trained) and was clipped to C before: only finiteness
+    is checked."""
+    if not res.finite():
+        return "non-finite update"
+    if privacy is not None and privacy.cfg.mode == "local":
+        return None
+    norm = tensor_norm({n: res.shared[n].double() - shared[n].double() for n in shared})
+    return f"update norm {norm:.3g} exceeds max_update_norm" if norm > max_update_norm else None
 
 
 class Federation:
@@ -138,18 +151,8 @@ class Federation:
         return out
 
     def check_result(self, res, shared: dict) -> str | None:
-        """Why a client's result must be left out (non-finite, diverged), or None. Under local DP an upload is
-        noised (norm about z C sqrt(d), however well the client trained) and was clipped to C before: only
-        finiteness is checked."""
-        if not res.finite():
-            return "non-finite update"
-        privacy = self.strategy.privacy
-        if privacy is not None and privacy.cfg.mode == "local":
-            return None
-        norm = tensor_norm({n: res.shared[n].double() - shared[n].double() for n in shared})
-        if norm > self.cfg.run.max_update_norm:
-            return f"update norm {norm:.3g} exceeds max_update_norm"
-        return None
+        """:func:`rejection` of a client's result in this run."""
+        return rejection(res, shared, self.cfg.run.max_update_norm, self.strategy.privacy)
 
     def round(self, server: ServerState, round_: int) -> tuple[ServerState, dict]:
         """Round ``round_`` (0-based) from ``server``: ``(new server state, record)``."""

@@ -190,3 +190,16 @@ def test_a_nodes_state_dir_keeps_each_runs_client_state_apart(tmp_path):
     _node_store(context(11)).put(0, {"personal/x": torch.ones(2)})
     assert _node_store(context(11)).get(0)["personal/x"].tolist() == [1.0, 1.0]
     assert _node_store(context(12)).get(0) == {}
+
+
+def test_a_node_keeps_no_state_the_server_left_out():
+    """The server leaves out an update beyond run.max_update_norm (or non-finite) and the in-process run keeps the
+    client's previous state; a node must not keep the new one either (it did, and trained on from it)."""
+    from fedlib.flower.apps import STATE_KEY, FlowerSimulation, make_client_app
+    from fedlib.flower.local_grid import LocalGrid
+
+    c = cfg(strategy="fedavg", shared_layers=0, max_update_norm=1e-12)  # every update left out
+    grid = LocalGrid(make_client_app(), c.fed.num_clients)
+    res = FlowerSimulation(c, grid, progress=False).run()
+    assert (res.history.query("round > 0")["reported"] == 0).all()
+    assert all(STATE_KEY not in node.state for node in grid.nodes.values())

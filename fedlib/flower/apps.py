@@ -35,6 +35,7 @@ from ..evaluation import personal_predictions, pool_personal, union_positions
 from ..models import backbone_for
 from ..privacy import strategy_for
 from ..report import round_line
+from ..rounds import rejection
 from ..runtime import resolve_device, seed_everything
 from ..simulation import (
     Simulation,
@@ -167,10 +168,11 @@ def make_client_app(mods: list | None = None) -> ClientApp:
             int(conf["seed"]),
             ws.device,
         )
-        context.state[STATE_KEY] = _arrays(new_state)
-        store = _node_store(context)
-        if store is not None:
-            store.put(k, new_state)
+        if rejection(res, shared, ws.cfg.run.max_update_norm, ws.strategy.privacy) is None:  # the server keeps it
+            context.state[STATE_KEY] = _arrays(new_state)
+            store = _node_store(context)
+            if store is not None:
+                store.put(k, new_state)
         return res
 
     @app.train(mods=[secagg_train_mod])  # a SecAgg+ round's messages go through Flower's secaggplus_mod
