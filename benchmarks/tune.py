@@ -118,14 +118,20 @@ def choose(
     return rows
 
 
-def merged_params(known: dict, rows: list[dict], tasks: list[str]) -> dict:
-    """The protocol's ``params`` with the choices: one value where every task chose it, else ``{task: value}``."""
+def merged_params(known: dict, rows: list[dict], tasks: list[str], all_tasks: list[str] | None = None) -> dict:
+    """The protocol's ``params`` with the choices made for ``tasks``: one value where every one of ``all_tasks``
+    (the protocol's; default ``tasks``) has it, else ``{task: value}``; a task not tuned keeps its known value."""
+    all_tasks = list(all_tasks or tasks)
     chosen = {name: dict(values) for name, values in known.items()}
     for name in dict.fromkeys(r["strategy"] for r in rows):
         per_task = {r["task"]: json.loads(r["chosen"]) for r in rows if r["strategy"] == name}
         for key in next(iter(per_task.values())):
-            values = {task: per_task[task][key] for task in tasks}
-            chosen.setdefault(name, {})[key] = values[tasks[0]] if len(set(values.values())) == 1 else values
+            old = chosen.get(name, {}).get(key)
+            kept = old if isinstance(old, dict) else {t: old for t in all_tasks}
+            values = {t: per_task[t][key] if t in tasks else kept.get(t) for t in all_tasks}
+            values = {t: v for t, v in values.items() if v is not None}  # a task with no value, tuned or known
+            one = len(set(map(json.dumps, values.values()))) == 1 and len(values) == len(all_tasks)
+            chosen.setdefault(name, {})[key] = next(iter(values.values())) if one else values
     return chosen
 
 
@@ -153,10 +159,11 @@ def main() -> None:
     )
     known = dict(proto.get("params") or {})
     labels = candidates(tuning["grid"])
-    variants = {}
+    variants, fixed = {}, {}
     for label, (name, params) in labels.items():
-        fixed = {k: v for k, v in known.get(name, {}).items() if k not in params and not isinstance(v, dict)}
-        variants[label] = {"strategy": {"name": name, **fixed, **params}}
+        variants[label] = {"strategy": {"name": name, **params}}
+        # the strategy's other known values, per task where the protocol gives them so (run_grid resolves them)
+        fixed[label] = {k: v for k, v in known.get(name, {}).items() if k not in params}
     tasks = tuning.get("tasks") or proto["tasks"]
     strategies = ["majority_local", *labels]  # majority_local: the floor on the same validation split (no model)
     seeds = tuning.get("seeds", [0, 1])
@@ -165,24 +172,24 @@ def main() -> None:
     if args.workers > 1:
         with grid_lock(out):
             claims = out / "claims"
-            run_workers(_run, (base, tasks, strategies, seeds, out, variants, claims), args.workers, claims)
+            run_workers(_run, (base, tasks, strategies, seeds, out, variants, fixed, claims), args.workers, claims)
         table = pd.read_csv(out / "results.csv")
     else:
-        table = run_grid(base, tasks, strategies, seeds, out, variants=variants)
+        table = run_grid(base, tasks, strategies, seeds, out, params=fixed, variants=variants)
     table = table[table.task.isin(tasks) & table.strategy.isin(strategies) & table.seed.isin(seeds)]  # this grid's
     table.to_csv(out / "tuning.csv", index=False)
     rows = choose(table, labels, known, base, tasks, tol=1.0 / base.data.validation, metric=metric)
     pd.DataFrame(rows).to_csv(out / "choices.csv", index=False)
-    chosen = merged_params(known, rows, tasks)
+    chosen = merged_params(known, rows, tasks, proto["tasks"])
     print("params:", json.dumps(chosen))
     if args.write:
         write_params(path, chosen)
         print(f"wrote params into {path}")
 
 
-def _run(base, tasks, strategies, seeds, out, variants, claims):
+def _run(base, tasks, strategies, seeds, out, variants, fixed, claims):
     """One ``--workers`` process: its share of the tuning grid (:func:`fedlib.benchmark.run_grid` with claims)."""
-    run_grid(base, tasks, strategies, seeds, out, variants=variants, claims=claims, progress=False)
+    run_grid(base, tasks, strategies, seeds, out, params=fixed, variants=variants, claims=claims, progress=False)
 
 
 if __name__ == "__main__":

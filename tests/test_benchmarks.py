@@ -264,16 +264,20 @@ def test_run_grid_workers_share_the_grid_without_doing_a_run_twice(tmp_path):
 def test_tune_chooses_per_task_on_the_validation_split_and_writes_the_protocol(tmp_path):
     proto = tmp_path / "tiny.yaml"
     proto.write_text(
-        "# a comment that stays\ntasks: [rte, mrpc]\nstrategies: [fedavg, fedprox]\nseeds: [0]\n"
-        "tuning: {validation: 8, seeds: [0], grid: {fedprox: {mu: [0.01, 1.0]}}}\n"
+        "# a comment that stays\ntasks: [rte, mrpc]\nstrategies: [fedavg, fedprox, fedavgm]\nseeds: [0]\n"
+        "tuning: {validation: 8, seeds: [0], grid: {fedprox: {mu: [0.01, 1.0]}, fedavgm: {server_lr: [1.0]}}}\n"
+        "params: {fedavgm: {server_momentum: {rte: 0.5, mrpc: 0.9}}}\n"
         "experiment:\n  model: {prompt_len: 2, max_length: 48}\n  train: {batch_size: 8}\n"
         "  fed: {num_clients: 2, clients_per_round: 2, rounds: 1}\n  data: {train_limit: 16, eval_limit: 8}\n"
     )
     line = run("tune.py", str(proto), "--out", str(tmp_path / "out"), "--write")
     assert line.startswith("wrote params into")
     text = proto.read_text()
-    assert text.startswith("# a comment that stays\n") and re.search(r"^params: \{fedprox: \{mu: .+\}\}$", text, re.M)
+    assert text.startswith("# a comment that stays\n") and re.search(
+        r"^params: \{fedavgm: .+, fedprox: \{mu: .+\}\}$", text, re.M
+    )
     choices = pd.read_csv(tmp_path / "out" / "choices.csv")
+    choices = choices[choices.strategy == "fedprox"]
     assert list(choices.task) == ["rte", "mrpc"] and set(choices.edge.fillna("")) <= {"", "mu"}  # 2 values: edges
     mu = {t: json.loads(c)["mu"] for t, c in zip(choices.task, choices.chosen)}
     from fedlib.configbase import yaml_load
@@ -283,6 +287,26 @@ def test_tune_chooses_per_task_on_the_validation_split_and_writes_the_protocol(t
     run_cfg = json.loads((tmp_path / "out" / "rte" / "seed0" / "fedprox_mu=0.01" / "config.json").read_text())
     assert run_cfg["data"]["validation"] == 8 and run_cfg["strategy"]["mu"] == 0.01
     assert run_cfg["fed"]["eval_every"] == 0 and not run_cfg["fed"]["personal_eval"]  # one number: final global
+    for task, momentum in (("rte", 0.5), ("mrpc", 0.9)):  # a known per-task value of a parameter not tuned
+        ran = json.loads((tmp_path / "out" / task / "seed0" / "fedavgm_server_lr=1.0" / "config.json").read_text())
+        assert ran["strategy"]["server_momentum"] == momentum, task
+    assert yaml_load(text)["params"]["fedavgm"] == {"server_momentum": {"rte": 0.5, "mrpc": 0.9}, "server_lr": 1.0}
+
+
+def test_tuning_some_tasks_keeps_the_other_tasks_values():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tune", BENCH / "tune.py")
+    tune = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tune)
+    known = {"fedpeptao": {"server_lr": {"sst2": 0.1, "mr": 1.0}, "correction_scale": 1.0}}
+    rows = [{"task": "sst2", "strategy": "fedpeptao", "chosen": json.dumps({"server_lr": 0.3})}]
+    merged = tune.merged_params(known, rows, ["sst2"], ["sst2", "mr"])
+    assert merged == {"fedpeptao": {"server_lr": {"sst2": 0.3, "mr": 1.0}, "correction_scale": 1.0}}
+    rows[0]["chosen"] = json.dumps({"server_lr": 1.0})  # now both tasks hold 1.0: one value
+    assert tune.merged_params(known, rows, ["sst2"], ["sst2", "mr"])["fedpeptao"]["server_lr"] == 1.0
+    both = rows + [{"task": "mr", "strategy": "fedpeptao", "chosen": json.dumps({"server_lr": 0.3})}]
+    assert tune.merged_params(known, both, ["sst2", "mr"])["fedpeptao"]["server_lr"] == {"sst2": 1.0, "mr": 0.3}
 
 
 def test_hyper_parameters_per_task_name_a_missing_task():
