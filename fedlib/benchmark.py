@@ -120,6 +120,17 @@ def record_row(csv: Path, row: dict) -> list[dict]:
     return rows
 
 
+def _retarget(csv: Path, out: Path, targets: dict, rows: set) -> None:
+    """Done rows (of ``rows``: (task, strategy, seed)) whose target is not the protocol's now (``targets`` edited
+    since): their target columns read again from their logs, nothing trained (else done rows kept the old target)."""
+    for r in pd.read_csv(csv).to_dict("records") if csv.exists() else []:
+        key, (low, high) = (r["task"], r["strategy"], int(r["seed"])), split_target(targets.get(r["task"]))
+        if key not in rows or [low, high] == [None if v != v else v for v in (r["target"], r["target_high"])]:
+            continue
+        history = pd.read_json(run_dir(out, key[0], key[2], key[1]) / "results.jsonl", lines=True, precise_float=True)
+        record_row(csv, _row(*key, history, targets.get(key[0]), int(r["shared_layers"]), float(r["wall_seconds"])))
+
+
 def _changed(folder: Path, cfg: ExperimentConfig) -> bool:
     """Whether a finished run's stored configuration differs from ``cfg``, the one the grid would run now (its
     protocol's params or variants were edited since): read into today's schema, so fields added later with their
@@ -311,6 +322,7 @@ def run_grid(
     csv = out / "results.csv"
     configs = grid_configs(base, tasks, strategies, params, variants, finetuned)  # every combination validated first
     todo = set(_pending(configs, tasks, strategies, seeds, out, quiet=claims is not None))
+    _retarget(csv, out, targets, {(t, n, s) for t in tasks for n in strategies for s in seeds} - todo)
     grid = {
         "tasks": tasks,
         "strategies": strategies,

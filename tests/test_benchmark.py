@@ -90,3 +90,37 @@ def test_a_run_is_done_or_reusable_only_when_its_log_reaches_the_last_round(tmp_
         (folder / "results.jsonl").write_text("".join(json.dumps({"round": r}) + "\n" for r in range(rounds + 1)))
         assert finished(folder, 3) is done and reusable_run(folder, base.with_strategy("fedavg"), "fedavg") is done
         assert pending_runs(base, ["rte"], ["fedavg"], [0], out, quiet=True) == ([] if done else [("rte", "fedavg", 0)])
+
+
+def test_an_edited_target_is_read_again_from_the_logs_of_done_rows(tmp_path):
+    """Targets are not part of a run's configuration: after an edit, done rows get the new target's columns from
+    their logs (they kept the old target beside new rows with the new one), nothing trained again."""
+    from fedlib.benchmark import _retarget, _row, record_row, run_dir
+
+    history = pd.DataFrame(
+        {
+            "round": [0, 1, 2, 3],
+            "global_metric": [0.5, 0.72, 0.78, 0.85],
+            "personal_metric": [0.5, 0.7, 0.7, 0.8],
+            "personal_iid_metric": [0.5, 0.7, 0.7, 0.8],
+            **{k: [0.0, 1.0, 1.0, 1.0] for k in ("bytes_up", "bytes_down", "seconds_client", "seconds_aggregate")},
+            "cum_bytes": [0.0, 2.0, 4.0, 6.0],
+            "cum_seconds": [0.0, 2.0, 4.0, 6.0],
+            "failed": [0, 0, 0, 0],
+        }
+    )
+    out, csv = tmp_path / "grid", tmp_path / "grid" / "results.csv"
+    folder = run_dir(out, "sst2", 0, "fedavg")
+    folder.mkdir(parents=True)
+    history.to_json(folder / "results.jsonl", orient="records", lines=True)
+    record_row(csv, _row("sst2", "fedavg", 0, history, 0.7, 6, 12.5))
+    assert pd.read_csv(csv)["rounds_to_target"].tolist() == [1]
+    _retarget(csv, out, {"sst2": [0.8, 0.84]}, {("sst2", "fedavg", 0)})
+    row = pd.read_csv(csv).iloc[0]
+    assert (row["target"], row["target_high"], row["rounds_to_target"], row["rounds_to_target_high"]) == (
+        0.8,
+        0.84,
+        3,
+        3,
+    )
+    assert (row["shared_layers"], row["wall_seconds"]) == (6, 12.5)  # what the run measured, kept
