@@ -203,3 +203,24 @@ def test_a_node_keeps_no_state_the_server_left_out():
     res = FlowerSimulation(c, grid, progress=False).run()
     assert (res.history.query("round > 0")["reported"] == 0).all()
     assert all(STATE_KEY not in node.state for node in grid.nodes.values())
+
+
+def test_the_server_app_resumes_from_checkpoints_when_the_run_config_says(monkeypatch):
+    from flwr.app import Context, RecordDict
+
+    import fedlib.flower.server_app as server_app
+
+    calls = []
+
+    class Recorder:
+        def __init__(self, cfg, grid, out, **kwargs):
+            self.out = out
+
+        def run(self, resume=False):
+            calls.append((self.out, resume))
+
+    monkeypatch.setattr(server_app, "FlowerSimulation", Recorder)
+    for run_config in ({"out-dir": "runs/x"}, {"out-dir": "runs/x", "resume": True}):
+        ctx = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config)
+        server_app.main(None, ctx)
+    assert calls == [("runs/x", False), ("runs/x", True)]

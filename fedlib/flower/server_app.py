@@ -3,8 +3,9 @@
 Run config keys (``[tool.flwr.app.config]`` or ``flwr run --run-config``): ``config-file`` (an
 ExperimentConfig YAML/JSON; empty: the defaults), ``out-dir``, and the short names ``task``, ``strategy``,
 ``num-server-rounds``, ``num-clients``, ``clients-per-round``, ``train-limit``, ``eval-limit``, ``eval-every``,
-``shared-layers``, ``seed``, and ``secure-aggregation`` (true: each round through Flower's SecAgg+,
-:mod:`fedlib.flower.secagg`). Flower 1.42 refuses a ``--run-config`` key that the app's pyproject does not declare
+``shared-layers``, ``seed``, ``secure-aggregation`` (true: each round through Flower's SecAgg+,
+:mod:`fedlib.flower.secagg`) and ``resume`` (true: go on from ``out-dir``'s checkpoints, ``run.checkpoint_every``, as
+after a crashed ServerApp). Flower 1.42 refuses a ``--run-config`` key that the app's pyproject does not declare
 ("Key ... is not present in the main dictionary"), so any other field goes in the ``config-file``; a
 ``"section.field"`` key declared in the app's pyproject (e.g. ``"strategy.server_lr" = 0.05``) is applied too.
 """
@@ -46,4 +47,5 @@ def main(grid: Grid, context: Context) -> None:
     cfg = config_from_run_config(dict(context.run_config))
     out = str(context.run_config.get("out-dir", "") or "") or None
     secure = bool(context.run_config.get("secure-aggregation", False))  # SecAgg+ (FedAvg-family strategies)
-    FlowerSimulation(cfg, grid, out, progress=False, secure_aggregation=secure).run()
+    resume = bool(context.run_config.get("resume", False))  # from out-dir's checkpoints
+    FlowerSimulation(cfg, grid, out, progress=False, secure_aggregation=secure).run(resume=resume)
