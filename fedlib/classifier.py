@@ -8,6 +8,7 @@ has a role (``shared``, ``personal``) so that federated code can take out the pa
 from __future__ import annotations
 
 import contextlib
+import copy
 
 import torch
 from torch import nn
@@ -41,6 +42,9 @@ class PromptClassifier(nn.Module):
 
     def __init__(self, backbone: Backbone, task: TaskSpec, cfg: ModelConfig) -> None:
         super().__init__()
+        if cfg.prompt_mode == "lora":  # LoRA adds modules to the backbone: its own copy, not the caller's
+            backbone = copy.copy(backbone)
+            backbone.model = copy.deepcopy(backbone.model)
         self.info, self.task, self.cfg = backbone, task, cfg
         self.head_kind = resolve_head(backbone, cfg.head)
         self.backbone = backbone.model
@@ -242,6 +246,9 @@ def _inject_lora(model: nn.Module, cfg: ModelConfig) -> None:
     inject_adapter_in_model(
         LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=targets), model
     )
+    for name, param in model.named_parameters():  # adapters in fp32 on a bf16 backbone, as get_peft_model keeps them
+        if "lora_" in name:
+            param.data = param.data.float()
 
 
 def build_classifier(

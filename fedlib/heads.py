@@ -35,7 +35,7 @@ class LinearHead(nn.Module):
         else:
             m = attention_mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
-        return self.linear(pooled)
+        return self.linear(pooled.to(self.linear.weight.dtype))  # a bf16 backbone's states into the fp32 head
 
 
 class VerbalizerHead(nn.Module):

@@ -60,6 +60,7 @@ class DeepPrompt(nn.Module):
                 nn.Linear(hidden_size, reparam_hidden), nn.Tanh(), nn.Linear(reparam_hidden, 2 * self.kv_dim)
             )
         self.layer = nn.ParameterDict()
+        self.register_buffer("anchor", torch.empty(0), persistent=False)  # the module's device, with no prompt on
         self.roles: tuple[str, ...] = ()
         self.disabled: frozenset[int] = frozenset()  # on layers masked for now (see PromptClassifier.only_shared)
         self.set_roles(roles or ("shared",) * num_layers)
@@ -74,9 +75,8 @@ class DeepPrompt(nn.Module):
             if role == "off" and key in self.layer:
                 del self.layer[key]
             elif role != "off" and key not in self.layer and self.prompt_len > 0:
-                device = next(iter(self.parameters()), torch.empty(0)).device
                 shape = (self.prompt_len, self.in_dim)
-                self.layer[key] = nn.Parameter(torch.randn(shape, device=device) * self.init_std)
+                self.layer[key] = nn.Parameter(torch.randn(shape, device=self.anchor.device) * self.init_std)
         self.roles = roles
 
     @property

@@ -18,7 +18,6 @@ checkpoint intact.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
@@ -78,13 +77,9 @@ class SimulationResult:
 def build_model(cfg: ExperimentConfig, strategy, backbone=None, device=None) -> PromptClassifier:
     """The run's model workspace: ``backbone`` (loaded from ``cfg.model`` when None) with the prompts of the
     strategy's ``prompt_mode`` and the task's head, evaluated under bf16 autocast when ``train.autocast`` says so.
-    LoRA adds modules, so it gets its own copy of a given backbone."""
+    LoRA adds modules, so it gets its own copy of the backbone (:class:`~fedlib.classifier.PromptClassifier`)."""
     mcfg = cfg.model.replace(prompt_mode=strategy.prompt_mode, head_role=strategy.head_role or cfg.model.head_role)
-    if backbone is None:
-        backbone = backbone_for(mcfg)
-    elif strategy.prompt_mode == "lora":
-        backbone = copy.copy(backbone)
-        backbone.model = copy.deepcopy(backbone.model)
+    backbone = backbone or backbone_for(mcfg)
     model = PromptClassifier(backbone, get_task(cfg.fed.task), mcfg).to(device or "cpu")
     model.bf16 = cfg.train.autocast == "bf16"  # evaluation's precision follows local training's (fedlib.train.predict)
     if model.bf16:

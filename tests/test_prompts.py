@@ -183,6 +183,34 @@ def test_lora_mode_trains_adapters_through_peft(tokenizer):
     cfg = TrainConfig(batch_size=4, lr=0.05)
     local_train(model, make_optimizer(model, cfg), enc, cfg, torch.device("cpu"), torch.Generator().manual_seed(0))
     assert all(torch.equal(frozen[n], p) for n, p in backbone.model.named_parameters() if n in frozen)
+    # the caller's backbone gets no adapters: a second classifier on it neither resets nor freezes the first's
+    assert not any(".lora_" in n for n, _ in backbone.model.named_parameters())
+    trained = {n: p.detach().clone() for n, p in model.trainable().items()}
+    PromptClassifier(backbone, get_task("rte"), ModelConfig(prompt_mode="lora", lora_r=2))
+    PromptClassifier(backbone, get_task("rte"), ModelConfig())
+    assert sorted(model.trainable()) == sorted(trained)
+    assert all(torch.equal(trained[n], p) for n, p in model.trainable().items())
+
+
+def test_a_bf16_backbone_runs_with_fp32_prompts_head_and_adapters(tokenizer):
+    from fedlib.models import wrap_backbone
+
+    from .conftest import make_tiny
+
+    backbone = wrap_backbone(make_tiny("bert", tokenizer.vocab_size).to(torch.bfloat16), tokenizer, "tiny-bert")
+    for mode in ("deep", "lora"):
+        model = PromptClassifier(backbone, get_task("rte"), ModelConfig(prompt_mode=mode, lora_r=2))
+        assert all(p.dtype == torch.float32 for p in model.trainable().values()), mode  # AdamW's decay survives
+        _, batch = _batch(model)
+        assert model(**batch).shape == (4, 2)  # the linear head took the bf16 states
+
+
+def test_prompts_turned_on_later_are_made_on_the_models_device(tiny_backbone):
+    """With every layer off there is no prompt parameter to read the device from: a layer turned on later (layer
+    selection, local_only) must still get its prompt where the model is."""
+    model = PromptClassifier(tiny_backbone, TASK, ModelConfig(prompt_len=2, layer_roles=("off",) * 3)).to("meta")
+    model.set_roles(("personal",) * 3)
+    assert {p.device.type for p in model.prompt.parameters()} == {"meta"}
 
 
 @pytest.mark.parametrize("mode", ["deep", "shallow"])
