@@ -75,7 +75,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
             *flags,
             dest=name,
             type=_value,
-            default=None,
+            default=argparse.SUPPRESS,  # absent unless given: "--x null" sets None, a flag not given changes nothing
             metavar=tp.split(" ")[0].upper(),
             help=plain(f"{help_}{extra} [{tp}; default {default!r}]"),
         )
@@ -85,7 +85,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
             f"--strategy.{name}",
             dest=f"strategy.{name}",
             type=_value,
-            default=None,
+            default=argparse.SUPPRESS,  # absent unless given: "--x null" sets None, a flag not given changes nothing
             help=plain(f"{help_} [{', '.join(names)}]"),
         )
     return parser
@@ -142,7 +142,7 @@ def config_from_args(args: argparse.Namespace, base: ExperimentConfig | None = N
     if getattr(args, "config", None):
         base = load_config(args.config)
     base = base if base is not None else ExperimentConfig()
-    return apply_overrides(base, {k: v for k, v in vars(args).items() if "." in k and v is not None})
+    return apply_overrides(base, {k: v for k, v in vars(args).items() if "." in k})
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m fedlib.cli") -> None:

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from .cli import add_config_arguments, config_from_args, plain
-from .config import DataConfig, ExperimentConfig, FedConfig, ModelConfig, SelectionConfig, TrainConfig
+from .config import ConfigError, DataConfig, ExperimentConfig, FedConfig, ModelConfig, SelectionConfig, TrainConfig
 from .models import backbone_for
 from .references import majority_local
 from .report import VIEWS, markdown_table, plot_views, shared_layer_count, summarize, views_table
@@ -64,6 +64,11 @@ def main(argv=None, prog: str = "python -m fedlib.experiment") -> pd.DataFrame:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     cfg = build_config(args)
     names = list(STRATEGIES) if args.strategies == "all" else [s.strip() for s in args.strategies.split(",")]
+    if any(k.startswith("strategy.") for k in vars(args)) and cfg.strategy.name not in names:
+        raise ConfigError(
+            f"strategy.name={cfg.strategy.name!r} (with its --strategy.* values) is not among --strategies "
+            f"{','.join(names)}: add it there, or the run would go without it"
+        )
     configs = {name: cfg if name == cfg.strategy.name else cfg.with_strategy(name) for name in names}  # validated
     out = Path(args.out)
     t0 = time.perf_counter()

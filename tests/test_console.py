@@ -71,3 +71,19 @@ def test_run_trains_and_reports_the_three_views(tmp_path, capsys):
     summary = json.loads(out[: out.rindex("}") + 1])
     assert 0 <= summary["final_global_metric"] <= 1 and (tmp_path / "r" / "results.jsonl").exists()
     assert set(summary["majority_local_floor"]) == {"global_metric", "personal_metric", "personal_iid_metric"}
+
+
+def test_null_on_the_command_line_clears_what_a_config_file_set(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {attn_implementation: eager}\ndata: {data_dir: /tmp/somewhere}\nfed: {rounds: 7}\n")
+    main(["config", "show", "--config", str(path), "--model.attn_implementation", "null", "--data.data_dir", "null"])
+    out = capsys.readouterr().out
+    assert "attn_implementation: null" in out and "data_dir: null" in out and "rounds: 7" in out  # the rest kept
+
+
+def test_the_experiment_refuses_a_strategy_it_would_not_run():
+    from fedlib.configbase import ConfigError
+    from fedlib.experiment import main as experiment
+
+    with pytest.raises(ConfigError, match="strategy.name='fedprox' .* not among --strategies fedavg,fedpeptao"):
+        experiment(["--strategy.name", "fedprox", "--strategy.mu", "0.5"])
