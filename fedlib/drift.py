@@ -27,7 +27,9 @@ def _flat(tensors: dict) -> torch.Tensor:
 class DriftRecorder:
     """Pass as ``client_fn`` to :class:`fedlib.simulation.Simulation`; read :meth:`frame` afterwards.
 
-    Keeps, per round, each reporting client's flattened shared tensors (for PCA) and update.
+    Keeps, per round, each reporting client's flattened shared tensors (for PCA) and update. The round loop tells it
+    where a round starts (:meth:`start_round`) and which clients it left out of the aggregate (:meth:`left_out`:
+    non-finite or diverged), so the aggregate here is the server's; called outside it, a new global starts a round.
     """
 
     def __init__(self, fn=client_update, keep_vectors: bool = True) -> None:
@@ -35,13 +37,26 @@ class DriftRecorder:
         self.rounds: list[dict] = []
         self._round_key = None
 
+    def start_round(self, round_: int) -> None:
+        """Round ``round_`` (1-based) starts: the next clients belong to it."""
+        self._round_key = ("round", round_)
+        self.rounds.append({"round": round_, "x": None, "clients": [], "y": [], "n": []})
+
+    def left_out(self, client: int) -> None:
+        """The round left ``client``'s result out of its aggregate: so does the recorder."""
+        cur = self.rounds[-1]
+        keep = [i for i, k in enumerate(cur["clients"]) if k != client]
+        for field in ("clients", "y", "n"):
+            cur[field] = [cur[field][i] for i in keep]
+
     def __call__(self, model, client, global_shared, *args, **kwargs):
         res, state = self.fn(model, client, global_shared, *args, **kwargs)
-        key = id(global_shared)
-        if key != self._round_key:
-            self._round_key = key
-            self.rounds.append({"x": _flat(global_shared), "clients": [], "y": [], "n": []})
+        if not (isinstance(self._round_key, tuple) or id(global_shared) == self._round_key):
+            self._round_key = id(global_shared)
+            self.rounds.append({"x": None, "clients": [], "y": [], "n": []})
         cur = self.rounds[-1]
+        if cur["x"] is None:
+            cur["x"] = _flat(global_shared)
         cur["clients"].append(client)
         cur["y"].append(_flat(res.shared))
         cur["n"].append(res.num_examples)
@@ -51,6 +66,9 @@ class DriftRecorder:
         """One row per (round, client): relative drift, cosine to the aggregate update, update norm."""
         rows = []
         for t, r in enumerate(self.rounds, start=1):
+            if not r["y"]:  # no client reported (or every one was left out)
+                continue
+            t = r.get("round", t)
             u = torch.stack([y - r["x"] for y in r["y"]])  # [m, D]
             p = torch.tensor(r["n"], dtype=torch.float64)
             agg = (p[:, None] * u).sum(0) / p.sum()
@@ -70,6 +88,9 @@ class DriftRecorder:
         """All recorded client vectors ``[n, D]`` and their (round, client) labels, globals included."""
         vecs, labels = [], []
         for t, r in enumerate(self.rounds, start=1):
+            if r["x"] is None:
+                continue
+            t = r.get("round", t)
             vecs.append(r["x"])
             labels.append({"round": t, "client": -1})
             for k, y in zip(r["clients"], r["y"]):

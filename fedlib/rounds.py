@@ -155,9 +155,11 @@ class Federation:
         return rejection(res, shared, self.cfg.run.max_update_norm, self.strategy.privacy)
 
     def round(self, server: ServerState, round_: int) -> tuple[ServerState, dict]:
-        """Round ``round_`` (0-based) from ``server``: ``(new server state, record)``."""
+        """Round ``round_`` (0-based) from ``server``: ``(new server state, record)``. A ``client_fn`` that watches
+        rounds (:class:`fedlib.drift.DriftRecorder`) may define ``start_round(round)`` and ``left_out(client)``."""
         t0 = time.perf_counter()
         sampled = self.sample(round_)
+        getattr(self.client_fn, "start_round", lambda t: None)(round_ + 1)
         download = self.strategy.download(server)
         results, failures, uploaded = [], [], []
         for k, res, state, reason in self.train_clients(round_, sampled, server.shared, download):
@@ -166,6 +168,7 @@ class Federation:
             if reason:
                 log.warning("round %d: client %d left out: %s", round_ + 1, k, reason)
                 failures.append({"client": k, "reason": reason})
+                getattr(self.client_fn, "left_out", lambda k: None)(k)
                 continue
             if state is not None:
                 self.store.put(k, state)

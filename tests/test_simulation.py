@@ -247,3 +247,29 @@ def test_tensorboard_tracking_writes_every_round_and_the_config(bundled_backbone
 def test_tracking_off_by_default_writes_nothing(bundled_backbone, tmp_path):
     run_simulation(tiny_cfg(rounds=1), tmp_path, backbone=bundled_backbone, progress=False)
     assert not (tmp_path / "tensorboard").exists()
+
+
+def test_the_drift_recorder_follows_the_rounds_and_what_the_server_kept(bundled_backbone):
+    """Rounds are numbered as the run numbers them (a round whose clients were all left out is not merged into the
+    next), and a client left out of the aggregate is left out of the drift too."""
+    from fedlib.drift import DriftRecorder
+
+    calls = {"n": 0}
+
+    def faulty(model, k, *args):
+        calls["n"] += 1
+        res, state = client_update(model, k, *args)
+        if k == 1 or calls["n"] in (3, 4):  # client 1 always, and both clients of round 2
+            res.shared = {n: torch.full_like(v, float("nan")) for n, v in res.shared.items()}
+        return res, state
+
+    rec = DriftRecorder(faulty)
+    res = Simulation(
+        tiny_cfg(rounds=3, batch_clients="off"), backbone=bundled_backbone, progress=False, client_fn=rec
+    ).run()
+    frame = rec.frame()
+    kept = {r: [k for k in ks if k != 1] for r, ks in zip(res.history["round"], res.history["clients"]) if r > 0}
+    kept[2] = []
+    assert sorted(set(frame["round"])) == [r for r, ks in kept.items() if ks]
+    assert all(sorted(frame[frame["round"] == r]["client"]) == sorted(ks) for r, ks in kept.items())
+    assert frame["drift"].notna().all()
