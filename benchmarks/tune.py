@@ -120,7 +120,8 @@ def choose(
 
 def merged_params(known: dict, rows: list[dict], tasks: list[str], all_tasks: list[str] | None = None) -> dict:
     """The protocol's ``params`` with the choices made for ``tasks``: one value where every one of ``all_tasks``
-    (the protocol's; default ``tasks``) has it, else ``{task: value}``; a task not tuned keeps its known value."""
+    (the protocol's; default ``tasks``) that has a value has the same, else ``{task: value}``; a task not tuned keeps
+    its known value (one with none takes the tuned value, as the one value written)."""
     all_tasks = list(all_tasks or tasks)
     chosen = {name: dict(values) for name, values in known.items()}
     for name in dict.fromkeys(r["strategy"] for r in rows):
@@ -130,7 +131,7 @@ def merged_params(known: dict, rows: list[dict], tasks: list[str], all_tasks: li
             kept = old if isinstance(old, dict) else {t: old for t in all_tasks}
             values = {t: per_task[t][key] if t in tasks else kept.get(t) for t in all_tasks}
             values = {t: v for t, v in values.items() if v is not None}  # a task with no value, tuned or known
-            one = len(set(map(json.dumps, values.values()))) == 1 and len(values) == len(all_tasks)
+            one = len(set(map(json.dumps, values.values()))) == 1  # also the only value there is: every task's
             chosen.setdefault(name, {})[key] = next(iter(values.values())) if one else values
     return chosen
 

@@ -120,6 +120,16 @@ def record_row(csv: Path, row: dict) -> list[dict]:
     return rows
 
 
+def retarget(csv: Path, out: Path, targets: dict, slices: list[dict]) -> None:
+    """:func:`_retarget` for every row of the protocol's parts ``slices`` (``tasks``, ``strategies``, ``seeds``)."""
+    _retarget(
+        csv,
+        out,
+        targets,
+        {(t, n, s) for sl in slices for t in sl["tasks"] for n in sl["strategies"] for s in sl["seeds"]},
+    )
+
+
 def _retarget(csv: Path, out: Path, targets: dict, rows: set) -> None:
     """Done rows (of ``rows``: (task, strategy, seed)) whose target is not the protocol's now (``targets`` edited
     since): their target columns read again from their logs, nothing trained (else done rows kept the old target)."""
@@ -127,7 +137,10 @@ def _retarget(csv: Path, out: Path, targets: dict, rows: set) -> None:
         key, (low, high) = (r["task"], r["strategy"], int(r["seed"])), split_target(targets.get(r["task"]))
         if key not in rows or [low, high] == [None if v != v else v for v in (r["target"], r["target_high"])]:
             continue
-        history = pd.read_json(run_dir(out, key[0], key[2], key[1]) / "results.jsonl", lines=True, precise_float=True)
+        log_path = run_dir(out, key[0], key[2], key[1]) / "results.jsonl"
+        if not log_path.exists():  # a row whose run folder is not here: nothing to read it from
+            continue
+        history = pd.read_json(log_path, lines=True, precise_float=True)
         record_row(csv, _row(*key, history, targets.get(key[0]), int(r["shared_layers"]), float(r["wall_seconds"])))
 
 

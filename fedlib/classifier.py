@@ -38,11 +38,12 @@ class PromptClassifier(nn.Module):
 
     Positions are numbered from 0 for the real tokens (``position_ids`` passed explicitly), so the
     prefix does not shift them: the reference's RoBERTa offset overflow (``docs/deviations.md``) cannot happen.
+    LoRA adds modules to the backbone, so it works on a copy unless ``owned`` (the caller loaded it for this model).
     """
 
-    def __init__(self, backbone: Backbone, task: TaskSpec, cfg: ModelConfig) -> None:
+    def __init__(self, backbone: Backbone, task: TaskSpec, cfg: ModelConfig, owned: bool = False) -> None:
         super().__init__()
-        if cfg.prompt_mode == "lora":  # LoRA adds modules to the backbone: its own copy, not the caller's
+        if cfg.prompt_mode == "lora" and not owned:  # LoRA adds modules to the backbone: its own copy
             backbone = copy.copy(backbone)
             backbone.model = copy.deepcopy(backbone.model)
         self.info, self.task, self.cfg = backbone, task, cfg
@@ -260,9 +261,7 @@ def build_classifier(
     """Load the backbone named by ``cfg`` (unless given) and build the prompted classifier for ``task``."""
     cfg = cfg or ModelConfig()
     task = task if isinstance(task, TaskSpec) else get_task(task)
-    if backbone is None:
-        backbone = backbone_for(cfg)
-    model = PromptClassifier(backbone, task, cfg)
+    model = PromptClassifier(backbone or backbone_for(cfg), task, cfg, owned=backbone is None)
     return model.to(device) if device is not None else model
 
 

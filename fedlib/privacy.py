@@ -232,8 +232,9 @@ class Privacy:
         return gaussian_like(like, self.std, noise_seed(*keys))
 
     def finish_upload(self, x: Tensors, y: Tensors, seed: int) -> tuple[Tensors, float]:
-        """Client side, where its result is finished: clip ``y - x`` to C (and, in local mode, add the noise drawn
-        from ``seed``, the client's seed of the round); returns the upload and the norm before clipping."""
+        """Client side, where its result is finished: clip ``y - x`` to C (and, in local mode, add the noise: drawn
+        from ``seed``, the client's seed of the round, or from the OS under ``secure_rng``); returns the upload and
+        the norm before clipping."""
         y, norm = clip_update(x, y, self.cfg.clip_norm)
         if self.cfg.mode == "local" and self.z > 0:
             noise = self.noise(y, seed)

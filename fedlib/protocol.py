@@ -48,7 +48,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .benchmark import COLUMNS, pending_runs, run_dir, run_grid
+from .benchmark import COLUMNS, pending_runs, retarget, run_dir, run_grid
 from .cli import plain
 from .config import ExperimentConfig
 from .configbase import yaml_load
@@ -361,6 +361,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
             run_slices(base, proto, todo, out)
         if todo:
             record_wall_time(out, prov, time.monotonic() - start)
+        if not args.render_only:  # rows done before an edit of targets: the new target's columns, from their logs
+            retarget(csv, out, proto.get("targets") or {}, grid_slices(proto))
     table = protocol_rows(pd.read_csv(csv).reindex(columns=COLUMNS), grid_slices(proto)) if csv.exists() else None
     if table is None or table.empty:
         raise SystemExit(f"{csv}: no run of this protocol yet")

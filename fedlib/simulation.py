@@ -79,8 +79,8 @@ def build_model(cfg: ExperimentConfig, strategy, backbone=None, device=None) -> 
     strategy's ``prompt_mode`` and the task's head, evaluated under bf16 autocast when ``train.autocast`` says so.
     LoRA adds modules, so it gets its own copy of the backbone (:class:`~fedlib.classifier.PromptClassifier`)."""
     mcfg = cfg.model.replace(prompt_mode=strategy.prompt_mode, head_role=strategy.head_role or cfg.model.head_role)
-    backbone = backbone or backbone_for(mcfg)
-    model = PromptClassifier(backbone, get_task(cfg.fed.task), mcfg).to(device or "cpu")
+    owned = backbone is None  # loaded here: nobody else holds it, so LoRA needs no copy of it
+    model = PromptClassifier(backbone or backbone_for(mcfg), get_task(cfg.fed.task), mcfg, owned).to(device or "cpu")
     model.bf16 = cfg.train.autocast == "bf16"  # evaluation's precision follows local training's (fedlib.train.predict)
     if model.bf16:
         warn_emulated_bf16(resolve_device(device or "cpu").type)

@@ -95,7 +95,7 @@ def test_a_run_is_done_or_reusable_only_when_its_log_reaches_the_last_round(tmp_
 def test_an_edited_target_is_read_again_from_the_logs_of_done_rows(tmp_path):
     """Targets are not part of a run's configuration: after an edit, done rows get the new target's columns from
     their logs (they kept the old target beside new rows with the new one), nothing trained again."""
-    from fedlib.benchmark import _retarget, _row, record_row, run_dir
+    from fedlib.benchmark import _row, record_row, retarget, run_dir
 
     history = pd.DataFrame(
         {
@@ -115,7 +115,7 @@ def test_an_edited_target_is_read_again_from_the_logs_of_done_rows(tmp_path):
     history.to_json(folder / "results.jsonl", orient="records", lines=True)
     record_row(csv, _row("sst2", "fedavg", 0, history, 0.7, 6, 12.5))
     assert pd.read_csv(csv)["rounds_to_target"].tolist() == [1]
-    _retarget(csv, out, {"sst2": [0.8, 0.84]}, {("sst2", "fedavg", 0)})
+    retarget(csv, out, {"sst2": [0.8, 0.84]}, [{"tasks": ["sst2"], "strategies": ["fedavg"], "seeds": [0]}])
     row = pd.read_csv(csv).iloc[0]
     assert (row["target"], row["target_high"], row["rounds_to_target"], row["rounds_to_target_high"]) == (
         0.8,

@@ -307,6 +307,8 @@ def test_tuning_some_tasks_keeps_the_other_tasks_values():
     assert tune.merged_params(known, rows, ["sst2"], ["sst2", "mr"])["fedpeptao"]["server_lr"] == 1.0
     both = rows + [{"task": "mr", "strategy": "fedpeptao", "chosen": json.dumps({"server_lr": 0.3})}]
     assert tune.merged_params(known, both, ["sst2", "mr"])["fedpeptao"]["server_lr"] == {"sst2": 1.0, "mr": 0.3}
+    # no known value for the task not tuned: the one value written serves it too (a task-less dict could not run)
+    assert tune.merged_params({}, rows, ["sst2"], ["sst2", "mr"]) == {"fedpeptao": {"server_lr": 1.0}}
 
 
 def test_hyper_parameters_per_task_name_a_missing_task():

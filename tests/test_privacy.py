@@ -107,7 +107,7 @@ def test_secure_rng_draws_fresh_noise_and_cohorts_with_the_stated_law():
     z = secure_normal(200_000)
     assert float(np.mean(z**4)) == pytest.approx(3.0, rel=0.05) and abs(float(np.mean(z**3))) < 0.05
     sizes = [len(Privacy(cfg, 20, 2, 1, seed=3).sample(0)) for _ in range(2000)]
-    assert np.mean(sizes) == pytest.approx(2.0, rel=0.05) and min(sizes) == 0 and len(set(map(len, [sizes]))) == 1
+    assert np.mean(sizes) == pytest.approx(2.0, rel=0.05) and min(sizes) == 0 and len(set(sizes)) > 2  # not fixed
 
 
 def test_seeded_noise_says_who_can_rebuild_it(caplog):

@@ -60,13 +60,15 @@ def test_an_update_outside_the_quantisers_range_fails_loudly():
     import json
     from types import SimpleNamespace
 
-    from fedlib.flower.secagg import fit_reply
+    from fedlib.flower.secagg import fit_reply, range_error
 
     conf = {"names": json.dumps(["a"]), "max-weight": 10.0, "clipping-range": 8.0, "partition-id": 3}
     theta = {"a": torch.full((3,), 5.0)}  # large values are fine: what travels is the update y_i - theta
     result = SimpleNamespace(shared={"a": torch.tensor([5.0, 25.0, 5.0])}, num_examples=5)
     with pytest.raises(ValueError, match=r"client 3's update reaches 10 .* clipping range \+-8"):
         fit_reply(None, conf, result, theta)
+    assert range_error(conf, result, {"a": result.shared["a"] - theta["a"]}).startswith("secure aggregation: client 3")
+    assert range_error(conf, SimpleNamespace(num_examples=3), {"a": result.shared["a"] - theta["a"]}) is None  # 6
     with pytest.raises(ValueError, match="client 3"):  # a non-finite update is refused the same way
         fit_reply(
             None, conf, SimpleNamespace(shared={"a": torch.tensor([5.0, float("nan"), 5.0])}, num_examples=5), theta

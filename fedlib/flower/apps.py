@@ -46,7 +46,7 @@ from ..simulation import (
     partition_for,
     set_roles,
 )
-from .secagg import check_secure, fit_reply, fit_request, secagg_train_mod, secure_round
+from .secagg import check_secure, fit_reply, fit_request, range_error, secagg_train_mod, secure_round
 
 __all__ = [
     "FlowerSimulation",
@@ -168,7 +168,9 @@ def make_client_app(mods: list | None = None) -> ClientApp:
             int(conf["seed"]),
             ws.device,
         )
-        if rejection(res, shared, ws.cfg.run.max_update_norm, ws.strategy.privacy) is None:  # the server keeps it
+        # kept only if the server will aggregate it: within SecAgg+'s range (a secure round) and not rejected
+        beyond = "clipping-range" in conf and range_error(conf, res, {n: res.shared[n] - shared[n] for n in shared})
+        if not beyond and rejection(res, shared, ws.cfg.run.max_update_norm, ws.strategy.privacy) is None:
             context.state[STATE_KEY] = _arrays(new_state)
             store = _node_store(context)
             if store is not None:

@@ -66,14 +66,9 @@ def fit_reply(msg: Message, conf: dict, result, shared: dict[str, torch.Tensor])
     metrics. Raises ValueError when the update scaled by ``n_i / max_weight`` leaves the clipping range."""
     names = json.loads(conf["names"])
     update = {n: (result.shared[n].detach().cpu().double() - shared[n].double()).numpy() for n in names}
-    scale = int(result.num_examples) / float(conf["max-weight"])
-    peak = max((float(np.abs(u).max()) for u in update.values() if u.size), default=0.0) * scale
-    if not peak <= float(conf["clipping-range"]):
-        raise ValueError(
-            f"secure aggregation: client {conf['partition-id']}'s update reaches {peak:.4g} after scaling by "
-            f"n_i / max_weight = {scale:.3g}, outside SecAgg+'s clipping range +-{conf['clipping-range']} "
-            "(it would be clipped silently): the client diverged, or the range is too small"
-        )
+    why = range_error(conf, result, update)
+    if why:
+        raise ValueError(why)
     fitres = FitRes(
         status=Status(code=Code.OK, message=""),
         parameters=ndarrays_to_parameters([update[n] for n in names]),
@@ -87,6 +82,21 @@ def fit_reply(msg: Message, conf: dict, result, shared: dict[str, torch.Tensor])
         },
     )
     return Message(compat.fitres_to_recorddict(fitres, keep_input=False), reply_to=msg)
+
+
+def range_error(conf: dict, result, update: dict) -> str | None:
+    """Why ``update`` (name -> ``y_i - theta``, arrays or tensors) cannot go through SecAgg+ unclipped: scaled by
+    ``n_i / max_weight`` it leaves ``+-clipping_range`` (or is not finite); None when it fits. The node checks it
+    before keeping the client's new state, and :func:`fit_reply` before replying."""
+    scale = int(result.num_examples) / float(conf["max-weight"])
+    peak = max((float(np.abs(np.asarray(u)).max()) for u in update.values() if np.size(u)), default=0.0) * scale
+    if peak <= float(conf["clipping-range"]):
+        return None
+    return (
+        f"secure aggregation: client {conf['partition-id']}'s update reaches {peak:.4g} after scaling by "
+        f"n_i / max_weight = {scale:.3g}, outside SecAgg+'s clipping range +-{conf['clipping-range']} "
+        "(it would be clipped silently): the client diverged, or the range is too small"
+    )
 
 
 class _RoundStrategy(LegacyStrategy):
