@@ -177,19 +177,37 @@ def test_ray_workers_run_at_nice_0_unless_the_user_says(monkeypatch, tmp_path):
 
 
 def test_a_nodes_state_dir_keeps_each_runs_client_state_apart(tmp_path):
-    """A node restarted within a run reads its client's state back; a later run on the same node (another run id)
-    starts afresh instead of from the last run's personal prompts and AdamW moments."""
+    """A node restarted within a run (or a run resumed from its checkpoints: the server sends the checkpointed
+    run's key) reads its client's state back; a later run on the same node starts afresh instead of from the last
+    run's personal prompts and AdamW moments."""
     from flwr.app import Context, RecordDict
 
-    from fedlib.flower.apps import _node_store
+    from fedlib.flower.apps import FlowerSimulation, _node_store
 
-    def context(run_id: int) -> Context:
-        config = {"partition-id": 0, "num-partitions": 1, "state-dir": str(tmp_path)}
-        return Context(run_id=run_id, node_id=1, node_config=config, state=RecordDict(), run_config={})
+    config = {"partition-id": 0, "num-partitions": 1, "state-dir": str(tmp_path)}
+    context = Context(run_id=11, node_id=1, node_config=config, state=RecordDict(), run_config={})
+    _node_store(context, {"run-key": "a"}).put(0, {"personal/x": torch.ones(2)})
+    assert _node_store(context, {"run-key": "a"}).get(0)["personal/x"].tolist() == [1.0, 1.0]
+    assert _node_store(context, {"run-key": "b"}).get(0) == {}
 
-    _node_store(context(11)).put(0, {"personal/x": torch.ones(2)})
-    assert _node_store(context(11)).get(0)["personal/x"].tolist() == [1.0, 1.0]
-    assert _node_store(context(12)).get(0) == {}
+    class Keyed(FlowerSimulation):  # the key's life, without nodes: run() keys the run, then stops
+        def __init__(self, out):
+            self.out_dir = out
+
+    def key(resume: bool) -> str:
+        sim = Keyed(tmp_path / "run")
+        try:
+            sim.run(resume=resume)
+        except Exception:  # the bare object cannot run: only its key matters here
+            pass
+        return sim.run_key
+
+    first = key(False)
+    assert key(True) != first  # nothing to resume from: a fresh run, a new key
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "LATEST").write_text("round_000001")
+    second = key(False)
+    assert key(True) == second != first  # resumed: the checkpointed run's key
 
 
 def test_a_node_keeps_no_state_the_server_left_out():

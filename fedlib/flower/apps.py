@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import time
 from logging import INFO
 
@@ -123,18 +124,19 @@ def _partition_id(context: Context) -> int:
     return int(context.node_config["partition-id"])
 
 
-def _node_store(context: Context) -> ClientStore | None:
-    """The node's client-state folder for this run (``<state-dir>/run_<run id>``, node config ``state-dir``: a later
-    run on the same node starts afresh, a node restarted within the run goes on), or None: state then lives only in
-    ``context.state``, which Flower keeps in the SuperNode's memory and a crashed node loses."""
-    folder = str(context.node_config.get("state-dir", "") or "")
-    return ClientStore("disk", os.path.join(folder, f"run_{context.run_id}"), existing=True) if folder else None
+def _node_store(context: Context, conf) -> ClientStore | None:
+    """The node's client-state folder for this run (``<state-dir>/run_<key>``, node config ``state-dir``; the key is
+    the server's ``run-key``: a later run on the same node starts afresh, a node restarted within the run and a run
+    resumed from its checkpoints go on), or None: state then lives only in ``context.state``, which Flower keeps in
+    the SuperNode's memory and a crashed node loses."""
+    folder, key = str(context.node_config.get("state-dir", "") or ""), conf.get("run-key") or context.run_id
+    return ClientStore("disk", os.path.join(folder, f"run_{key}"), existing=True) if folder else None
 
 
-def _client_state(context: Context, k: int) -> dict:
+def _client_state(context: Context, k: int, conf) -> dict:
     """Client ``k``'s state: ``context.state``, else (a restarted node) its ``state-dir`` file, else empty."""
     state = _tensors(context.state.get(STATE_KEY))
-    store = None if state else _node_store(context)
+    store = None if state else _node_store(context, conf)
     return store.get(k) if store is not None else state
 
 
@@ -159,7 +161,7 @@ def make_client_app(mods: list | None = None) -> ClientApp:
             ws.model,
             k,
             shared,
-            _client_state(context, k),
+            _client_state(context, k, conf),
             ws.init_personal,
             ws.train,
             ws.cfg.train,
@@ -172,7 +174,7 @@ def make_client_app(mods: list | None = None) -> ClientApp:
         beyond = "clipping-range" in conf and range_error(conf, res, {n: res.shared[n] - shared[n] for n in shared})
         if not beyond and rejection(res, shared, ws.cfg.run.max_update_norm, ws.strategy.privacy) is None:
             context.state[STATE_KEY] = _arrays(new_state)
-            store = _node_store(context)
+            store = _node_store(context, conf)
             if store is not None:
                 store.put(k, new_state)
         return res
@@ -212,7 +214,7 @@ def make_client_app(mods: list | None = None) -> ClientApp:
         conf = msg.content["config"]
         k = _partition_id(context)
         ws = _workspace(conf["experiment"], conf["selection"], k)
-        personal = personal_tensors(_client_state(context, k), ws.init_personal)
+        personal = personal_tensors(_client_state(context, k, conf), ws.init_personal)
         preds = personal_predictions(
             ws.model,
             _tensors(msg.content["arrays"]),
@@ -296,9 +298,21 @@ class FlowerSimulation(Simulation):
                 log.info("partition %d is now served by node %d (it was %s)", k, node, self.node_of.get(k))
             self.node_of.update(found)
 
+    def run(self, resume: bool = False):
+        """:meth:`Simulation.run`, with this run's key for the nodes' state folders: new for a fresh run, the
+        checkpointed run's (``<out_dir>/run_key``) when it resumes, so its nodes go on from their state."""
+        path = self.out_dir / "run_key" if self.out_dir is not None else None
+        resuming = resume and path is not None and (self.out_dir / "checkpoints" / "LATEST").exists()
+        self.run_key = path.read_text().strip() if resuming and path.exists() else secrets.token_hex(8)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(self.run_key)
+        return super().run(resume)
+
     def _config(self, k: int, round_: int) -> ConfigRecord:
         return ConfigRecord(
             {
+                "run-key": getattr(self, "run_key", ""),
                 "experiment": self.cfg.to_json(),
                 "selection": json.dumps(self.selection or {}),
                 "partition-id": k,
